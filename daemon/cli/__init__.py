@@ -1,0 +1,86 @@
+"""The ``contourd`` command: one entry point, one module per subcommand.
+
+Each module in this package exposes ``register(subparsers)``, which adds its
+parser and sets ``func`` to a callable ``run(args) -> int`` (the exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from contourd import __version__
+from contourd.errors import ContourdError
+
+# Subcommand modules, in the order `contourd --help` lists them. A module that
+# is not written yet is skipped so the others keep working during development.
+SUBCOMMAND_MODULES = [
+    "serve",
+    "check",
+    "routes",
+    "schema",
+    "models",
+    "segment",
+    "jobs",
+    "status",
+    "resend",
+    "train",
+    "evaluate",
+    "demo",
+]
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Parser with every available subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="contourd",
+        description=(
+            "DICOM node that auto-contours CT/MR series with approved models. "
+            "Contours are for clinician review; contourd is not a medical device."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"contourd {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"daemon.cli.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"daemon.cli.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def configure_logging(verbose: bool) -> None:
+    """Log to stderr; the daemon adds a file handler under the data folder."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # pynetdicom logs identifiers (patient name/ID) at debug level; keep it quiet.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``contourd`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    configure_logging(args.verbose)
+    try:
+        return int(args.func(args))
+    except ContourdError as err:
+        print(f"contourd {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
