@@ -1,0 +1,353 @@
+"""Train a :class:`inference.unet.UNet3D` with nnU-Net's recipe on a CPU or GPU.
+
+SGD with Nesterov momentum 0.99, polynomial learning-rate decay
+``lr = lr0 * (1 - step / max_steps) ** 0.9``, Dice + cross-entropy with
+partial labels (:mod:`training.losses`), augmented patches
+(:mod:`training.augmentation`), bf16 autocast on the CPU (fp16/bf16 on CUDA),
+periodic validation on whole volumes, early stopping when the validation loss
+stops improving, checkpoints (safetensors + JSON, no pickle) that a later run
+resumes, a tqdm progress bar and a loss-curve PNG.
+
+Run: ``python -m training.trainer --config training/configs/hn-oar.yaml --run-dir DIR``
+(``contourd train`` wraps the same code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from inference.unet import UNet3D, UNetConfig
+from training.augmentation import AugmentationConfig, sample_patch
+from training.losses import dice_ce_loss
+from training.openkbp_dataset import TrainingCase, load_dataset
+
+log = logging.getLogger(__name__)
+
+
+class TrainingConfig(BaseModel):
+    """A training run's settings (YAML file, committed beside the model it made)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    roi_names: list[str]
+    roi_sources: list[list[str]]
+    train_dir: Path
+    validation_dir: Path
+    spacing_mm: tuple[float, float, float] = (4.0, 4.0, 2.5)
+    patch_size: tuple[int, int, int] = (80, 96, 96)
+    batch_size: int = 2
+    base_channels: int = 16
+    levels: int = 4
+    max_channels: int = 256
+    learning_rate: float = 0.01
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    max_steps: int = 3000
+    validate_every: int = 150
+    validation_cases: int = 12
+    early_stop_patience: int = 6
+    checkpoint_every: int = 50
+    max_hours: float = 2.5
+    seed: int = 12345
+    threads: int = 2
+    min_hu: float = -1000.0
+    max_hu: float = 1000.0
+    augmentation: dict[str, Any] = Field(default_factory=dict)
+
+    def unet_config(self) -> UNetConfig:
+        return UNetConfig(
+            in_channels=1,
+            num_classes=len(self.roi_names) + 1,
+            base_channels=self.base_channels,
+            levels=self.levels,
+            max_channels=self.max_channels,
+        )
+
+
+def normalise_hu(image_hu: np.ndarray, min_hu: float, max_hu: float) -> np.ndarray:
+    """Clip HU to ``[min_hu, max_hu]`` and map linearly to ``[-1, 1]`` (card kind ``ct_clip_scale``)."""
+    clipped = np.clip(image_hu.astype(np.float32), min_hu, max_hu)
+    return (2.0 * (clipped - min_hu) / (max_hu - min_hu) - 1.0).astype(np.float32)
+
+
+def pad_to_multiple(x: torch.Tensor, divisor: int, minimum: Sequence[int] = (0, 0, 0)) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """Pad the last three axes (end side) to multiples of ``divisor``; return the crop back."""
+    shape = x.shape[-3:]
+    target = [max(math.ceil(s / divisor) * divisor, m) for s, m in zip(shape, minimum, strict=True)]
+    pad: list[int] = []
+    for s, t in zip(reversed(shape), reversed(target), strict=True):
+        pad += [0, t - s]
+    crop = (Ellipsis, slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
+    return torch.nn.functional.pad(x, pad, value=float(x.min()) if x.numel() else 0.0), crop
+
+
+def autocast_for(device: torch.device) -> torch.autocast:
+    """bf16 autocast (CPU and CUDA)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+class Trainer:
+    """One training run with checkpoints in ``run_dir``."""
+
+    def __init__(self, config: TrainingConfig, run_dir: Path, device: str = "auto") -> None:
+        self.config = config
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        )
+        torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        self.rng = np.random.default_rng(config.seed)
+        self.model = UNet3D(config.unet_config()).to(self.device)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=config.learning_rate,
+            momentum=config.momentum,
+            nesterov=True,
+            weight_decay=config.weight_decay,
+        )
+        self.aug = AugmentationConfig(**config.augmentation)
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self.best_val_loss = math.inf
+        self.evals_without_improvement = 0
+        self.elapsed_s = 0.0
+
+    # -- checkpoints ---------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        """Model and optimizer momentum as safetensors, counters as JSON (atomic)."""
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        for i, p in enumerate(self.model.parameters()):
+            buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                tensors[f"momentum.{i}"] = buf.detach().cpu().contiguous()
+        tmp = self.run_dir / "checkpoint.safetensors.tmp"
+        save_file(tensors, str(tmp))
+        tmp.replace(self.run_dir / "checkpoint.safetensors")
+        meta = {
+            "step": self.step,
+            "history": self.history,
+            "best_val_loss": self.best_val_loss,
+            "evals_without_improvement": self.evals_without_improvement,
+            "elapsed_s": self.elapsed_s,
+            "rng_state": self.rng.bit_generator.state,
+        }
+        tmp_meta = self.run_dir / "checkpoint.json.tmp"
+        tmp_meta.write_text(json.dumps(meta, default=_json_default))
+        tmp_meta.replace(self.run_dir / "checkpoint.json")
+
+    def try_resume(self) -> bool:
+        """Resume from ``run_dir/checkpoint.*`` when present."""
+        ckpt = self.run_dir / "checkpoint.safetensors"
+        meta_path = self.run_dir / "checkpoint.json"
+        if not (ckpt.is_file() and meta_path.is_file()):
+            return False
+        tensors = load_file(str(ckpt))
+        self.model.load_state_dict(
+            {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        )
+        for i, p in enumerate(self.model.parameters()):
+            if f"momentum.{i}" in tensors:
+                self.optimizer.state[p]["momentum_buffer"] = tensors[f"momentum.{i}"].to(self.device)
+        meta = json.loads(meta_path.read_text())
+        self.step = int(meta["step"])
+        self.history = meta["history"]
+        self.best_val_loss = float(meta["best_val_loss"])
+        self.evals_without_improvement = int(meta["evals_without_improvement"])
+        self.elapsed_s = float(meta.get("elapsed_s", 0.0))
+        self.rng.bit_generator.state = meta["rng_state"]
+        log.info("resumed from %s at step %d", ckpt, self.step)
+        return True
+
+    # -- training ------------------------------------------------------------------
+    def learning_rate_at(self, step: int) -> float:
+        """Polynomial decay over the run's progress.
+
+        Progress is the larger of the step fraction and the time fraction, so a
+        run capped by ``max_hours`` still anneals to a small learning rate.
+        """
+        progress = max(step / self.config.max_steps, self.elapsed_s / (self.config.max_hours * 3600))
+        return self.config.learning_rate * max(0.0, 1 - progress) ** 0.9
+
+    def _tensors(self, case: TrainingCase) -> tuple[torch.Tensor, torch.Tensor]:
+        img = torch.from_numpy(normalise_hu(case.image_hu, self.config.min_hu, self.config.max_hu))
+        return img, torch.from_numpy(case.labels)
+
+    def train_step(self, batch: list[TrainingCase]) -> dict[str, float]:
+        self.model.train()
+        imgs, labs = [], []
+        for case in batch:
+            img, lab = self._tensors(case)
+            pi, pl = sample_patch(
+                img, lab, self.config.patch_size, self.config.spacing_mm, self.rng, self.aug
+            )
+            imgs.append(pi)
+            labs.append(pl)
+        x = torch.stack(imgs).to(self.device)
+        y = torch.stack(labs).to(self.device)
+        known = torch.from_numpy(np.stack([c.known for c in batch])).to(self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate_at(self.step)
+        with autocast_for(self.device):
+            logits = self.model(x)
+        loss, parts = dice_ce_loss(logits.float(), y, known)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 12.0)
+        self.optimizer.step()
+        return {"loss": float(loss.detach()), **parts}
+
+    @torch.no_grad()
+    def validate(self, cases: list[TrainingCase]) -> dict[str, float]:
+        """Whole-volume loss and hard Dice per ROI on validation cases."""
+        self.model.eval()
+        n_cls = len(self.config.roi_names) + 1
+        losses = []
+        inter = np.zeros(n_cls)
+        total = np.zeros(n_cls)
+        for case in cases:
+            img, lab = self._tensors(case)
+            x, crop = pad_to_multiple(img[None, None], self.model.config.size_divisor)
+            with autocast_for(self.device):
+                logits = self.model(x.to(self.device))
+            logits = logits.float()[crop].cpu()
+            known = torch.from_numpy(case.known)[None]
+            loss, _ = dice_ce_loss(logits, lab[None].long(), known)
+            losses.append(float(loss))
+            pred = logits[0].argmax(0).numpy()
+            for c in range(1, n_cls):
+                if case.known[c]:
+                    inter[c] += 2 * np.logical_and(pred == c, case.labels == c).sum()
+                    total[c] += (pred == c).sum() + (case.labels == c).sum()
+        result = {"val_loss": float(np.mean(losses))}
+        for c, name in enumerate(self.config.roi_names, start=1):
+            result[f"dice_{name}"] = float(inter[c] / total[c]) if total[c] else float("nan")
+        return result
+
+    def fit(self, train: list[TrainingCase], val: list[TrainingCase]) -> None:
+        """Train until max_steps, max_hours or early stopping; checkpoint as it goes."""
+        cfg = self.config
+        start = time.monotonic() - self.elapsed_s
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step")
+        window: list[float] = []
+        while self.step < cfg.max_steps:
+            idx = self.rng.choice(len(train), size=cfg.batch_size, replace=False)
+            parts = self.train_step([train[i] for i in idx])
+            self.step += 1
+            window.append(parts["loss"])
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(window[-20:]):.3f}", dice=f"{parts['dice']:.2f}")
+            self.elapsed_s = time.monotonic() - start
+            stop = False
+            if self.step % cfg.validate_every == 0 or self.step == cfg.max_steps:
+                metrics = self.validate(val)
+                entry = {"step": self.step, "train_loss": float(np.mean(window)), **metrics,
+                         "elapsed_s": self.elapsed_s}
+                window = []
+                self.history.append(entry)
+                log.info("step %d %s", self.step, json.dumps(entry))
+                if metrics["val_loss"] < self.best_val_loss:
+                    self.best_val_loss = metrics["val_loss"]
+                    self.evals_without_improvement = 0
+                    self.save_best()
+                else:
+                    self.evals_without_improvement += 1
+                    if self.evals_without_improvement >= cfg.early_stop_patience:
+                        log.info("early stop: validation loss did not improve for %d evaluations",
+                                 self.evals_without_improvement)
+                        stop = True
+                self.plot_loss_curve()
+            if self.step % cfg.checkpoint_every == 0 or stop:
+                self.save_checkpoint()
+            if stop or self.elapsed_s > cfg.max_hours * 3600:
+                break
+        self.save_checkpoint()
+        bar.close()
+
+    def save_best(self) -> None:
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        tmp = self.run_dir / "best.safetensors.tmp"
+        save_file(state, str(tmp))
+        tmp.replace(self.run_dir / "best.safetensors")
+        (self.run_dir / "best.json").write_text(json.dumps(self.history[-1], indent=1))
+
+    def plot_loss_curve(self) -> Path:
+        """Write ``loss_curve.png`` (train and validation loss, mean Dice)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [h["step"] for h in self.history]
+        fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+        ax[0].plot(steps, [h["train_loss"] for h in self.history], label="train")
+        ax[0].plot(steps, [h["val_loss"] for h in self.history], label="validation")
+        ax[0].set_xlabel("step")
+        ax[0].set_ylabel("Dice + CE loss")
+        ax[0].legend()
+        for name in self.config.roi_names:
+            ax[1].plot(steps, [h.get(f"dice_{name}", float("nan")) for h in self.history], label=name)
+        ax[1].set_xlabel("step")
+        ax[1].set_ylabel("validation Dice")
+        ax[1].legend(fontsize=7)
+        fig.tight_layout()
+        out = self.run_dir / "loss_curve.png"
+        fig.savefig(out, dpi=80)
+        plt.close(fig)
+        return out
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(type(obj))
+
+
+def load_training_config(path: Path) -> TrainingConfig:
+    raw = yaml.safe_load(path.read_text())
+    config = TrainingConfig.model_validate(raw)
+    base = path.parent
+    config.train_dir = (base / config.train_dir).resolve()
+    config.validation_dir = (base / config.validation_dir).resolve()
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--limit", type=int, default=None, help="use only N training cases")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = load_training_config(args.config)
+    trainer = Trainer(config, args.run_dir, args.device)
+    cache = args.run_dir / "cache"
+    train = load_dataset(config.train_dir, config.roi_sources, config.spacing_mm,
+                         None if args.limit else cache / "train.npz", args.limit)
+    val = load_dataset(config.validation_dir, config.roi_sources, config.spacing_mm,
+                       None if args.limit else cache / "validation.npz")[: config.validation_cases]
+    trainer.try_resume()
+    trainer.fit(train, val)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
