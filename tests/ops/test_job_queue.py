@@ -1,0 +1,200 @@
+"""The durable job queue: idempotent submission, leases, fencing, deliveries."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FakeCompletion, wait_for
+
+from contourd.errors import JobError
+from daemon.job_queue import (
+    DeliveryState,
+    JobState,
+    LeaseLostError,
+    SqliteJobQueue,
+    stage_durations_s,
+)
+
+
+def test_submitting_the_same_series_version_twice_gives_one_job(tmp_path: Path) -> None:
+    queue = SqliteJobQueue(tmp_path)
+    first = queue.submit_series(FakeCompletion())
+    again = queue.submit_series(FakeCompletion())
+    newer = queue.submit_series(FakeCompletion(version=2))
+    assert first == again
+    assert newer != first
+    assert [j.version for j in queue.recent()] == [2, 1]
+    assert queue.get(first).state == JobState.COMPLETE
+
+
+def test_jobs_survive_reopening_the_database(tmp_path: Path) -> None:
+    job_id = SqliteJobQueue(tmp_path).submit_series(FakeCompletion(num_instances=7))
+    reopened = SqliteJobQueue(tmp_path)
+    job = reopened.get(job_id)
+    assert job.num_instances == 7
+    assert [e.state for e in reopened.events(job_id)] == ["complete"]
+
+
+def test_a_claimed_job_is_not_given_to_a_second_worker(tmp_path: Path) -> None:
+    queue_a = SqliteJobQueue(tmp_path)
+    queue_b = SqliteJobQueue(tmp_path)
+    queue_a.submit_series(FakeCompletion())
+    job = queue_a.claim("worker-a", lease_s=60)
+    assert job is not None and job.lease_owner == "worker-a"
+    assert queue_b.claim("worker-b", lease_s=60) is None
+
+
+def test_a_dead_workers_job_is_claimed_again_after_its_lease_expires(tmp_path: Path) -> None:
+    queue_a = SqliteJobQueue(tmp_path)
+    queue_b = SqliteJobQueue(tmp_path)
+    job_id = queue_a.submit_series(FakeCompletion())
+    job = queue_a.claim("worker-a", lease_s=0.3)
+    assert job is not None
+    queue_a.transition(job_id, JobState.ROUTED, worker_id="worker-a", rule="ct")
+    queue_a.transition(job_id, JobState.RUNNING, worker_id="worker-a")
+    # worker-a "dies" here: it never renews its lease.
+    taken = wait_for(
+        lambda: queue_b.claim("worker-b", lease_s=60), 5, "worker-b claims the expired job"
+    )
+    assert taken.id == job_id and taken.attempts == 2
+    with pytest.raises(LeaseLostError):
+        queue_a.transition(job_id, JobState.WRITTEN, worker_id="worker-a")
+    with pytest.raises(LeaseLostError):
+        queue_a.renew_lease(job_id, "worker-a", 60)
+    messages = [e.message or "" for e in queue_b.events(job_id)]
+    assert any("worker-a" in m and "expired" in m for m in messages)
+
+
+def test_a_renewed_lease_keeps_the_job(tmp_path: Path) -> None:
+    queue = SqliteJobQueue(tmp_path)
+    job_id = queue.submit_series(FakeCompletion())
+    assert queue.claim("worker-a", lease_s=0.5) is not None
+    queue.renew_lease(job_id, "worker-a", 60)
+    time.sleep(0.6)  # past the first lease: the renewal must be what protects the job
+    assert queue.claim("worker-b", lease_s=60) is None
+
+
+def test_a_job_that_keeps_killing_workers_ends_failed(tmp_path: Path) -> None:
+    queue = SqliteJobQueue(tmp_path, max_attempts=2)
+    job_id = queue.submit_series(FakeCompletion())
+    for n in range(2):
+        job = wait_for(lambda n=n: queue.claim(f"w{n}", lease_s=0.1), 5, "claim")
+        queue.transition(job.id, JobState.ROUTED, worker_id=f"w{n}")
+        queue.transition(job.id, JobState.RUNNING, worker_id=f"w{n}")
+    time.sleep(0.15)
+    assert queue.claim("w3", lease_s=60) is None
+    job = queue.get(job_id)
+    assert job.state == JobState.FAILED
+    assert "claimed 2 times" in (job.error or "")
+
+
+def test_illegal_transition_is_refused_with_the_allowed_states(tmp_path: Path) -> None:
+    queue = SqliteJobQueue(tmp_path)
+    job_id = queue.submit_series(FakeCompletion())
+    with pytest.raises(JobError, match="cannot go from complete to sent"):
+        queue.transition(job_id, JobState.SENT)
+
+
+def test_failure_keeps_the_error_message_and_clears_the_lease(tmp_path: Path) -> None:
+    queue = SqliteJobQueue(tmp_path)
+    job_id = queue.submit_series(FakeCompletion())
+    queue.claim("w", lease_s=60)
+    job = queue.transition(job_id, JobState.FAILED, worker_id="w", message="model 'x' not approved")
+    assert job.error == "model 'x' not approved"
+    assert job.lease_owner is None and job.finished_at is not None
+    assert queue.last_error() is not None and queue.last_error()[0] == job_id
+
+
+def test_scheduled_job_waits_until_its_window(tmp_path: Path) -> None:
+    queue = SqliteJobQueue(tmp_path)
+    job_id = queue.submit_series(FakeCompletion())
+    queue.claim("w", lease_s=60)
+    queue.transition(
+        job_id,
+        JobState.SCHEDULED,
+        worker_id="w",
+        release_lease=True,
+        not_before=time.time() + 0.4,
+    )
+    assert queue.claim("w", lease_s=60) is None
+    job = wait_for(lambda: queue.claim("w", lease_s=60), 5, "job claimable once the window opens")
+    assert job.id == job_id
+
+
+def test_higher_priority_job_is_claimed_first(tmp_path: Path) -> None:
+    queue = SqliteJobQueue(tmp_path)
+    low = queue.submit_series(FakeCompletion(series_uid="1.2.3.1"))
+    high = queue.submit_series(FakeCompletion(series_uid="1.2.3.2"))
+    queue.update_fields(high, priority=5)
+    first = queue.claim("w", lease_s=60)
+    assert first is not None and first.id == high
+    second = queue.claim("w", lease_s=60)
+    assert second is not None and second.id == low
+
+
+def _written_job(queue: SqliteJobQueue, destinations: list[str]) -> int:
+    job_id = queue.submit_series(FakeCompletion())
+    queue.claim("w", lease_s=60)
+    queue.transition(job_id, JobState.ROUTED, worker_id="w", destinations=destinations)
+    queue.transition(job_id, JobState.RUNNING, worker_id="w")
+    queue.add_deliveries(job_id, destinations)
+    queue.transition(
+        job_id,
+        JobState.WRITTEN,
+        worker_id="w",
+        release_lease=True,
+        result_files=[Path("/r/rtstruct.dcm")],
+    )
+    return job_id
+
+
+def test_job_is_sent_only_when_every_destination_has_it(tmp_path: Path) -> None:
+    queue = SqliteJobQueue(tmp_path)
+    job_id = _written_job(queue, ["tps", "archive"])
+    claimed = {}
+    for _ in range(2):
+        got = queue.claim_delivery("d", lease_s=60)
+        assert got is not None
+        claimed[got[1].destination] = got
+    assert queue.claim_delivery("d", lease_s=60) is None
+    assert queue.get(job_id).state == JobState.SENDING
+    queue.finish_delivery(job_id, "tps", "d", ok=True, sop_instance_uids=["1.2.3"])
+    assert queue.get(job_id).state == JobState.SENDING
+    job = queue.finish_delivery(job_id, "archive", "d", ok=True, sop_instance_uids=["1.2.3"])
+    assert job.state == JobState.SENT
+    assert [e.state for e in queue.events(job_id)][-1] == "sent"
+    assert stage_durations_s(queue.events(job_id)).keys() >= {"processing", "sending", "total"}
+
+
+def test_failed_attempt_with_retry_time_is_pending_until_then(tmp_path: Path) -> None:
+    queue = SqliteJobQueue(tmp_path)
+    job_id = _written_job(queue, ["tps"])
+    assert queue.claim_delivery("d", lease_s=60) is not None
+    queue.finish_delivery(job_id, "tps", "d", ok=False, error="refused", retry_at=time.time() + 0.3)
+    assert queue.claim_delivery("d", lease_s=60) is None
+    got = wait_for(lambda: queue.claim_delivery("d", lease_s=60), 5, "retry due")
+    assert got[1].attempts == 2
+    job = queue.finish_delivery(job_id, "tps", "d", ok=False, error="refused", retry_at=None)
+    assert job.state == JobState.FAILED
+    assert "after 2 attempts" in (job.error or "") and "resend" in (job.error or "")
+
+
+def test_resend_requeues_the_same_files_and_adds_a_new_destination(tmp_path: Path) -> None:
+    queue = SqliteJobQueue(tmp_path)
+    job_id = _written_job(queue, ["tps"])
+    queue.claim_delivery("d", lease_s=60)
+    queue.finish_delivery(job_id, "tps", "d", ok=True)
+    job = queue.requeue_delivery(job_id, ["tps", "backup"])
+    assert job.state == JobState.WRITTEN
+    assert job.result_files == [Path("/r/rtstruct.dcm")]
+    states = {d.destination: d.state for d in queue.deliveries(job_id)}
+    assert states == {"backup": DeliveryState.PENDING, "tps": DeliveryState.PENDING}
+
+
+def test_resend_of_a_job_without_results_is_refused(tmp_path: Path) -> None:
+    queue = SqliteJobQueue(tmp_path)
+    job_id = queue.submit_series(FakeCompletion())
+    with pytest.raises(JobError, match="no result files"):
+        queue.requeue_delivery(job_id, ["tps"])
