@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from contourd.errors import ConfigError
 from routing.rules import Rule
@@ -54,13 +54,96 @@ class SeriesConfig(StrictModel):
     complete_on: str = "quiet_period"
 
 
+class DestinationTlsConfig(StrictModel):
+    """TLS for sending to one destination (owner: dispatch).
+
+    ``ca_file`` verifies the peer's certificate (the system store when unset);
+    ``cert_file``/``key_file`` give our client certificate when the peer asks.
+    """
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    check_hostname: bool = True
+
+
 class DestinationConfig(StrictModel):
-    """A C-STORE peer or a folder that results are sent to (owner: dispatch)."""
+    """A C-STORE peer or a folder that results are sent to (owner: dispatch).
+
+    Either ``ae_title`` + ``host`` + ``port`` (DICOM C-STORE) or ``folder``
+    (files are written there for planning systems that import from a share).
+    """
 
     ae_title: str | None = None
     host: str | None = None
-    port: int | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
     folder: Path | None = None
+    tls: DestinationTlsConfig | None = None
+
+    @model_validator(mode="after")
+    def _network_or_folder(self) -> DestinationConfig:
+        network = [self.ae_title, self.host, self.port]
+        if self.folder is None and any(v is None for v in network):
+            raise ValueError(
+                "a destination needs either ae_title, host and port (C-STORE) or folder; "
+                f"got ae_title={self.ae_title!r}, host={self.host!r}, port={self.port!r}"
+            )
+        if self.folder is not None and any(v is not None for v in network):
+            raise ValueError("a destination is either a C-STORE peer or a folder, not both")
+        return self
+
+
+class DispatchConfig(StrictModel):
+    """Sending results (owner: dispatch, daemon/dispatch.py).
+
+    Attempt n (1-based) that fails is retried after
+    ``min(retry_initial_s * retry_factor**(n-1), retry_max_s)`` seconds, until
+    ``max_attempts`` attempts have failed; then the job is ``failed``.
+    """
+
+    calling_ae_title: str = "CONTOURD"
+    max_attempts: int = Field(default=8, ge=1)
+    retry_initial_s: float = Field(default=5.0, gt=0)
+    retry_factor: float = Field(default=2.0, ge=1)
+    retry_max_s: float = Field(default=600.0, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    network_timeout_s: float = Field(default=60.0, gt=0)
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    max_pdu_bytes: int = Field(default=0, ge=0)
+
+
+class WorkerConfig(StrictModel):
+    """Worker processes that run the models (owner: daemon/worker.py)."""
+
+    processes: int = Field(default=1, ge=1)
+    lease_s: float = Field(default=60.0, gt=0)
+    poll_interval_s: float = Field(default=0.5, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    device: str = "auto"
+    uid_root: str = "1.2.826.0.1.3680043.10.1453."
+    preview: bool = True
+
+
+class RetentionConfig(StrictModel):
+    """Deleting images once their jobs are finished (owner: daemon/retention.py).
+
+    Images of a series are deleted ``delete_images_after_h`` hours after the
+    last of its jobs finished (sent, failed, not routed, shadow). When free
+    disk space falls below ``emergency_free_disk_mb``, finished series are
+    purged at once, oldest first; unsent results are never touched.
+    """
+
+    delete_images_after_h: float = Field(default=72.0, ge=0)
+    check_interval_s: float = Field(default=300.0, gt=0)
+    emergency_free_disk_mb: int = Field(default=2048, ge=0)
+
+
+class HttpConfig(StrictModel):
+    """``/healthz`` and Prometheus ``/metrics`` (owner: daemon/health_http.py)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
 
 
 class ContourdConfig(StrictModel):
@@ -69,6 +152,10 @@ class ContourdConfig(StrictModel):
     node: NodeConfig = Field(default_factory=NodeConfig)
     series: SeriesConfig = Field(default_factory=SeriesConfig)
     destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
+    dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
     rules: list[Rule] = Field(default_factory=list)
 
     @property
