@@ -1,22 +1,447 @@
-"""Routing rule models (the ``rules:`` section of the config).
+"""Routing rules: the ``rules:`` section of the config file (pydantic v2).
 
-Owned by the routing package; this first version is the minimal shape the
-config sketch uses and is extended by the routing issue.
+A rule is declarative: a ``match:`` block of conditions on the series header
+and the association, and actions (models, destinations, outputs, ...). Nothing
+in a rule is evaluated as code. Every model forbids unknown keys, so a
+misspelt key is an error with its location (see ``daemon.config.load_config``).
+
+Semantics (enforced by :func:`routing.engine.route`): rules are tried in file
+order; the first rule that matches wins unless it says ``continue: true``, in
+which case later rules are tried too and every matching rule runs. All keys in
+one ``match:`` block must hold (AND); ``any:`` needs one of its blocks,
+``all:`` all of them and ``not:`` fails when its block holds.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+import string
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from routing.suggest import did_you_mean
+
+#: Modalities a rule may name (DICOM PS3.3 C.7.3.1.1.1 defined terms in use).
+KNOWN_MODALITIES: tuple[str, ...] = (
+    "CT", "MR", "PT", "NM", "US", "CR", "DX", "MG", "XA", "RF", "OT", "SC",
+    "RTIMAGE", "RTSTRUCT", "RTDOSE", "RTPLAN", "RTRECORD", "REG", "SEG", "SR",
+    "KO", "PR",
+)  # fmt: skip
+
+#: Patient positions (0018,5100) a rule may name.
+KNOWN_PATIENT_POSITIONS: tuple[str, ...] = (
+    "HFS", "HFP", "FFS", "FFP", "HFDR", "HFDL", "FFDR", "FFDL",
+    "LFP", "LFS", "RFP", "RFS", "AFDR", "AFDL", "PFDR", "PFDL",
+)  # fmt: skip
+
+#: Slice orientations derived from Image Orientation (Patient).
+ORIENTATIONS: tuple[str, ...] = ("axial", "sagittal", "coronal", "oblique")
+
+#: Placeholders a ``structure_set_label`` template may use.
+LABEL_FIELDS: tuple[str, ...] = (
+    "model_name", "model_version", "rule", "date", "time", "modality",
+    "series_description",
+)  # fmt: skip
+
+#: DICOM Structure Set Label (3006,0002) is a Short String: 16 characters.
+STRUCTURE_SET_LABEL_MAX_CHARS = 16
+
+_MODEL_REF_RE = re.compile(
+    r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<version>\d+\.\d+\.\d+[0-9A-Za-z.+-]*))?$"
+)
+_TIME_RE = re.compile(r"^(?P<h>[01]\d|2[0-3]):(?P<m>[0-5]\d)$")
+
+REGEX_PREFIX = "regex:"
 
 
-class Rule(BaseModel):
-    """One routing rule: a match and the actions for series it matches."""
+class RuleModel(BaseModel):
+    """Base of every rule section: unknown keys are errors; aliases accepted."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class TextPattern(RuleModel):
+    """A text condition in its long form; exactly one of the three kinds.
+
+    ``contains`` is a substring test, ``equals`` a whole-value test and
+    ``regex`` a Python regular expression searched anywhere in the value
+    (anchor it with ``^...$`` for a whole-value match). All are
+    case-insensitive unless ``case_sensitive: true``.
+    """
+
+    contains: str | None = None
+    equals: str | None = None
+    regex: str | None = None
+    case_sensitive: bool = False
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> Self:
+        kinds = [k for k in ("contains", "equals", "regex") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                f"a text pattern needs exactly one of contains/equals/regex, got "
+                f"{kinds or 'none'}; write e.g. {{regex: '^HN', case_sensitive: false}}"
+            )
+        if self.regex is not None:
+            _check_regex(self.regex)
+        return self
+
+
+#: ``"text"`` (substring), ``"regex:^text"`` or a :class:`TextPattern`;
+#: a list means any one of them.
+TextMatch = str | TextPattern | list[str | TextPattern]
+
+
+def _check_regex(pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ValueError(
+            f"regex {pattern!r} is not a valid regular expression ({err}); "
+            f"escape special characters like '(' or '+' with a backslash"
+        ) from err
+
+
+def text_patterns(value: TextMatch) -> list[TextPattern]:
+    """The long form of a text condition as a list of alternatives."""
+    items = value if isinstance(value, list) else [value]
+    patterns = []
+    for item in items:
+        if isinstance(item, TextPattern):
+            patterns.append(item)
+        elif item.startswith(REGEX_PREFIX):
+            patterns.append(TextPattern(regex=item[len(REGEX_PREFIX) :]))
+        else:
+            patterns.append(TextPattern(contains=item))
+    return patterns
+
+
+def as_list(value: str | list[str]) -> list[str]:
+    """A one-or-many value as a list."""
+    return value if isinstance(value, list) else [value]
+
+
+class FloatRange(RuleModel):
+    """Closed interval ``[min, max]``; either bound may be left out."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.min is None and self.max is None:
+            raise ValueError("a range needs min, max or both, e.g. {min: 1.0, max: 3.0}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"range min {self.min} is above max {self.max}; swap them")
+        return self
+
+
+class IntRange(RuleModel):
+    """Closed interval ``[min, max]`` of counts; either bound may be left out."""
+
+    min: Annotated[int, Field(ge=0)] | None = None
+    max: Annotated[int, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.min is None and self.max is None:
+            raise ValueError("a range needs min, max or both, e.g. {min: 20}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"range min {self.min} is above max {self.max}; swap them")
+        return self
+
+
+def _check_choices(value: str | list[str] | None, allowed: tuple[str, ...], what: str) -> None:
+    if value is None:
+        return
+    for item in as_list(value):
+        if item.strip().upper() not in {a.upper() for a in allowed}:
+            raise ValueError(
+                f"{what} {item!r} is not one of {', '.join(allowed)}{did_you_mean(item, allowed)}"
+            )
+
+
+class Match(RuleModel):
+    """Conditions on a series; every key given must hold.
+
+    Conditions are checked in the order of the fields below, and the first one
+    that fails is the one an explanation reports. Values are compared
+    case-insensitively. A list of values means "any of these".
+    """
+
+    modality: str | list[str] | None = Field(
+        default=None, description="Modality (0008,0060), e.g. CT or [CT, MR]."
+    )
+    body_part: str | list[str] | None = Field(
+        default=None,
+        description="Body Part Examined (0018,0015), compared after synonym normalisation.",
+    )
+    series_description: TextMatch | None = Field(
+        default=None, description="Series Description (0008,103E): substring or 'regex:...'."
+    )
+    study_description: TextMatch | None = Field(
+        default=None, description="Study Description (0008,1030): substring or 'regex:...'."
+    )
+    protocol_name: TextMatch | None = Field(
+        default=None, description="Protocol Name (0018,1030): substring or 'regex:...'."
+    )
+    calling_ae: str | list[str] | None = Field(
+        default=None, description="AE title of the sender (the association's calling AE)."
+    )
+    called_ae: str | list[str] | None = Field(
+        default=None, description="AE title the sender addressed (our called AE)."
+    )
+    manufacturer: TextMatch | None = Field(
+        default=None, description="Manufacturer (0008,0070): substring or 'regex:...'."
+    )
+    station_name: TextMatch | None = Field(
+        default=None, description="Station Name (0008,1010): substring or 'regex:...'."
+    )
+    image_type_contains: str | list[str] | None = Field(
+        default=None,
+        description="Values that must all be in Image Type (0008,0008), e.g. [ORIGINAL, AXIAL].",
+    )
+    slice_thickness_mm: FloatRange | None = Field(
+        default=None, description="Slice Thickness (0018,0050) in mm, {min, max}."
+    )
+    num_images: IntRange | None = Field(
+        default=None, description="Number of images (frames) in the series, {min, max}."
+    )
+    orientation: str | list[str] | None = Field(
+        default=None,
+        description="Slice orientation from Image Orientation (Patient): "
+        "axial, sagittal, coronal or oblique (more than 30 degrees off every axis).",
+    )
+    patient_position: str | list[str] | None = Field(
+        default=None, description="Patient Position (0018,5100), e.g. HFS."
+    )
+    all_: list[Match] | None = Field(
+        default=None, alias="all", description="Every block in the list must hold."
+    )
+    any_: list[Match] | None = Field(
+        default=None, alias="any", description="At least one block in the list must hold."
+    )
+    not_: Match | None = Field(default=None, alias="not", description="This block must not hold.")
+
+    @field_validator("modality")
+    @classmethod
+    def _known_modality(cls, value: str | list[str] | None) -> str | list[str] | None:
+        _check_choices(value, KNOWN_MODALITIES, "modality")
+        return value
+
+    @field_validator("orientation")
+    @classmethod
+    def _known_orientation(cls, value: str | list[str] | None) -> str | list[str] | None:
+        _check_choices(value, ORIENTATIONS, "orientation")
+        return value
+
+    @field_validator("patient_position")
+    @classmethod
+    def _known_position(cls, value: str | list[str] | None) -> str | list[str] | None:
+        _check_choices(value, KNOWN_PATIENT_POSITIONS, "patient_position")
+        return value
+
+    @field_validator(
+        "series_description", "study_description", "protocol_name", "manufacturer", "station_name"
+    )
+    @classmethod
+    def _valid_regexes(cls, value: TextMatch | None) -> TextMatch | None:
+        if value is not None:
+            for pattern in text_patterns(value):
+                if pattern.regex is not None:
+                    _check_regex(pattern.regex)
+        return value
+
+    @field_validator("all_", "any_")
+    @classmethod
+    def _non_empty_group(cls, value: list[Match] | None) -> list[Match] | None:
+        if value is not None and not value:
+            raise ValueError("an all:/any: group needs at least one block")
+        return value
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model a rule runs: its name and, when pinned, its version.
+
+    ``version`` is ``None`` for "the newest approved version at run time".
+    """
 
     name: str
-    match: dict[str, Any] = Field(default_factory=dict)
-    model: str | list[str]
-    send_to: list[str] = Field(default_factory=list)
+    version: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ModelRef:
+        """Parse ``"hn-oar"`` or ``"hn-oar@1.2.0"``."""
+        found = _MODEL_REF_RE.match(text.strip())
+        if not found:
+            raise ValueError(
+                f"model {text!r} is not 'name' or 'name@version' (version like 1.2.0), "
+                f"e.g. 'hn-oar' for the newest approved version or 'hn-oar@1.2.0'"
+            )
+        return cls(found["name"], found["version"])
+
+    def __str__(self) -> str:
+        return self.name if self.version is None else f"{self.name}@{self.version}"
+
+
+class Schedule(RuleModel):
+    """A daily window in local wall-clock time, ``[start, end)``.
+
+    ``start: "20:00", end: "06:00"`` crosses midnight: 20:00 to 23:59 and
+    00:00 to 05:59. Series that complete outside the window are queued
+    until it opens (see :func:`routing.schedule.next_window_start`).
+    """
+
+    start: str = Field(description="Opening time, HH:MM (24 h, local time).")
+    end: str = Field(description="Closing time, HH:MM (24 h, local time), exclusive.")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hh_mm(cls, value: str) -> str:
+        if not _TIME_RE.match(value):
+            raise ValueError(
+                f"time {value!r} is not HH:MM on a 24-hour clock; write e.g. '20:00' or '06:30' "
+                f"(quote it in YAML)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Self:
+        if self.start == self.end:
+            raise ValueError(
+                f"schedule start and end are both {self.start}; leave out schedule: "
+                f"to run at any time"
+            )
+        return self
+
+    def minutes(self) -> tuple[int, int]:
+        """``(start, end)`` as minutes after local midnight."""
+        hs, ms = self.start.split(":")
+        he, me = self.end.split(":")
+        return int(hs) * 60 + int(ms), int(he) * 60 + int(me)
+
+
+OutputKind = Literal["rtstruct", "seg"]
+CompleteOn = Literal["quiet_period", "association_release"]
+
+
+def _default_outputs() -> list[OutputKind]:
+    return ["rtstruct"]
+
+
+class Rule(RuleModel):
+    """One routing rule: a match and what to do with the series it matches."""
+
+    name: str = Field(min_length=1, description="Unique name, shown in logs and job records.")
+    description: str | None = Field(default=None, description="Free text for the reader.")
+    enabled: bool = Field(default=True, description="false keeps the rule but never tries it.")
+    match: Match = Field(default_factory=Match, description="Conditions; empty matches all.")
+    model: str | list[str] = Field(
+        description="'name' (newest approved), 'name@1.2.0' (pinned) or a list: all run, "
+        "their ROIs go into one structure set; a name clash keeps the earlier model's ROI."
+    )
+    send_to: str | list[str] = Field(
+        default_factory=list, description="Destination name(s) from destinations:."
+    )
+    outputs: list[OutputKind] = Field(
+        default_factory=_default_outputs, min_length=1, description="rtstruct, seg or both."
+    )
+    structure_set_label: str = Field(
+        default="{model_name}",
+        description="Template for the Structure Set Label (16 characters at most after "
+        "filling in); placeholders: " + ", ".join("{" + f + "}" for f in LABEL_FIELDS),
+    )
+    shadow: bool = Field(default=False, description="Run and record, never send.")
+    complete_on: CompleteOn | None = Field(
+        default=None,
+        description="When a series counts as complete; default from series.complete_on.",
+    )
+    priority: int = Field(default=0, description="Higher runs first when jobs are queued.")
+    schedule: Schedule | None = Field(
+        default=None, description="Only run inside this daily window; queued until then."
+    )
+    continue_: bool = Field(
+        default=False, alias="continue", description="Also try the rules after this one."
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _model_refs(cls, value: str | list[str]) -> str | list[str]:
+        refs = [ModelRef.parse(v) for v in as_list(value)]
+        if not refs:
+            raise ValueError("model needs at least one model name, e.g. model: body")
+        names = [r.name for r in refs]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"model list names {duplicates} more than once; list each once")
+        return value
+
+    @field_validator("outputs")
+    @classmethod
+    def _unique_outputs(cls, value: list[OutputKind]) -> list[OutputKind]:
+        return list(dict.fromkeys(value))
+
+    @field_validator("structure_set_label")
+    @classmethod
+    def _label_fields(cls, value: str) -> str:
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+        except ValueError as err:
+            raise ValueError(
+                f"structure_set_label {value!r} is not a valid template ({err}); "
+                f"write placeholders as {{model_name}} and literal braces as {{{{ }}}}"
+            ) from err
+        for field in fields:
+            if field not in LABEL_FIELDS:
+                raise ValueError(
+                    f"structure_set_label placeholder {{{field}}} is unknown; use one of "
+                    f"{', '.join(LABEL_FIELDS)}{did_you_mean(field, LABEL_FIELDS)}"
+                )
+        return value
+
+    @property
+    def model_refs(self) -> list[ModelRef]:
+        """The models to run, in list order (earlier wins an ROI name clash)."""
+        return [ModelRef.parse(v) for v in as_list(self.model)]
+
+    @property
+    def destinations(self) -> list[str]:
+        """Destination names, in order."""
+        return as_list(self.send_to)
+
+
+class RoutingConfig(RuleModel):
+    """The routing part of the config: rules plus the body part synonyms."""
+
+    rules: list[Rule] = Field(default_factory=list)
+    body_part_synonyms: dict[str, list[str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Self:
+        check_unique_rule_names(self.rules)
+        return self
+
+
+def check_unique_rule_names(rules: list[Rule]) -> None:
+    """Raise ``ValueError`` when two rules share a name."""
+    seen: set[str] = set()
+    for rule in rules:
+        if rule.name in seen:
+            raise ValueError(f"rule name {rule.name!r} is used twice; give each rule its own name")
+        seen.add(rule.name)
+
+
+def rule_summary(rule: Rule) -> dict[str, Any]:
+    """A short, JSON-friendly description of a rule's actions (for logs and CLI)."""
+    return {
+        "rule": rule.name,
+        "models": [str(r) for r in rule.model_refs],
+        "send_to": rule.destinations,
+        "outputs": list(rule.outputs),
+        "shadow": rule.shadow,
+        "priority": rule.priority,
+        "schedule": None if rule.schedule is None else f"{rule.schedule.start}-{rule.schedule.end}",
+    }
