@@ -243,8 +243,10 @@ class JobQueue(Protocol):
         """The job's deliveries."""
         ...
 
-    def claim_delivery(self, owner: str, lease_s: float) -> tuple[Job, Delivery] | None:
-        """Lease the next delivery that is due, or ``None``."""
+    def claim_delivery(
+        self, owner: str, lease_s: float, *, job_id: int | None = None
+    ) -> tuple[Job, Delivery] | None:
+        """Lease the next delivery that is due (of ``job_id`` only, if given)."""
         ...
 
     def finish_delivery(
@@ -798,20 +800,25 @@ class SqliteJobQueue:
             ).fetchone()
         return float(row[0]) if row and row[0] is not None else None
 
-    def claim_delivery(self, owner: str, lease_s: float) -> tuple[Job, Delivery] | None:
+    def claim_delivery(
+        self, owner: str, lease_s: float, *, job_id: int | None = None
+    ) -> tuple[Job, Delivery] | None:
         """Lease the oldest due pending delivery (or one whose sender died).
 
-        The job moves to ``sending``.
+        With ``job_id``, only that job's deliveries are considered. The job
+        moves to ``sending``.
         """
         now = time.time()
+        only = "" if job_id is None else " AND j.id = ?"
+        params: tuple[Any, ...] = (now, now) if job_id is None else (now, now, job_id)
         with self._write() as conn:
             row = conn.execute(
                 "SELECT d.job_id, d.destination FROM job_deliveries d JOIN jobs j "
                 "ON j.id = d.job_id WHERE j.state IN ('written', 'sending') AND ("
                 "(d.state = 'pending' AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= ?))"
-                " OR (d.state = 'sending' AND d.lease_expires_at < ?)) "
+                " OR (d.state = 'sending' AND d.lease_expires_at < ?))" + only + " "
                 "ORDER BY j.priority DESC, d.next_attempt_at ASC LIMIT 1",
-                (now, now),
+                params,
             ).fetchone()
             if row is None:
                 return None

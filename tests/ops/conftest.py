@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pydicom
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,3 +66,71 @@ class FakeCompletion:
 
 
 wait_for_fixture = pytest.fixture(name="wait_for")(lambda: wait_for)
+
+
+class StoreScp:
+    """DCMTK ``storescp`` playing the planning system, on a free loopback port.
+
+    Received files land in ``out_dir``; :meth:`received` reads their SOP
+    Instance UIDs.
+    """
+
+    def __init__(self, out_dir: Path, ae_title: str = "TPS", port: int | None = None) -> None:
+        self.binary = require_tool("storescp", "dcmtk")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.ae_title = ae_title
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> StoreScp:
+        self.proc = subprocess.Popen(
+            [self.binary, "-aet", self.ae_title, "-od", str(self.out_dir), "+uf", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def listening() -> bool:
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_for(listening, 10, f"storescp listening on port {self.port}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def received(self) -> list[pydicom.Dataset]:
+        """Every file storescp has written so far, fully read."""
+        return [pydicom.dcmread(p) for p in sorted(self.out_dir.iterdir()) if p.is_file()]
+
+    def __enter__(self) -> StoreScp:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def make_result_file(path: Path, sop_uid: str | None = None) -> Path:
+    """A small valid RT Structure Set file (no contours) for dispatch tests."""
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.481.3"
+    ds.SOPInstanceUID = sop_uid or generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "RTSTRUCT"
+    ds.StructureSetLabel = "AUTO"
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

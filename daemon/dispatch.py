@@ -1,0 +1,389 @@
+"""Sending results to destinations: C-STORE SCU (optionally TLS) or a folder.
+
+The :class:`Dispatcher` takes due deliveries from the job queue
+(:meth:`SqliteJobQueue.claim_delivery`), sends the job's result files and
+records the outcome. A failed attempt n (1-based) is retried after
+:func:`backoff_s` seconds (exponential, capped); apscheduler fires the retry
+at that time, and a periodic sweep also picks up deliveries that other
+processes (the worker, ``contourd resend``) queued. After
+``dispatch.max_attempts`` failed attempts the delivery, and so the job, is
+``failed`` with every attempt's error kept in ``job_events``.
+
+The same files are sent every time, so a resend carries the same SOP
+Instance UIDs and a planning system never receives two different-looking
+copies of one result.
+
+Speed: the SCU sets ``TCP_NODELAY`` on the association's socket (small PDUs
+such as P-DATA headers and C-STORE responses are not held back by Nagle's
+algorithm) and sends each file straight from disk in chunks
+(pynetdicom's ``STORE_SEND_CHUNKED_DATASET``) instead of decoding and
+re-encoding it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+
+import pydicom
+from apscheduler.schedulers.background import BackgroundScheduler
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from contourd.errors import DispatchError
+from daemon.config import DestinationConfig, DispatchConfig
+from daemon.job_queue import DeliveryState, Job, SqliteJobQueue
+
+log = logging.getLogger(__name__)
+
+_FALLBACK_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+"""Explicit and implicit VR little endian, offered beside each file's own syntax."""
+
+
+def backoff_s(failed_attempts: int, config: DispatchConfig) -> float:
+    """Seconds to wait after the ``failed_attempts``-th failed attempt (>= 1)."""
+    exponent = max(failed_attempts - 1, 0)
+    return float(min(config.retry_initial_s * config.retry_factor**exponent, config.retry_max_s))
+
+
+def _tls_context(dest: DestinationConfig) -> ssl.SSLContext | None:
+    if dest.tls is None:
+        return None
+    ctx = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=str(dest.tls.ca_file) if dest.tls.ca_file else None
+    )
+    ctx.check_hostname = dest.tls.check_hostname
+    if dest.tls.cert_file is not None:
+        ctx.load_cert_chain(
+            str(dest.tls.cert_file), str(dest.tls.key_file) if dest.tls.key_file else None
+        )
+    return ctx
+
+
+def _file_meta(path: Path) -> tuple[str, str, str]:
+    """(SOP Class UID, SOP Instance UID, transfer syntax UID) of a DICOM file."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    except (OSError, pydicom.errors.InvalidDicomError) as err:
+        raise DispatchError(
+            f"result file {path} cannot be read ({err}); it should be a DICOM file "
+            f"written by the worker; run the job again"
+        ) from err
+    meta = ds.file_meta
+    return (
+        str(meta.MediaStorageSOPClassUID),
+        str(meta.MediaStorageSOPInstanceUID),
+        str(meta.TransferSyntaxUID),
+    )
+
+
+def send_cstore(
+    files: Sequence[Path],
+    dest: DestinationConfig,
+    config: DispatchConfig,
+    *,
+    name: str = "destination",
+) -> list[str]:
+    """Send ``files`` to a C-STORE SCP in one association.
+
+    Returns
+    -------
+    list of str
+        The SOP Instance UIDs the peer acknowledged, in file order.
+
+    Raises
+    ------
+    DispatchError
+        Association refused or aborted, peer unreachable, or a non-success
+        C-STORE status (the message names the destination, file and status).
+    """
+    if dest.host is None or dest.port is None or dest.ae_title is None:
+        raise DispatchError(f"destination {name!r} is not a C-STORE peer (no host/port/ae_title)")
+    metas = [_file_meta(Path(f)) for f in files]
+    ae = AE(ae_title=config.calling_ae_title)
+    ae.acse_timeout = config.connect_timeout_s
+    ae.connection_timeout = config.connect_timeout_s
+    ae.network_timeout = config.network_timeout_s
+    ae.dimse_timeout = config.network_timeout_s
+    ae.maximum_pdu_size = config.max_pdu_bytes
+    for sop_class, _uid, syntax in dict.fromkeys(metas):
+        syntaxes = [syntax] + [s for s in _FALLBACK_SYNTAXES if s != syntax]
+        ae.add_requested_context(sop_class, syntaxes)
+    tls = _tls_context(dest)
+    where = f"{name!r} ({dest.ae_title}@{dest.host}:{dest.port})"
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    assoc = ae.associate(
+        dest.host,
+        int(dest.port),
+        ae_title=dest.ae_title,
+        tls_args=(tls, dest.host) if tls is not None else None,
+    )
+    if not assoc.is_established:
+        reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
+        raise DispatchError(
+            f"association to {where} {reason}; check that the peer is running and "
+            f"accepts calling AE {config.calling_ae_title!r} and called AE {dest.ae_title!r}"
+        )
+    sent: list[str] = []
+    try:
+        sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for path, (_cls, sop_uid, _ts) in zip(files, metas, strict=True):
+            status = assoc.send_c_store(Path(path))
+            code = int(getattr(status, "Status", -1)) if status else -1
+            if code == -1:
+                raise DispatchError(
+                    f"no C-STORE response from {where} for {Path(path).name} "
+                    f"(connection lost or timed out after {config.network_timeout_s} s)"
+                )
+            if code != 0 and not (0xB000 <= code <= 0xBFFF):
+                raise DispatchError(
+                    f"{where} refused {Path(path).name} with status 0x{code:04X}; "
+                    f"see the peer's log for the reason"
+                )
+            sent.append(sop_uid)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return sent
+
+
+def copy_to_folder(files: Sequence[Path], folder: Path) -> list[str]:
+    """Write ``files`` into ``folder`` as ``<SOPInstanceUID>.dcm``, atomically.
+
+    A resend overwrites the file of the same UID, so the folder never holds
+    two copies of one result.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DispatchError(
+            f"destination folder {folder} cannot be created ({err}); check the path and "
+            f"that the contourd user may write there"
+        ) from err
+    uids: list[str] = []
+    for path in files:
+        _cls, sop_uid, _ts = _file_meta(Path(path))
+        target = folder / f"{sop_uid}.dcm"
+        tmp = folder / f".{sop_uid}.{uuid.uuid4().hex}.tmp"
+        try:
+            data = Path(path).read_bytes()
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise DispatchError(
+                f"cannot write {target} ({err}); check free space and rights"
+            ) from err
+        uids.append(sop_uid)
+    return uids
+
+
+def echo(dest: DestinationConfig, config: DispatchConfig, *, name: str = "destination") -> bool:
+    """C-ECHO a C-STORE destination; True when it answered with success."""
+    if dest.host is None or dest.port is None:
+        return dest.folder is not None and Path(dest.folder).is_dir()
+    ae = AE(ae_title=config.calling_ae_title)
+    ae.acse_timeout = config.connect_timeout_s
+    ae.connection_timeout = config.connect_timeout_s
+    ae.add_requested_context(Verification)
+    tls = _tls_context(dest)
+    assoc = ae.associate(
+        dest.host,
+        int(dest.port),
+        ae_title=dest.ae_title or "ANY-SCP",
+        tls_args=(tls, dest.host) if tls is not None else None,
+    )
+    if not assoc.is_established:
+        return False
+    try:
+        status = assoc.send_c_echo()
+        return bool(status) and int(status.Status) == 0
+    finally:
+        assoc.release()
+
+
+DestinationsProvider = Callable[[], Mapping[str, DestinationConfig]]
+
+
+class Dispatcher:
+    """Sends due deliveries, retrying with exponential backoff.
+
+    Parameters
+    ----------
+    queue
+        The job queue (deliveries live there, so a restart resumes them).
+    destinations
+        Called before each send: the current named destinations (so a config
+        reload takes effect without a restart).
+    config
+        Retry and network settings.
+    owner
+        The lease owner name for deliveries this dispatcher takes.
+    lease_s
+        How long a delivery stays leased while it is being sent.
+    """
+
+    def __init__(
+        self,
+        queue: SqliteJobQueue,
+        destinations: DestinationsProvider,
+        config: DispatchConfig,
+        *,
+        owner: str | None = None,
+        lease_s: float = 300.0,
+    ) -> None:
+        self.queue = queue
+        self.destinations = destinations
+        self.config = config
+        self.owner = owner or f"dispatch-{socket.gethostname()}-{os.getpid()}"
+        self.lease_s = lease_s
+        self._scheduler: BackgroundScheduler | None = None
+        self._drain_lock = threading.Lock()
+        self.on_sent: Callable[[Job, str, float], None] | None = None
+
+    # -- one attempt ------------------------------------------------------------
+    def _send(self, job: Job, destination: str) -> list[str]:
+        dests = self.destinations()
+        dest = dests.get(destination)
+        if dest is None:
+            raise DispatchError(
+                f"job {job.id} is to be sent to {destination!r}, which is not in the "
+                f"config's destinations ({', '.join(sorted(dests)) or 'none'}); add it or "
+                f"resend with `contourd resend {job.id} --to NAME`"
+            )
+        files = [Path(f) for f in job.result_files]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise DispatchError(
+                f"job {job.id}'s result files are missing: {', '.join(missing)}; "
+                f"run the series again with `contourd segment`"
+            )
+        if dest.folder is not None:
+            return copy_to_folder(files, dest.folder)
+        return send_cstore(files, dest, self.config, name=destination)
+
+    def drain(self, *, job_id: int | None = None) -> int:
+        """Send every delivery that is due now; returns how many attempts were made.
+
+        With ``job_id``, only that job's deliveries are sent (others stay
+        queued); used by the worker to send a fresh result at once.
+        """
+        attempts = 0
+        with self._drain_lock:
+            while True:
+                claimed = self.queue.claim_delivery(self.owner, self.lease_s, job_id=job_id)
+                if claimed is None:
+                    return attempts
+                job, delivery = claimed
+                attempts += 1
+                self._attempt(job, delivery.destination, delivery.attempts)
+
+    def _attempt(self, job: Job, destination: str, attempt: int) -> None:
+        started = time.monotonic()
+        try:
+            uids = self._send(job, destination)
+        except DispatchError as err:
+            self._failed(job, destination, attempt, str(err))
+            return
+        except Exception as err:  # boundary: one send; the error is kept on the job
+            log.exception("job %s: unexpected error sending to %s", job.id, destination)
+            self._failed(job, destination, attempt, f"{type(err).__name__}: {err}")
+            return
+        elapsed_s = time.monotonic() - started
+        self.queue.finish_delivery(job.id, destination, self.owner, ok=True, sop_instance_uids=uids)
+        log.info(
+            "job %s: sent %d file(s) to %s in %.2f s (attempt %d)",
+            job.id,
+            len(uids),
+            destination,
+            elapsed_s,
+            attempt,
+        )
+        if self.on_sent is not None:
+            self.on_sent(job, destination, elapsed_s)
+
+    def _failed(self, job: Job, destination: str, attempt: int, error: str) -> None:
+        if attempt >= self.config.max_attempts:
+            log.error(
+                "job %s: sending to %s failed for good after %d attempts: %s",
+                job.id,
+                destination,
+                attempt,
+                error,
+            )
+            self.queue.finish_delivery(job.id, destination, self.owner, ok=False, error=error)
+            return
+        delay_s = backoff_s(attempt, self.config)
+        retry_at = time.time() + delay_s
+        log.warning(
+            "job %s: sending to %s failed (attempt %d of %d), retry in %.1f s: %s",
+            job.id,
+            destination,
+            attempt,
+            self.config.max_attempts,
+            delay_s,
+            error,
+        )
+        self.queue.finish_delivery(
+            job.id, destination, self.owner, ok=False, error=error, retry_at=retry_at
+        )
+        self._schedule_at(retry_at)
+
+    # -- scheduling ----------------------------------------------------------------
+    def _schedule_at(self, at_epoch_s: float) -> None:
+        if self._scheduler is None or not self._scheduler.running:
+            return
+        self._scheduler.add_job(
+            self._drain_quietly,
+            "date",
+            run_date=datetime.fromtimestamp(at_epoch_s + 0.01).astimezone(),
+            misfire_grace_time=None,
+        )
+
+    def _drain_quietly(self) -> None:
+        try:
+            self.drain()
+        except Exception:  # boundary: a scheduler tick must not kill the scheduler
+            log.exception("dispatch sweep failed; it runs again at the next tick")
+
+    def start(self) -> None:
+        """Start the background sweeps (every ``poll_interval_s``) and due retries."""
+        scheduler = BackgroundScheduler(timezone="UTC")
+        scheduler.add_job(
+            self._drain_quietly,
+            "interval",
+            seconds=self.config.poll_interval_s,
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now().astimezone(),
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+        due = self.queue.next_delivery_due_at()
+        if due is not None:
+            self._schedule_at(due)
+
+    def stop(self, *, wait: bool = True) -> None:
+        """Stop the sweeps; with ``wait`` a send in progress finishes first."""
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.shutdown(wait=wait)
+        self._scheduler = None
+
+
+def pending_deliveries(queue: SqliteJobQueue, job_id: int) -> list[str]:
+    """Destinations of ``job_id`` that have not received the result yet."""
+    return [d.destination for d in queue.deliveries(job_id) if d.state != DeliveryState.SENT]
