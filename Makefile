@@ -1,0 +1,44 @@
+# The two commands of the README:
+#   make demo   -> set up a virtualenv and run the end-to-end demo on embedded defaults
+#   make test   -> set up a virtualenv (with test tools) and run every test
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEBIAN_TOOLS := dcmtk plastimatch dicom3tools
+
+.PHONY: demo test lint venv debian-tools clean
+
+$(BIN)/contourd: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(BIN)/contourd
+
+venv: $(BIN)/contourd
+
+demo: venv
+	$(BIN)/contourd demo
+
+# Installs DCMTK, plastimatch and dicom3tools when we may (root or passwordless
+# sudo); otherwise the tests that need them skip and say how to install them.
+debian-tools:
+	@if command -v storescu >/dev/null && command -v plastimatch >/dev/null && command -v dciodvfy >/dev/null; then \
+	  true; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_TOOLS); \
+	elif sudo -n true 2>/dev/null; then \
+	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_TOOLS); \
+	else \
+	  echo "note: interop tests will skip; install the peers with: sudo apt-get install $(DEBIAN_TOOLS)"; \
+	fi
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy contourd daemon routing inference model_store training
+
+test: venv debian-tools
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) var build *.egg-info
