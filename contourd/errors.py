@@ -42,6 +42,10 @@ class ModelIntegrityError(ContourdError):
     """The weights' sha256 differs from the one recorded at import/approval."""
 
 
+class ModelRegistryError(ContourdError):
+    """The model registry refuses a change (duplicate version, wrong status, bad override)."""
+
+
 class SeriesGeometryError(ContourdError):
     """A series cannot be turned into a volume (tilt, gaps, mixed orientation...)."""
 
