@@ -15,7 +15,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from contourd.errors import ConfigError
+from daemon.config_diagnostics import (
+    ConfigIssue,
+    MarkedYaml,
+    describe_validation_error,
+    issues_text,
+    parse_yaml,
+    yaml_error_issue,
+)
 from routing.rules import Rule
+from routing.suggest import did_you_mean
 
 
 class StrictModel(BaseModel):
@@ -157,6 +166,11 @@ class ContourdConfig(StrictModel):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     rules: list[Rule] = Field(default_factory=list)
+    body_part_synonyms: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Extra body part synonyms for routing: canonical name -> aliases "
+        "(added to the built-in table in routing/body_part.py).",
+    )
 
     @property
     def data_dir(self) -> Path:
@@ -173,17 +187,92 @@ def load_config(path: Path | None) -> ContourdConfig:
     """Read and validate a config file; ``None`` gives the embedded defaults.
 
     A relative ``node.data_dir`` is resolved against the config file's folder.
+
+    Raises
+    ------
+    ConfigError
+        Listing every problem as ``file:line:column: key.path: message`` with
+        the bad value and, for misspelt keys or values, a suggestion.
     """
     if path is None:
         return default_config()
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read config {path}: {err}") from err
-    try:
-        config = ContourdConfig.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(f"{path}: {err}") from err
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(
+            f"cannot read config file {path}: {err}; check the path and that it is UTF-8 text"
+        ) from err
+    config = load_config_text(text, source=str(path))
     if not config.node.data_dir.is_absolute():
         config.node.data_dir = (Path(path).parent / config.node.data_dir).resolve()
     return config
+
+
+def load_config_text(text: str, source: str = "<config>") -> ContourdConfig:
+    """Validate config YAML text; ``source`` names it in error messages.
+
+    Besides the schema, checks that rule names are unique and that every
+    ``send_to`` names a destination in ``destinations:``. Relative paths are
+    left as written (see :func:`load_config`).
+    """
+    try:
+        marked = parse_yaml(text, source)
+    except yaml.YAMLError as err:
+        raise ConfigError(issues_text([yaml_error_issue(err, source)], source)) from err
+    raw = marked.data if marked.data is not None else {}
+    if not isinstance(raw, dict):
+        issue = ConfigIssue(
+            source,
+            marked.mark_for((), key=False),
+            (),
+            "the file must be a mapping of sections (node:, rules:, ...), "
+            f"got {type(raw).__name__}",
+        )
+        raise ConfigError(issues_text([issue], source))
+    issues = list(marked.duplicate_keys)
+    try:
+        config = ContourdConfig.model_validate(raw)
+    except ValidationError as err:
+        issues.extend(describe_validation_error(err, ContourdConfig, marked, source))
+        raise ConfigError(issues_text(issues, source)) from err
+    issues.extend(_reference_issues(config, marked, source))
+    if issues:
+        raise ConfigError(issues_text(issues, source))
+    return config
+
+
+def _reference_issues(config: ContourdConfig, marked: MarkedYaml, source: str) -> list[ConfigIssue]:
+    """Rule names used twice and ``send_to`` names that are not destinations."""
+    issues: list[ConfigIssue] = []
+    seen: set[str] = set()
+    known = sorted(config.destinations)
+    for index, rule in enumerate(config.rules):
+        if rule.name in seen:
+            path: tuple[str | int, ...] = ("rules", index, "name")
+            issues.append(
+                ConfigIssue(
+                    source,
+                    marked.mark_for(path, key=False),
+                    path,
+                    f"rule name {rule.name!r} is used by an earlier rule; names must be unique",
+                )
+            )
+        seen.add(rule.name)
+        raw_send_to = rule.send_to
+        for position, destination in enumerate(rule.destinations):
+            if destination in config.destinations:
+                continue
+            path = ("rules", index, "send_to")
+            if isinstance(raw_send_to, list):
+                path = (*path, position)
+            listed = ", ".join(known) if known else "none are defined"
+            issues.append(
+                ConfigIssue(
+                    source,
+                    marked.mark_for(path, key=False),
+                    path,
+                    f"unknown destination {destination!r}{did_you_mean(destination, known)} "
+                    f"(destinations: {listed}); add it under destinations: or fix the name",
+                )
+            )
+    return issues

@@ -1,0 +1,501 @@
+"""Series assembly: decide when a received series is complete and hand it on once.
+
+A series version is complete when the first of these happens:
+
+- ``quiet_period``: no instance of it arrived for ``series.complete_after_s``;
+- ``association_release``: the association that sent it was released normally
+  and either ``series.complete_on`` is ``association_release`` or the
+  ``complete_on_release(first_header)`` hook says so (routing plugs in here);
+  an aborted association never completes a series at once;
+- ``expected_count``: as many distinct instances arrived as the first header's
+  ``series.expected_count_attribute`` says (e.g. a private "images in series").
+
+Instances that arrive after completion open the next version of the series
+(version 2, 3, ...), never dropped. Completion is handed on by calling
+``on_series_complete(SeriesCompletion)`` from a scheduler thread; when the call
+returns normally the version is marked ``handed_off`` in the database. If it
+raises, the hand-off is retried every ``handoff_retry_s``; at start the node
+re-emits every complete but not handed-off version with reason ``restart``.
+Delivery is therefore at-least-once: the receiver de-duplicates by
+``(series_uid, version)``.
+
+apscheduler drives the timers: one date job per open series version, which on
+firing re-arms itself if an instance arrived during the wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from daemon.instance_db import InstanceDB
+
+log = logging.getLogger(__name__)
+
+CompletionReason = Literal["quiet_period", "association_release", "expected_count", "restart"]
+
+
+@dataclass(frozen=True)
+class SeriesCompletion:
+    """A series version that is complete and ready to be routed and processed.
+
+    Attributes
+    ----------
+    study_uid, series_uid : str
+        Validated UIDs.
+    version : int
+        1 for the first batch; later batches of the same series count up.
+    spool_dir : Path
+        ``<data_dir>/spool/<study_uid>/<series_uid>``.
+    instance_paths : list[Path]
+        *All* instances of the series currently on disk (every version so far,
+        a re-sent SOP instance once, its newest copy), sorted by path. Routing
+        reads headers from these files (``routing.series_attributes``).
+    num_instances : int
+        ``len(instance_paths)``.
+    num_received : int
+        C-STORE requests stored for this version (re-sends included).
+    first_instance_path : Path
+        The first instance received in this version.
+    calling_ae, called_ae, peer_address : str
+        Who sent the first instance of this version (``""`` when the version
+        was rebuilt from the spool after a crash and the sender is unknown).
+    modality, body_part, series_description : str
+        From the first instance's header (``""`` when absent).
+    completed_at : datetime
+        When the version was marked complete (timezone-aware, UTC).
+    reason : str
+        ``quiet_period``, ``association_release``, ``expected_count`` or
+        ``restart`` (re-emitted after a restart; not handed off before).
+    """
+
+    study_uid: str
+    series_uid: str
+    version: int
+    spool_dir: Path
+    instance_paths: list[Path]
+    num_instances: int
+    num_received: int
+    first_instance_path: Path
+    calling_ae: str
+    called_ae: str
+    peer_address: str
+    modality: str
+    body_part: str
+    series_description: str
+    completed_at: datetime
+    reason: CompletionReason
+
+
+@dataclass(frozen=True)
+class InstanceArrival:
+    """One instance that is on disk under its final name (input to the assembler).
+
+    ``header`` is the data set without pixel data; ``association_id`` is any
+    integer unique among open associations (0 when rebuilt from the spool).
+    """
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: Path
+    size_bytes: int
+    calling_ae: str
+    called_ae: str
+    peer_address: str
+    association_id: int
+    header: Dataset
+    received_at: datetime
+
+
+CompletionCallback = Callable[[SeriesCompletion], None]
+ReleaseHook = Callable[[Dataset], bool]
+
+
+@dataclass
+class _OpenSeries:
+    """In-memory state of the series version that is still receiving."""
+
+    series_uid: str
+    version: int
+    header: Dataset
+    row: dict[str, Any]
+    last_arrival_s: float  # time.monotonic()
+    sop_uids: set[str] = field(default_factory=set)
+    associations: set[int] = field(default_factory=set)
+    expected_count: int | None = None
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword, "")
+    return "" if value is None else str(value)
+
+
+def _now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+class SeriesAssembler:
+    """Tracks open series versions and hands completed ones to a callback.
+
+    Parameters
+    ----------
+    db
+        The receive tables.
+    on_series_complete
+        Called once per completed version (at least once; see module doc).
+    complete_after_s
+        Quiet period in seconds.
+    complete_on
+        ``"quiet_period"`` (default) or ``"association_release"`` (complete
+        every series of an association when it is released).
+    complete_on_release
+        Optional hook ``(first_header) -> bool``; True completes that series
+        on release even when ``complete_on`` is ``"quiet_period"``.
+    expected_count_attribute
+        Optional DICOM keyword whose integer value in the first header is the
+        number of instances of the series.
+    handoff_retry_s
+        Delay before retrying a callback that raised, in seconds.
+    """
+
+    def __init__(
+        self,
+        db: InstanceDB,
+        on_series_complete: CompletionCallback,
+        *,
+        complete_after_s: float = 10.0,
+        complete_on: str = "quiet_period",
+        complete_on_release: ReleaseHook | None = None,
+        expected_count_attribute: str | None = None,
+        handoff_retry_s: float = 30.0,
+    ) -> None:
+        self.db = db
+        self.on_series_complete = on_series_complete
+        self.complete_after_s = complete_after_s
+        self.complete_on = complete_on
+        self.complete_on_release = complete_on_release
+        self.expected_count_attribute = expected_count_attribute
+        self.handoff_retry_s = handoff_retry_s
+        self._lock = threading.RLock()
+        self._open: dict[str, _OpenSeries] = {}
+        self._scheduler = BackgroundScheduler(
+            timezone=UTC, job_defaults={"misfire_grace_time": None, "coalesce": True}
+        )
+
+    # -- life cycle -----------------------------------------------------
+    def start(self) -> None:
+        """Start the timer thread (call after :meth:`recover`)."""
+        self._scheduler.start()
+
+    def stop(self) -> None:
+        """Stop timers; open series stay ``receiving`` in the DB for the next start."""
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=True)
+
+    def open_series(self) -> dict[str, int]:
+        """``{series_uid: version}`` of versions still receiving."""
+        with self._lock:
+            return {uid: st.version for uid, st in self._open.items()}
+
+    # -- input ----------------------------------------------------------
+    def instance_received(self, arrival: InstanceArrival) -> int:
+        """Record an instance that is on disk; return the series version it joined.
+
+        Writes the ``instances`` row and the ``series`` row in one transaction
+        (the caller acknowledges the C-STORE only after this returns).
+        """
+        now_iso = arrival.received_at.isoformat()
+        with self._lock:
+            st = self._open.get(arrival.series_uid)
+            if st is None:
+                st = self._open_new_version(arrival, now_iso)
+            st.last_arrival_s = time.monotonic()
+            st.sop_uids.add(arrival.sop_instance_uid)
+            if arrival.association_id:
+                st.associations.add(arrival.association_id)
+            st.row["num_received"] = int(st.row["num_received"]) + 1
+            st.row["last_received_at"] = now_iso
+            instance_row = {
+                "sop_instance_uid": arrival.sop_instance_uid,
+                "study_uid": arrival.study_uid,
+                "series_uid": arrival.series_uid,
+                "series_version": st.version,
+                "sop_class_uid": arrival.sop_class_uid,
+                "transfer_syntax_uid": arrival.transfer_syntax_uid,
+                "path": str(arrival.path),
+                "size_bytes": arrival.size_bytes,
+                "received_at": now_iso,
+                "calling_ae": arrival.calling_ae,
+                "peer_address": arrival.peer_address,
+            }
+            self.db.record_instance(instance_row, dict(st.row))
+            if st.expected_count is not None and len(st.sop_uids) >= st.expected_count:
+                self._schedule_now(st.series_uid, st.version, "expected_count")
+            return st.version
+
+    def _open_new_version(self, arrival: InstanceArrival, now_iso: str) -> _OpenSeries:
+        previous = self.db.series_rows(arrival.series_uid)
+        version = (int(previous[-1]["version"]) + 1) if previous else 1
+        header = arrival.header
+        row: dict[str, Any] = {
+            "series_uid": arrival.series_uid,
+            "version": version,
+            "study_uid": arrival.study_uid,
+            "state": "receiving",
+            "handed_off": 0,
+            "num_received": 0,
+            "expected_count": None,
+            "first_instance_path": str(arrival.path),
+            "calling_ae": arrival.calling_ae,
+            "called_ae": arrival.called_ae,
+            "peer_address": arrival.peer_address,
+            "modality": _text(header, "Modality"),
+            "body_part": _text(header, "BodyPartExamined"),
+            "series_description": _text(header, "SeriesDescription"),
+            "first_received_at": now_iso,
+            "last_received_at": now_iso,
+            "completed_at": None,
+            "reason": None,
+        }
+        st = _OpenSeries(
+            series_uid=arrival.series_uid,
+            version=version,
+            header=header,
+            row=row,
+            last_arrival_s=time.monotonic(),
+        )
+        st.expected_count = self._expected_count(header, arrival.series_uid)
+        row["expected_count"] = st.expected_count
+        self._open[arrival.series_uid] = st
+        self._arm_quiet_timer(st, self.complete_after_s)
+        log.info(
+            "series %s version %d opened (study %s, modality %s, from %s)",
+            arrival.series_uid,
+            version,
+            arrival.study_uid,
+            row["modality"] or "?",
+            arrival.calling_ae or "spool",
+        )
+        return st
+
+    def _expected_count(self, header: Dataset, series_uid: str) -> int | None:
+        keyword = self.expected_count_attribute
+        if not keyword:
+            return None
+        value = header.get(keyword)
+        try:
+            count = int(value) if value not in (None, "") else None
+        except (TypeError, ValueError):
+            log.warning(
+                "series %s: %s is %r, expected an integer instance count; "
+                "completing it by quiet period instead",
+                series_uid,
+                keyword,
+                value,
+            )
+            return None
+        return count if count and count > 0 else None
+
+    def association_released(self, association_id: int) -> None:
+        """An association was released normally: complete its series if configured."""
+        with self._lock:
+            for st in list(self._open.values()):
+                if association_id not in st.associations:
+                    continue
+                st.associations.discard(association_id)
+                if st.associations:
+                    continue  # another association is still sending this series
+                if self._completes_on_release(st):
+                    self._schedule_now(st.series_uid, st.version, "association_release")
+
+    def association_aborted(self, association_id: int) -> None:
+        """An association ended abnormally: its series wait for the quiet period."""
+        with self._lock:
+            for st in self._open.values():
+                st.associations.discard(association_id)
+
+    def _completes_on_release(self, st: _OpenSeries) -> bool:
+        if self.complete_on == "association_release":
+            return True
+        if self.complete_on_release is None:
+            return False
+        try:
+            return bool(self.complete_on_release(st.header))
+        except Exception:  # boundary: a faulty hook must not stop receiving
+            log.exception(
+                "complete_on_release hook failed for series %s; using the quiet period",
+                st.series_uid,
+            )
+            return False
+
+    # -- timers and completion -------------------------------------------
+    def _arm_quiet_timer(self, st: _OpenSeries, delay_s: float) -> None:
+        self._scheduler.add_job(
+            self._on_quiet_timer,
+            "date",
+            run_date=_now_utc() + timedelta(seconds=max(delay_s, 0.0)),
+            args=[st.series_uid, st.version],
+            id=f"quiet:{st.series_uid}:{st.version}",
+            replace_existing=True,
+        )
+
+    def _schedule_now(self, series_uid: str, version: int, reason: CompletionReason) -> None:
+        self._scheduler.add_job(
+            self._complete, args=[series_uid, version, reason], id=None, replace_existing=False
+        )
+
+    def _on_quiet_timer(self, series_uid: str, version: int) -> None:
+        with self._lock:
+            st = self._open.get(series_uid)
+            if st is None or st.version != version:
+                return
+            quiet_s = time.monotonic() - st.last_arrival_s
+            if quiet_s < self.complete_after_s:
+                self._arm_quiet_timer(st, self.complete_after_s - quiet_s)
+                return
+        self._complete(series_uid, version, "quiet_period")
+
+    def _complete(self, series_uid: str, version: int, reason: CompletionReason) -> None:
+        with self._lock:
+            st = self._open.get(series_uid)
+            if st is None or st.version != version:
+                return  # already completed by another trigger
+            del self._open[series_uid]
+            job = self._scheduler.get_job(f"quiet:{series_uid}:{version}")
+            if job is not None:
+                job.remove()
+            completed_at = _now_utc()
+            self.db.mark_complete(
+                series_uid, version, completed_at=completed_at.isoformat(), reason=reason
+            )
+            row = dict(st.row, state="complete", completed_at=completed_at.isoformat())
+        log.info(
+            "series %s version %d complete (%s): %d instances received in this version",
+            series_uid,
+            version,
+            reason,
+            len(st.sop_uids),
+        )
+        self._hand_off(row, reason)
+
+    def _hand_off(self, row: dict[str, Any], reason: CompletionReason) -> None:
+        completion = self._completion_from_row(row, reason)
+        started_s = time.monotonic()
+        try:
+            self.on_series_complete(completion)
+        except Exception:  # boundary: keep the series for a retry, keep serving
+            log.exception(
+                "hand-off of series %s version %d failed; retrying in %.0f s",
+                completion.series_uid,
+                completion.version,
+                self.handoff_retry_s,
+            )
+            self._scheduler.add_job(
+                self._hand_off,
+                "date",
+                run_date=_now_utc() + timedelta(seconds=self.handoff_retry_s),
+                args=[row, reason],
+            )
+            return
+        self.db.mark_handed_off(completion.series_uid, completion.version)
+        log.info(
+            "series %s version %d handed off (%d instances on disk, %.3f s)",
+            completion.series_uid,
+            completion.version,
+            completion.num_instances,
+            time.monotonic() - started_s,
+        )
+
+    def _completion_from_row(
+        self, row: dict[str, Any], reason: CompletionReason
+    ) -> SeriesCompletion:
+        series_uid = str(row["series_uid"])
+        paths = sorted(
+            Path(r["path"]) for r in self.db.instance_rows(series_uid) if Path(r["path"]).exists()
+        )
+        first = Path(row["first_instance_path"])
+        completed_raw = row.get("completed_at")
+        completed_at = datetime.fromisoformat(completed_raw) if completed_raw else _now_utc()
+        return SeriesCompletion(
+            study_uid=str(row["study_uid"]),
+            series_uid=series_uid,
+            version=int(row["version"]),
+            spool_dir=first.parent,
+            instance_paths=paths,
+            num_instances=len(paths),
+            num_received=int(row["num_received"] or 0),
+            first_instance_path=first,
+            calling_ae=str(row["calling_ae"] or ""),
+            called_ae=str(row["called_ae"] or ""),
+            peer_address=str(row["peer_address"] or ""),
+            modality=str(row["modality"] or ""),
+            body_part=str(row["body_part"] or ""),
+            series_description=str(row["series_description"] or ""),
+            completed_at=completed_at,
+            reason=reason,
+        )
+
+    # -- restart ----------------------------------------------------------
+    def recover(self) -> None:
+        """Reload receiving versions from the DB and queue unsent completions.
+
+        Call before :meth:`start` and before serving. Receiving versions get a
+        fresh quiet period from now; complete versions that were not handed
+        off are re-emitted with reason ``restart`` once the scheduler runs.
+        """
+        with self._lock:
+            for row in self.db.latest_versions():
+                if row["state"] != "receiving":
+                    continue
+                header = self._read_header(Path(row["first_instance_path"]))
+                st = _OpenSeries(
+                    series_uid=row["series_uid"],
+                    version=int(row["version"]),
+                    header=header,
+                    row=dict(row),
+                    last_arrival_s=time.monotonic(),
+                )
+                st.sop_uids = {
+                    r["sop_instance_uid"]
+                    for r in self.db.instance_rows(row["series_uid"])
+                    if r["series_version"] == st.version
+                }
+                st.expected_count = row["expected_count"]
+                self._open[st.series_uid] = st
+                self._arm_quiet_timer(st, self.complete_after_s)
+                log.info(
+                    "series %s version %d still receiving after restart (%d instances); "
+                    "quiet period restarted",
+                    st.series_uid,
+                    st.version,
+                    len(st.sop_uids),
+                )
+            for row in self.db.pending_handoffs():
+                log.info(
+                    "series %s version %d was complete (%s) but not handed off; re-emitting",
+                    row["series_uid"],
+                    row["version"],
+                    row["reason"],
+                )
+                self._scheduler.add_job(self._hand_off, args=[row, "restart"])
+
+    @staticmethod
+    def _read_header(path: Path) -> Dataset:
+        try:
+            return dcmread(path, stop_before_pixels=True)
+        except Exception as err:  # boundary: unreadable file, keep the series going
+            log.warning("cannot read header of %s (%s); hooks see an empty header", path, err)
+            return Dataset()
