@@ -1,0 +1,433 @@
+"""The model card (``model.yaml``): what a model is, what it expects, what it outputs.
+
+A card is validated with pydantic v2 (``extra="forbid"`` on every section, so a
+misspelt key is an error with its location). :func:`parse_card` turns YAML text
+into a :class:`ModelCard` and raises :class:`~contourd.errors.ModelPackageError`
+with every problem listed.
+
+Conventions
+-----------
+- ``preprocessing.spacing_mm`` is ``[x, y, z]`` in mm (column, row, slice
+  spacing), ``preprocessing.patch_size`` is ``[z, y, x]`` in voxels (array
+  order). ``orientation: "LPS"`` means the network sees arrays indexed
+  ``[z, y, x]`` with identity direction: +x towards patient left, +y posterior,
+  +z superior.
+- ROI label 0 is background. For a ``unet`` model the labels are exactly
+  ``1 .. architecture.num_classes - 1``; label ``k`` is output channel ``k``.
+- ``color`` is ``[r, g, b]`` with each component 0-255 (DICOM ROI Display Color).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from contourd.errors import ModelPackageError
+
+if TYPE_CHECKING:
+    from inference.unet import UNetConfig
+
+#: DICOM RT ROI Interpreted Type (3006,00A4) defined terms (PS3.3 C.8.8.8).
+InterpretedType = Literal[
+    "EXTERNAL",
+    "PTV",
+    "CTV",
+    "GTV",
+    "TREATED_VOLUME",
+    "IRRAD_VOLUME",
+    "BOLUS",
+    "AVOIDANCE",
+    "ORGAN",
+    "MARKER",
+    "REGISTRATION",
+    "ISOCENTER",
+    "CONTRAST_AGENT",
+    "CAVITY",
+    "BRACHY_CHANNEL",
+    "BRACHY_ACCESSORY",
+    "BRACHY_SRC_APP",
+    "BRACHY_CHNL_SHLD",
+    "SUPPORT",
+    "FIXATION",
+    "DOSE_REGION",
+    "CONTROL",
+]
+INTERPRETED_TYPES: tuple[str, ...] = InterpretedType.__args__  # type: ignore[attr-defined]
+
+#: Model names become folder names: lower case letters, digits, ``.``, ``_``, ``-``.
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+#: Semantic version 2.0.0 (``MAJOR.MINOR.PATCH[-prerelease][+build]``).
+SEMVER_PATTERN = (
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$"
+)
+_SEMVER_RE = re.compile(SEMVER_PATTERN)
+
+
+class StrictModel(BaseModel):
+    """Base of every card section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def validate_roi_name(name: str) -> str:
+    """Check an ROI name can be written as DICOM ROI Name (LO: 1-64 chars, no ``\\``).
+
+    Raises
+    ------
+    ValueError
+        With the name and what is allowed.
+    """
+    stripped = name.strip()
+    if not stripped or len(stripped) > 64 or "\\" in stripped or any(ord(c) < 32 for c in stripped):
+        raise ValueError(
+            f"ROI name {name!r} must be 1-64 printable characters without a backslash "
+            "(DICOM ROI Name is a LO value)"
+        )
+    return stripped
+
+
+def validate_color(color: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Check an ``[r, g, b]`` colour has three components in 0-255.
+
+    Raises
+    ------
+    ValueError
+        With the colour and the allowed range.
+    """
+    if len(color) != 3 or any(not 0 <= int(c) <= 255 for c in color):
+        raise ValueError(f"color {list(color)} must be [r, g, b] with each value 0-255")
+    return (int(color[0]), int(color[1]), int(color[2]))
+
+
+class RoiSpec(StrictModel):
+    """One structure the model outputs.
+
+    Parameters
+    ----------
+    label
+        Label index in the network output (1..num_classes-1; 0 is background).
+    name
+        ROI Name written to the RTSTRUCT.
+    color
+        ROI Display Color ``[r, g, b]``, 0-255 each.
+    interpreted_type
+        RT ROI Interpreted Type (ORGAN, EXTERNAL, AVOIDANCE, PTV, CTV, ...).
+    tg263_name
+        The AAPM TG-263 standard name of the structure, if it has one.
+    volume_range_cc
+        Plausible volume ``[min, max]`` in cm^3; inference warns outside it.
+    laterality
+        ``"L"`` (patient left, +x in LPS) or ``"R"`` for paired organs; inference
+        checks the mask lies on that side.
+    """
+
+    label: int = Field(ge=1, le=255)
+    name: str
+    color: tuple[int, int, int]
+    interpreted_type: InterpretedType = "ORGAN"
+    tg263_name: str | None = None
+    volume_range_cc: tuple[float, float] | None = None
+    laterality: Literal["L", "R"] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        return validate_roi_name(value)
+
+    @field_validator("color")
+    @classmethod
+    def _check_color(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        return validate_color(value)
+
+    @field_validator("volume_range_cc")
+    @classmethod
+    def _check_volume_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not (0 <= value[0] <= value[1]):
+            raise ValueError(
+                f"volume_range_cc {list(value)} must be [min, max] with 0 <= min <= max"
+            )
+        return value
+
+
+class CtClipScale(StrictModel):
+    """Clip HU to ``[min_hu, max_hu]`` and map that range linearly to ``[-1, 1]``."""
+
+    kind: Literal["ct_clip_scale"] = "ct_clip_scale"
+    min_hu: float = -1000.0
+    max_hu: float = 1000.0
+
+    @model_validator(mode="after")
+    def _check_range(self) -> CtClipScale:
+        if self.min_hu >= self.max_hu:
+            raise ValueError(f"min_hu {self.min_hu} must be below max_hu {self.max_hu}")
+        return self
+
+
+class ZScore(StrictModel):
+    """Subtract the image mean and divide by its standard deviation (MR)."""
+
+    kind: Literal["zscore"] = "zscore"
+
+
+Normalization = Annotated[CtClipScale | ZScore, Field(discriminator="kind")]
+
+
+class Preprocessing(StrictModel):
+    """What the network expects as input.
+
+    Parameters
+    ----------
+    spacing_mm
+        Target voxel spacing ``[x, y, z]`` in mm the image is resampled to.
+    orientation
+        Always ``"LPS"``: arrays ``[z, y, x]``, identity direction, +x patient
+        left, +y posterior, +z superior.
+    normalization
+        ``{kind: ct_clip_scale, min_hu, max_hu}`` or ``{kind: zscore}``.
+    patch_size
+        Sliding-window patch ``[z, y, x]`` in voxels.
+    """
+
+    spacing_mm: tuple[float, float, float]
+    orientation: Literal["LPS"] = "LPS"
+    normalization: Normalization = Field(default_factory=CtClipScale)
+    patch_size: tuple[int, int, int]
+
+    @field_validator("spacing_mm")
+    @classmethod
+    def _positive_spacing(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(v <= 0 for v in value):
+            raise ValueError(f"spacing_mm {list(value)} must be positive [x, y, z] in mm")
+        return value
+
+    @field_validator("patch_size")
+    @classmethod
+    def _positive_patch(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(v <= 0 for v in value):
+            raise ValueError(f"patch_size {list(value)} must be positive [z, y, x] in voxels")
+        return value
+
+
+class Architecture(StrictModel):
+    """The fields of :class:`inference.unet.UNetConfig`."""
+
+    in_channels: int = Field(default=1, ge=1)
+    num_classes: int = Field(ge=2)
+    base_channels: int = Field(default=16, ge=1)
+    levels: int = Field(default=4, ge=1, le=8)
+    max_channels: int = Field(default=256, ge=1)
+
+    def to_unet_config(self) -> UNetConfig:
+        """The :class:`inference.unet.UNetConfig` these fields describe (imports torch)."""
+        from inference.unet import UNetConfig
+
+        return UNetConfig(**self.model_dump())
+
+
+class RoiPostprocessing(StrictModel):
+    """Mask clean-up after thresholding the network output."""
+
+    largest_component: bool = False
+    fill_holes: bool = False
+
+
+class BodyOutlineParameters(StrictModel):
+    """Parameters of the classical ``body_outline`` algorithm.
+
+    Voxels above ``threshold_hu`` are body; with ``keep_largest_component`` only
+    the largest 3D connected component stays (removes the couch and
+    immobilisation devices); ``fill_holes`` fills air cavities (lungs, bowel
+    gas, sinuses) slice by slice.
+    """
+
+    threshold_hu: float = -350.0
+    keep_largest_component: bool = True
+    fill_holes: bool = True
+
+
+class TrainingSummary(StrictModel):
+    """How the model was trained. Counts and dates only, never identifiers."""
+
+    cases: int = Field(ge=0)
+    validation_cases: int | None = Field(default=None, ge=0)
+    dataset: str = ""
+    started: date | None = None
+    finished: date | None = None
+    epochs: int | None = Field(default=None, ge=0)
+    notes: str = ""
+
+
+class RoiMetrics(StrictModel):
+    """Evaluation figures of one ROI (mean over the evaluation cases)."""
+
+    dice: float | None = Field(default=None, ge=0, le=1)
+    hd95_mm: float | None = Field(default=None, ge=0)
+    mean_surface_distance_mm: float | None = Field(default=None, ge=0)
+    surface_dice: float | None = Field(default=None, ge=0, le=1)
+    cases: int | None = Field(default=None, ge=0)
+
+
+class Evaluation(StrictModel):
+    """Evaluation results on held-out cases, keyed by ROI name."""
+
+    dataset: str = ""
+    cases: int = Field(default=0, ge=0)
+    per_roi: dict[str, RoiMetrics] = Field(default_factory=dict)
+
+
+def semver_key(version: str) -> tuple[Any, ...]:
+    """Sort key following semver precedence (a pre-release sorts before its release).
+
+    Raises
+    ------
+    ValueError
+        If ``version`` is not a semantic version.
+    """
+    match = _SEMVER_RE.match(version)
+    if not match:
+        raise ValueError(f"version {version!r} is not a semantic version like 1.2.0")
+    major, minor, patch, pre, _build = match.groups()
+    if pre is None:
+        pre_key: tuple[Any, ...] = (1,)
+    else:
+        pre_key = (
+            0,
+            tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split(".")),
+        )
+    return (int(major), int(minor), int(patch), pre_key)
+
+
+class ModelCard(StrictModel):
+    """The whole ``model.yaml`` of a package. See the module docstring for conventions."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    version: str = Field(pattern=SEMVER_PATTERN)
+    description: str
+    intended_use: str
+    limitations: str = ""
+    originator: str
+    institution: str = ""
+    license: str = ""
+    modality: Literal["CT", "MR"]
+    body_site: str = Field(min_length=1, max_length=64)
+    model_type: Literal["unet", "classical"]
+    algorithm: Literal["body_outline"] | None = None
+    parameters: BodyOutlineParameters | None = None
+    rois: list[RoiSpec] = Field(min_length=1)
+    preprocessing: Preprocessing | None = None
+    architecture: Architecture | None = None
+    postprocessing: dict[int, RoiPostprocessing] = Field(default_factory=dict)
+    training: TrainingSummary | None = None
+    evaluation: Evaluation | None = None
+
+    @field_validator("body_site")
+    @classmethod
+    def _upper_body_site(cls, value: str) -> str:
+        return value.strip().upper()
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> ModelCard:
+        labels = [roi.label for roi in self.rois]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"ROI labels {labels} must be unique")
+        names = [roi.name.lower() for roi in self.rois]
+        if len(set(names)) != len(names):
+            raise ValueError(f"ROI names {[r.name for r in self.rois]} must be unique")
+        unknown = sorted(set(self.postprocessing) - set(labels))
+        if unknown:
+            raise ValueError(f"postprocessing names labels {unknown} that no ROI has ({labels})")
+        if self.model_type == "unet":
+            self._check_unet(labels)
+        else:
+            self._check_classical()
+        return self
+
+    def _check_unet(self, labels: list[int]) -> None:
+        if self.architecture is None or self.preprocessing is None:
+            raise ValueError("a 'unet' model needs 'architecture' and 'preprocessing' sections")
+        if self.algorithm is not None or self.parameters is not None:
+            raise ValueError("'algorithm' and 'parameters' are for classical models only")
+        expected = list(range(1, self.architecture.num_classes))
+        if sorted(labels) != expected:
+            raise ValueError(
+                f"ROI labels {sorted(labels)} do not match the network's output channels: "
+                f"architecture.num_classes={self.architecture.num_classes} means labels "
+                f"{expected} (0 is background); fix the rois list or num_classes"
+            )
+        divisor = 2 ** (self.architecture.levels - 1)
+        if any(p % divisor for p in self.preprocessing.patch_size):
+            raise ValueError(
+                f"patch_size {list(self.preprocessing.patch_size)} must be a multiple of "
+                f"{divisor} (2 ** (levels - 1)) on every axis"
+            )
+
+    def _check_classical(self) -> None:
+        if self.algorithm is None:
+            raise ValueError("a 'classical' model needs 'algorithm' (one of: body_outline)")
+        if self.architecture is not None:
+            raise ValueError("a 'classical' model has no 'architecture' section")
+        if self.parameters is None:
+            self.parameters = BodyOutlineParameters()
+        if self.algorithm == "body_outline" and len(self.rois) != 1:
+            raise ValueError(
+                f"body_outline outputs one ROI (label 1), the card lists {len(self.rois)}"
+            )
+
+    @property
+    def version_key(self) -> tuple[Any, ...]:
+        """Semver sort key of :attr:`version`."""
+        return semver_key(self.version)
+
+    def postprocessing_for(self, label: int) -> RoiPostprocessing:
+        """Post-processing of ROI ``label`` (defaults: no clean-up)."""
+        return self.postprocessing.get(label, RoiPostprocessing())
+
+    def roi(self, label: int) -> RoiSpec:
+        """The ROI with ``label``; raises KeyError when there is none."""
+        for roi in self.rois:
+            if roi.label == label:
+                return roi
+        raise KeyError(label)
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem: ``location: message``."""
+    lines = []
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "(card)"
+        lines.append(f"  {loc}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_card(text: str, source: str = "model.yaml") -> ModelCard:
+    """Validate the YAML text of a card.
+
+    Parameters
+    ----------
+    text
+        Contents of ``model.yaml``.
+    source
+        Where it came from, for messages.
+
+    Raises
+    ------
+    ModelPackageError
+        When the YAML is unreadable or the card is invalid; lists every problem.
+    """
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ModelPackageError(f"{source} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ModelPackageError(f"{source} must be a YAML mapping (name:, version:, rois: ...)")
+    try:
+        return ModelCard.model_validate(raw)
+    except ValidationError as err:
+        raise ModelPackageError(
+            f"{source} is not a valid model card; fix these fields:\n{format_validation_error(err)}"
+        ) from err

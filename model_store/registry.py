@@ -1,0 +1,899 @@
+"""The model registry: tables ``models``, ``roi_overrides``, ``audit`` in ``contourd.db``.
+
+Imported packages are copied, unchanged, to ``<data_dir>/models/<name>/<version>/``
+(files made read-only). A version's ``status`` goes ``imported`` -> ``approved``
+-> ``retired`` (a retired version may be approved again). Approval records the
+sha256 of the card and weights at that moment; :meth:`ModelRegistry.resolve_approved`
+refuses a version whose files no longer match. A clinic's ROI name, colour and
+type changes live in ``roi_overrides``, never in the package. Every change
+writes an ``audit`` row (who, when, what, before, after) in the same
+transaction as the change.
+
+Every folder under ``model_store/builtin/`` holding a ``model.yaml`` is
+registered, unapproved, the first time a registry is opened on a data folder
+that does not have that name and version yet (``body``; ``hn-oar`` once its
+package is there).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sqlite3
+import stat
+import uuid
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from contourd.errors import (
+    ModelIntegrityError,
+    ModelNotApprovedError,
+    ModelNotFoundError,
+    ModelPackageError,
+    ModelRegistryError,
+)
+from model_store.approved import ApprovedModel, RoiOverride, apply_overrides
+from model_store.card import (
+    INTERPRETED_TYPES,
+    ModelCard,
+    RoiSpec,
+    parse_card,
+    semver_key,
+    validate_color,
+    validate_roi_name,
+)
+from model_store.package import CARD_FILE, WEIGHTS_FILE, open_package, sha256_file
+from model_store.tg263 import name_warning
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "contourd.db"
+MODELS_DIR = "models"
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
+BUILTIN_BY = "contourd (built-in)"
+
+IMPORTED = "imported"
+APPROVED = "approved"
+RETIRED = "retired"
+
+_MODELS_COLUMNS: dict[str, Any] = {
+    "name": str,
+    "version": str,
+    "status": str,
+    "model_type": str,
+    "modality": str,
+    "body_site": str,
+    "description": str,
+    "card_yaml": str,
+    "package_dir": str,  # relative to the data folder
+    "card_sha256": str,
+    "weights_sha256": str,  # NULL for classical models
+    "source": str,
+    "builtin": int,
+    "imported_by": str,
+    "imported_at": str,
+    "approved_by": str,
+    "approved_at": str,
+    "approval_note": str,
+    "approved_card_sha256": str,
+    "approved_weights_sha256": str,
+    "retired_by": str,
+    "retired_at": str,
+    "retire_note": str,
+}
+_OVERRIDE_COLUMNS: dict[str, Any] = {
+    "name": str,
+    "version": str,
+    "label": int,
+    "roi_name": str,
+    "color": str,  # JSON [r, g, b]
+    "interpreted_type": str,
+    "updated_by": str,
+    "updated_at": str,
+}
+_AUDIT_COLUMNS: dict[str, Any] = {
+    "id": int,
+    "at": str,
+    "by": str,
+    "action": str,
+    "name": str,
+    "version": str,
+    "label": int,
+    "before": str,  # JSON
+    "after": str,  # JSON
+    "note": str,
+}
+
+
+def utc_now() -> str:
+    """Current time, ISO 8601 UTC to the second."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _check_by(by: str) -> str:
+    who = (by or "").strip()
+    if not who or len(who) > 128:
+        raise ModelRegistryError(
+            f"who made the change (--by) must be a non-empty name of at most 128 characters, "
+            f"got {by!r}"
+        )
+    return who
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One row of the audit trail. ``before``/``after`` are the changed state as dicts."""
+
+    id: int
+    at: str
+    by: str
+    action: str
+    name: str
+    version: str
+    label: int | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    note: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """One model version as the registry knows it (see the ``models`` table)."""
+
+    name: str
+    version: str
+    status: str
+    card: ModelCard
+    package_dir: Path
+    card_sha256: str
+    weights_sha256: str | None
+    source: str
+    builtin: bool
+    imported_by: str
+    imported_at: str
+    approved_by: str | None
+    approved_at: str | None
+    approval_note: str | None
+    approved_card_sha256: str | None
+    approved_weights_sha256: str | None
+    retired_by: str | None
+    retired_at: str | None
+    retire_note: str | None
+    overrides: dict[int, RoiOverride] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    def effective_rois(self) -> list[RoiSpec]:
+        """The card's ROIs with the clinic's overrides applied."""
+        return apply_overrides(self.card.rois, self.overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary used by ``contourd models list/show --json``."""
+        rois = []
+        for roi in self.effective_rois():
+            item = roi.model_dump(mode="json")
+            item["overridden"] = roi.label in self.overrides
+            rois.append(item)
+        return {
+            "name": self.name,
+            "version": self.version,
+            "status": self.status,
+            "model_type": self.card.model_type,
+            "modality": self.card.modality,
+            "body_site": self.card.body_site,
+            "description": self.card.description,
+            "rois": rois,
+            "approved_by": self.approved_by,
+            "approved_at": self.approved_at,
+            "approval_note": self.approval_note,
+            "retired_by": self.retired_by,
+            "retired_at": self.retired_at,
+            "imported_by": self.imported_by,
+            "imported_at": self.imported_at,
+            "builtin": self.builtin,
+            "source": self.source,
+            "package_dir": str(self.package_dir),
+            "card_sha256": self.card_sha256,
+            "weights_sha256": self.weights_sha256,
+            "approved_weights_sha256": self.approved_weights_sha256,
+            "warnings": list(self.warnings),
+        }
+
+
+class ModelRegistry:
+    """Models of one data folder.
+
+    Parameters
+    ----------
+    data_dir
+        The node's data folder; the database is ``data_dir / "contourd.db"``
+        and packages go to ``data_dir / "models"``. Created when missing.
+    builtin_dir
+        Folder of built-in packages registered on open (default: the ones
+        shipped in ``model_store/builtin``); ``None`` registers none.
+    """
+
+    def __init__(self, data_dir: Path, *, builtin_dir: Path | None = BUILTIN_DIR) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.models_dir = self.data_dir / MODELS_DIR
+        self.db_path = self.data_dir / DB_FILE
+        self.db = sqlite_utils.Database(self.db_path)
+        self.db.execute("PRAGMA busy_timeout = 30000")
+        self._create_tables()
+        if builtin_dir is not None:
+            self.register_builtins(builtin_dir)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self.db.close()
+
+    def __enter__(self) -> ModelRegistry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema and transactions -------------------------------------------------
+
+    def _create_tables(self) -> None:
+        self.db["models"].create(  # type: ignore[union-attr]
+            _MODELS_COLUMNS, pk=("name", "version"), if_not_exists=True
+        )
+        self.db["roi_overrides"].create(  # type: ignore[union-attr]
+            _OVERRIDE_COLUMNS, pk=("name", "version", "label"), if_not_exists=True
+        )
+        self.db["audit"].create(_AUDIT_COLUMNS, pk="id", if_not_exists=True)  # type: ignore[union-attr]
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... commit, so concurrent writers queue rather than interleave."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
+    def _audit(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        by: str,
+        action: str,
+        name: str,
+        version: str,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+        label: int | None = None,
+        note: str | None = None,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO audit (at, by, action, name, version, label, before, after, note) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                utc_now(),
+                by,
+                action,
+                name,
+                version,
+                label,
+                None if before is None else json.dumps(before, sort_keys=True),
+                None if after is None else json.dumps(after, sort_keys=True),
+                note,
+            ),
+        )
+
+    # -- reading -------------------------------------------------------------------
+
+    def _overrides(self, name: str, version: str) -> dict[int, RoiOverride]:
+        result = {}
+        for row in self.db["roi_overrides"].rows_where("name = ? AND version = ?", [name, version]):
+            result[row["label"]] = RoiOverride(
+                label=row["label"],
+                name=row["roi_name"],
+                color=tuple(json.loads(row["color"])) if row["color"] else None,  # type: ignore[arg-type]
+                interpreted_type=row["interpreted_type"],
+                updated_by=row["updated_by"],
+                updated_at=row["updated_at"],
+            )
+        return result
+
+    def _record(self, row: dict[str, Any]) -> ModelRecord:
+        card = parse_card(row["card_yaml"], source=f"registry card of {row['name']}")
+        return ModelRecord(
+            name=row["name"],
+            version=row["version"],
+            status=row["status"],
+            card=card,
+            package_dir=self.data_dir / row["package_dir"],
+            card_sha256=row["card_sha256"],
+            weights_sha256=row["weights_sha256"],
+            source=row["source"],
+            builtin=bool(row["builtin"]),
+            imported_by=row["imported_by"],
+            imported_at=row["imported_at"],
+            approved_by=row["approved_by"],
+            approved_at=row["approved_at"],
+            approval_note=row["approval_note"],
+            approved_card_sha256=row["approved_card_sha256"],
+            approved_weights_sha256=row["approved_weights_sha256"],
+            retired_by=row["retired_by"],
+            retired_at=row["retired_at"],
+            retire_note=row["retire_note"],
+            overrides=self._overrides(row["name"], row["version"]),
+        )
+
+    def list_models(self) -> list[ModelRecord]:
+        """Every registered version, by name then newest version first."""
+        records = [self._record(row) for row in self.db["models"].rows]
+        records.sort(key=lambda r: semver_key(r.version), reverse=True)
+        records.sort(key=lambda r: r.name)
+        return records
+
+    def _versions(self, name: str) -> list[ModelRecord]:
+        rows = self.db["models"].rows_where("name = ?", [name])
+        return sorted((self._record(r) for r in rows), key=lambda r: semver_key(r.version))
+
+    def get(self, name: str, version: str | None = None) -> ModelRecord:
+        """One version (the newest of any status when ``version`` is None).
+
+        Raises
+        ------
+        ModelNotFoundError
+            Naming the known models or versions.
+        """
+        versions = self._versions(name)
+        if not versions:
+            known = sorted({r["name"] for r in self.db["models"].rows})
+            raise ModelNotFoundError(
+                f"no model named {name!r} in {self.db_path} (known: {', '.join(known) or 'none'}); "
+                "import it with `contourd models import PACKAGE`"
+            )
+        if version is None:
+            return versions[-1]
+        for record in versions:
+            if record.version == version:
+                return record
+        raise ModelNotFoundError(
+            f"model {name!r} has no version {version!r} (registered: "
+            f"{', '.join(r.version for r in versions)})"
+        )
+
+    def audit_trail(self, name: str | None = None, version: str | None = None) -> list[AuditEntry]:
+        """Audit rows, oldest first, optionally for one model (and version)."""
+        where, args = [], []
+        if name is not None:
+            where.append("name = ?")
+            args.append(name)
+        if version is not None:
+            where.append("version = ?")
+            args.append(version)
+        rows = self.db["audit"].rows_where(" AND ".join(where) or None, args, order_by="id")
+        return [
+            AuditEntry(
+                id=r["id"],
+                at=r["at"],
+                by=r["by"],
+                action=r["action"],
+                name=r["name"],
+                version=r["version"],
+                label=r["label"],
+                before=json.loads(r["before"]) if r["before"] else None,
+                after=json.loads(r["after"]) if r["after"] else None,
+                note=r["note"],
+            )
+            for r in rows
+        ]
+
+    # -- import --------------------------------------------------------------------
+
+    def import_package(self, path: Path, by: str, *, builtin: bool = False) -> ModelRecord:
+        """Check a package folder or zip and copy it into the data folder, unapproved.
+
+        Parameters
+        ----------
+        path
+            Package folder or ``.zip`` (see :mod:`model_store.package`).
+        by
+            Who imports it (audit).
+        builtin
+            Mark as a built-in model (done by :meth:`register_builtins`).
+
+        Returns
+        -------
+        ModelRecord
+            The new record; its ``warnings`` hold TG-263 naming remarks.
+
+        Raises
+        ------
+        ModelPackageError
+            When any import check fails (pickle, DICOM, patient data, labels...).
+        ModelRegistryError
+            When that name and version is already registered.
+        """
+        who = _check_by(by)
+        with open_package(Path(path)) as package:
+            card = package.card
+            dest = self.models_dir / card.name / card.version
+            if self.db["models"].count_where("name = ? AND version = ?", [card.name, card.version]):
+                raise ModelRegistryError(
+                    f"model {card.name} {card.version} is already registered; give the changed "
+                    "package a new version in its model.yaml and import that"
+                )
+            tmp = self.models_dir / card.name / f".import-{uuid.uuid4().hex}"
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            for rel in package.files:
+                target = tmp / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(package.root / rel, target)
+            # The copy must be what was checked.
+            if sha256_file(tmp / CARD_FILE) != package.card_sha256 or (
+                package.weights_sha256 is not None
+                and sha256_file(tmp / WEIGHTS_FILE) != package.weights_sha256
+            ):
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise ModelPackageError(f"{path} changed while it was being imported; retry")
+            _make_read_only(tmp)
+            row = {
+                "name": card.name,
+                "version": card.version,
+                "status": IMPORTED,
+                "model_type": card.model_type,
+                "modality": card.modality,
+                "body_site": card.body_site,
+                "description": card.description,
+                "card_yaml": (package.root / CARD_FILE).read_text(encoding="utf-8"),
+                "package_dir": f"{MODELS_DIR}/{card.name}/{card.version}",
+                "card_sha256": package.card_sha256,
+                "weights_sha256": package.weights_sha256,
+                "source": str(Path(path).resolve()),
+                "builtin": int(builtin),
+                "imported_by": who,
+                "imported_at": utc_now(),
+            }
+            try:
+                with self._transaction() as conn:
+                    columns, marks = ", ".join(row), ", ".join("?" * len(row))
+                    conn.execute(
+                        f"INSERT INTO models ({columns}) VALUES ({marks})", list(row.values())
+                    )
+                    self._audit(
+                        conn,
+                        by=who,
+                        action="import",
+                        name=card.name,
+                        version=card.version,
+                        before=None,
+                        after={
+                            "status": IMPORTED,
+                            "card_sha256": package.card_sha256,
+                            "weights_sha256": package.weights_sha256,
+                            "source": row["source"],
+                        },
+                        note="built-in model" if builtin else None,
+                    )
+                    if dest.exists():  # left by an import that crashed before its commit
+                        _remove_tree(dest)
+                    tmp.rename(dest)
+            except sqlite3.IntegrityError as err:
+                _remove_tree(tmp)
+                raise ModelRegistryError(
+                    f"model {card.name} {card.version} was registered by another process "
+                    "meanwhile; give the package a new version"
+                ) from err
+            except BaseException:
+                _remove_tree(tmp)
+                raise
+            warnings = package.warnings
+        for warning in warnings:
+            log.log(
+                logging.INFO if builtin else logging.WARNING,
+                "model %s %s: %s",
+                card.name,
+                card.version,
+                warning,
+            )
+        record = self.get(card.name, card.version)
+        return ModelRecord(**{**record.__dict__, "warnings": tuple(warnings)})
+
+    def register_builtins(self, builtin_dir: Path = BUILTIN_DIR) -> list[ModelRecord]:
+        """Register each built-in package not yet in this data folder (unapproved).
+
+        A built-in that fails its checks is logged and skipped, so one bad
+        package never stops the registry from opening.
+        """
+        added: list[ModelRecord] = []
+        if not builtin_dir.is_dir():
+            return added
+        for folder in sorted(p for p in builtin_dir.iterdir() if p.is_dir()):
+            card_path = folder / CARD_FILE
+            if not card_path.is_file():
+                log.debug("built-in folder %s has no %s yet; skipped", folder, CARD_FILE)
+                continue
+            try:
+                card = parse_card(card_path.read_text(encoding="utf-8"), source=str(card_path))
+                if self.db["models"].count_where(
+                    "name = ? AND version = ?", [card.name, card.version]
+                ):
+                    continue
+                added.append(self.import_package(folder, BUILTIN_BY, builtin=True))
+            except ModelRegistryError:
+                continue  # another process registered it first
+            except ModelPackageError as err:
+                log.warning("built-in model in %s not registered: %s", folder, err)
+        return added
+
+    # -- status changes ------------------------------------------------------------
+
+    def approve(self, name: str, version: str, by: str, note: str | None = None) -> ModelRecord:
+        """Approve a version for clinical routing, recording the files' sha256 now.
+
+        Raises
+        ------
+        ModelNotFoundError
+            Unknown name or version.
+        ModelRegistryError
+            Already approved.
+        ModelIntegrityError
+            When the stored files no longer match the hashes recorded at import.
+        """
+        who = _check_by(by)
+        record = self.get(name, version)
+        if record.status == APPROVED:
+            raise ModelRegistryError(
+                f"model {name} {version} is already approved (by {record.approved_by} at "
+                f"{record.approved_at})"
+            )
+        card_sha = _hash_or_none(record.package_dir / CARD_FILE)
+        weights_sha = (
+            _hash_or_none(record.package_dir / WEIGHTS_FILE)
+            if record.weights_sha256 is not None
+            else None
+        )
+        if card_sha != record.card_sha256 or weights_sha != record.weights_sha256:
+            raise ModelIntegrityError(
+                f"model {name} {version}: the stored package in {record.package_dir} no longer "
+                f"matches the sha256 recorded at import (card {record.card_sha256[:16]}..., "
+                f"weights {(record.weights_sha256 or 'none')[:16]}...); refusing to approve it. "
+                "Re-import the original package under a new version"
+            )
+        now = utc_now()
+        before = _status_view(record)
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE models SET status = ?, approved_by = ?, approved_at = ?, "
+                "approval_note = ?, approved_card_sha256 = ?, approved_weights_sha256 = ?, "
+                "retired_by = NULL, retired_at = NULL, retire_note = NULL "
+                "WHERE name = ? AND version = ?",
+                (APPROVED, who, now, note, card_sha, weights_sha, name, version),
+            )
+            after = {
+                "status": APPROVED,
+                "approved_by": who,
+                "approved_at": now,
+                "approved_card_sha256": card_sha,
+                "approved_weights_sha256": weights_sha,
+            }
+            self._audit(
+                conn,
+                by=who,
+                action="approve",
+                name=name,
+                version=version,
+                before=before,
+                after=after,
+                note=note,
+            )
+        return self.get(name, version)
+
+    def retire(self, name: str, version: str, by: str, note: str | None = None) -> ModelRecord:
+        """Take a version out of use; routing and ``segment`` refuse it afterwards.
+
+        Raises
+        ------
+        ModelNotFoundError, ModelRegistryError
+            Unknown version, or already retired.
+        """
+        who = _check_by(by)
+        record = self.get(name, version)
+        if record.status == RETIRED:
+            raise ModelRegistryError(
+                f"model {name} {version} is already retired (by {record.retired_by} at "
+                f"{record.retired_at})"
+            )
+        now = utc_now()
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE models SET status = ?, retired_by = ?, retired_at = ?, retire_note = ? "
+                "WHERE name = ? AND version = ?",
+                (RETIRED, who, now, note, name, version),
+            )
+            self._audit(
+                conn,
+                by=who,
+                action="retire",
+                name=name,
+                version=version,
+                before=_status_view(record),
+                after={"status": RETIRED, "retired_by": who, "retired_at": now},
+                note=note,
+            )
+        return self.get(name, version)
+
+    def set_roi(
+        self,
+        name: str,
+        version: str,
+        label: int,
+        *,
+        by: str,
+        roi_name: str | None = None,
+        color: tuple[int, int, int] | list[int] | None = None,
+        interpreted_type: str | None = None,
+        reset: bool = False,
+        note: str | None = None,
+    ) -> tuple[RoiSpec, list[str]]:
+        """Override an ROI's name, colour and/or interpreted type for this clinic.
+
+        Parameters
+        ----------
+        label
+            The ROI's label in the card (unchanged by overrides).
+        roi_name, color, interpreted_type
+            New values; ``None`` keeps the current override or card value.
+        reset
+            Drop the override: back to the card's values.
+
+        Returns
+        -------
+        tuple
+            The effective ROI after the change and TG-263 naming warnings.
+
+        Raises
+        ------
+        ModelRegistryError
+            Unknown label, invalid value, duplicate name, or nothing to change.
+        """
+        who = _check_by(by)
+        record = self.get(name, version)
+        labels = [r.label for r in record.card.rois]
+        if label not in labels:
+            raise ModelRegistryError(
+                f"model {name} {version} has no ROI label {label} (labels: {labels})"
+            )
+        if not reset and roi_name is None and color is None and interpreted_type is None:
+            raise ModelRegistryError("set-roi needs --name, --color, --type or --reset")
+        try:
+            new_name = validate_roi_name(roi_name) if roi_name is not None else None
+            new_color = validate_color(tuple(color)) if color is not None else None  # type: ignore[arg-type]
+        except ValueError as err:
+            raise ModelRegistryError(str(err)) from err
+        if interpreted_type is not None and interpreted_type not in INTERPRETED_TYPES:
+            raise ModelRegistryError(
+                f"interpreted type {interpreted_type!r} is not an RT ROI Interpreted Type; "
+                f"use one of {', '.join(INTERPRETED_TYPES)}"
+            )
+        old = record.overrides.get(label, RoiOverride(label=label))
+        now = utc_now()
+        new = RoiOverride(
+            label=label,
+            name=new_name if new_name is not None else old.name,
+            color=new_color if new_color is not None else old.color,
+            interpreted_type=interpreted_type or old.interpreted_type,
+            updated_by=who,
+            updated_at=now,
+        )
+        overrides = dict(record.overrides)
+        if reset:
+            overrides.pop(label, None)
+        else:
+            overrides[label] = new
+        before_roi = next(r for r in record.effective_rois() if r.label == label)
+        after_rois = apply_overrides(record.card.rois, overrides)
+        after_roi = next(r for r in after_rois if r.label == label)
+        others = [r.name.lower() for r in after_rois if r.label != label]
+        if after_roi.name.lower() in others:
+            raise ModelRegistryError(
+                f"ROI name {after_roi.name!r} is already used by another ROI of {name} "
+                f"{version}; ROI names in one structure set must be unique"
+            )
+        with self._transaction() as conn:
+            conn.execute(
+                "DELETE FROM roi_overrides WHERE name = ? AND version = ? AND label = ?",
+                (name, version, label),
+            )
+            if not reset:
+                conn.execute(
+                    "INSERT INTO roi_overrides (name, version, label, roi_name, color, "
+                    "interpreted_type, updated_by, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        name,
+                        version,
+                        label,
+                        new.name,
+                        json.dumps(list(new.color)) if new.color else None,
+                        new.interpreted_type,
+                        who,
+                        now,
+                    ),
+                )
+            self._audit(
+                conn,
+                by=who,
+                action="reset-roi" if reset else "set-roi",
+                name=name,
+                version=version,
+                label=label,
+                before=_roi_view(before_roi),
+                after=_roi_view(after_roi),
+                note=note,
+            )
+        warning = name_warning(after_roi.name)
+        return after_roi, [warning] if warning else []
+
+    # -- export and resolve --------------------------------------------------------
+
+    def export(self, name: str, version: str, dest: Path, by: str) -> Path:
+        """Write the stored package, unchanged, to ``dest`` (``.zip`` file or new folder).
+
+        The clinic's overrides are not part of the package and are not exported.
+
+        Raises
+        ------
+        ModelIntegrityError
+            When the stored files no longer match their import hashes.
+        ModelRegistryError
+            When ``dest`` already exists.
+        """
+        who = _check_by(by)
+        record = self.get(name, version)
+        _resolved(record, require_approved=False).verify_weights()
+        dest = Path(dest)
+        if dest.exists():
+            raise ModelRegistryError(f"export destination {dest} exists; choose a new path")
+        files = sorted(p for p in record.package_dir.rglob("*") if p.is_file())
+        if dest.suffix.lower() == ".zip":
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                for path in files:
+                    archive.write(path, path.relative_to(record.package_dir).as_posix())
+        else:
+            shutil.copytree(record.package_dir, dest)
+            for path in dest.rglob("*"):
+                path.chmod(path.stat().st_mode | stat.S_IWUSR)
+        with self._transaction() as conn:
+            self._audit(
+                conn,
+                by=who,
+                action="export",
+                name=name,
+                version=version,
+                before=None,
+                after={"dest": str(dest.resolve())},
+            )
+        return dest
+
+    def resolve(
+        self, name: str, version: str | None = None, *, require_approved: bool = True
+    ) -> ApprovedModel:
+        """A runnable model after checking its files' hashes.
+
+        With ``require_approved`` (the default, used by routing and ``segment``)
+        only approved versions qualify and ``version=None`` means the newest
+        approved one. Without it (evaluation before approval), any status
+        qualifies, ``None`` means the newest version, and the import hashes are
+        checked.
+
+        Raises
+        ------
+        ModelNotFoundError, ModelNotApprovedError, ModelIntegrityError
+        """
+        if not require_approved:
+            model = _resolved(self.get(name, version), require_approved=False)
+            model.verify_weights()
+            return model
+        versions = self._versions(name)
+        if not versions:
+            self.get(name)  # raises ModelNotFoundError with the known names
+        approved = [r for r in versions if r.status == APPROVED]
+        if version is None:
+            if not approved:
+                statuses = ", ".join(f"{r.version} ({r.status})" for r in versions)
+                raise ModelNotApprovedError(
+                    f"model {name!r} has no approved version (registered: {statuses}); approve "
+                    f"one with `contourd models approve {name} VERSION --by NAME`"
+                )
+            record = approved[-1]
+        else:
+            record = self.get(name, version)
+            if record.status != APPROVED:
+                raise ModelNotApprovedError(
+                    f"model {name} {version} is {record.status!r}, not approved; approve it "
+                    f"with `contourd models approve {name} {version} --by NAME` or use an "
+                    f"approved version ({', '.join(r.version for r in approved) or 'none'})"
+                )
+        model = _resolved(record, require_approved=True)
+        model.verify_weights()
+        return model
+
+    def resolve_approved(self, name: str, version: str | None = None) -> ApprovedModel:
+        """The approved version (newest approved when ``version`` is None), hash-checked.
+
+        Raises
+        ------
+        ModelNotFoundError
+            No such model or version.
+        ModelNotApprovedError
+            The version (or every version) is imported or retired, not approved.
+        ModelIntegrityError
+            The card or weights on disk differ from the sha256 recorded at approval.
+        """
+        return self.resolve(name, version, require_approved=True)
+
+
+def _resolved(record: ModelRecord, *, require_approved: bool) -> ApprovedModel:
+    use_approval = require_approved or record.status == APPROVED
+    weights_sha = record.approved_weights_sha256 if use_approval else record.weights_sha256
+    card_sha = record.approved_card_sha256 if use_approval else record.card_sha256
+    return ApprovedModel(
+        name=record.name,
+        version=record.version,
+        status=record.status,
+        card=record.card,
+        package_dir=record.package_dir,
+        weights_path=record.package_dir / WEIGHTS_FILE if record.weights_sha256 else None,
+        weights_sha256=weights_sha,
+        card_sha256=card_sha or record.card_sha256,
+        approved_by=record.approved_by if use_approval else None,
+        approved_at=record.approved_at if use_approval else None,
+        overrides=dict(record.overrides),
+    )
+
+
+def _status_view(record: ModelRecord) -> dict[str, Any]:
+    return {
+        "status": record.status,
+        "approved_by": record.approved_by,
+        "approved_at": record.approved_at,
+        "retired_by": record.retired_by,
+        "retired_at": record.retired_at,
+    }
+
+
+def _roi_view(roi: RoiSpec) -> dict[str, Any]:
+    return {
+        "name": roi.name,
+        "color": list(roi.color),
+        "interpreted_type": roi.interpreted_type,
+    }
+
+
+def _hash_or_none(path: Path) -> str | None:
+    return sha256_file(path) if path.is_file() else None
+
+
+def _make_read_only(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+
+
+def _remove_tree(root: Path) -> None:
+    if root.exists():
+        for path in root.rglob("*"):
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+        shutil.rmtree(root, ignore_errors=True)
