@@ -1,0 +1,260 @@
+"""Node status for people and monitoring: heartbeat file, ``/healthz``, ``/metrics``.
+
+- :func:`collect_status` gathers what ``contourd status`` and ``/healthz``
+  show: node up (from the heartbeat file the running node rewrites every few
+  seconds), queue length, jobs by state, free disk, last error.
+- :class:`HealthServer` serves ``GET /healthz`` (JSON; 200 when healthy, 503
+  otherwise) and ``GET /metrics`` (Prometheus text format, prometheus-client).
+
+Metrics are read from the database at scrape time, so figures from the
+worker processes (a separate process) are included without any shared memory:
+
+- ``contourd_instances_received_total`` instances in the spool table
+- ``contourd_jobs`` (gauge, label ``state``) jobs by state
+- ``contourd_queue_length`` jobs not finished yet
+- ``contourd_stage_latency_seconds`` (histogram, label ``stage``) seconds
+  from one job state to the next (``queued``, ``waiting``, ``processing``,
+  ``sending``, ``total``) over the most recent jobs
+- ``contourd_disk_free_bytes`` free space on the data folder's disk
+- ``contourd_up`` 1 while the node serves
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from daemon.job_queue import FINISHED_STATES, SqliteJobQueue, stage_durations_s
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_FILENAME = "node.heartbeat.json"
+HEARTBEAT_STALE_S = 20.0
+LATENCY_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
+LATENCY_WINDOW_JOBS = 1000
+
+
+def write_heartbeat(data_dir: Path, info: dict[str, Any]) -> None:
+    """Atomically write the running node's heartbeat (pid, ports, time)."""
+    payload = dict(info, pid=os.getpid(), updated_at=time.time())
+    path = Path(data_dir) / HEARTBEAT_FILENAME
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def clear_heartbeat(data_dir: Path) -> None:
+    """Remove the heartbeat at a clean stop."""
+    (Path(data_dir) / HEARTBEAT_FILENAME).unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_heartbeat(data_dir: Path) -> dict[str, Any] | None:
+    """The heartbeat of a running node, or ``None`` when none is fresh and alive."""
+    path = Path(data_dir) / HEARTBEAT_FILENAME
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if time.time() - float(info.get("updated_at", 0)) > HEARTBEAT_STALE_S:
+        return None
+    if not _pid_alive(int(info.get("pid", -1))):
+        return None
+    return dict(info)
+
+
+def instances_received(db_path: Path) -> int:
+    """Rows in the receive side's ``instances`` table (0 before it exists)."""
+    try:
+        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as conn:
+            row = conn.execute("SELECT COUNT(*) FROM instances").fetchone()
+    except sqlite3.Error:
+        return 0
+    return int(row[0]) if row else 0
+
+
+def collect_status(queue: SqliteJobQueue) -> dict[str, Any]:
+    """What ``contourd status`` and ``/healthz`` report (no patient data)."""
+    data_dir = queue.data_dir
+    counts = queue.counts_by_state()
+    queue_length = sum(n for s, n in counts.items() if s not in FINISHED_STATES)
+    usage = shutil.disk_usage(data_dir)
+    heartbeat = read_heartbeat(data_dir)
+    last = queue.last_error()
+    return {
+        "node_up": heartbeat is not None,
+        "node": heartbeat,
+        "queue_length": queue_length,
+        "jobs_by_state": counts,
+        "disk_free_mb": round(usage.free / 2**20, 1),
+        "disk_total_mb": round(usage.total / 2**20, 1),
+        "instances_received": instances_received(queue.db_path),
+        "last_error": None
+        if last is None
+        else {"job_id": last[0], "error": last[1], "at": last[2]},
+        "data_dir": str(data_dir),
+    }
+
+
+class QueueCollector(Collector):
+    """Prometheus collector reading the job queue at scrape time."""
+
+    def __init__(self, queue: SqliteJobQueue) -> None:
+        self.queue = queue
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the metrics listed in the module docstring."""
+        up = GaugeMetricFamily("contourd_up", "1 while the node serves")
+        up.add_metric([], 1.0)
+        yield up
+        received = GaugeMetricFamily(
+            "contourd_instances_received_total", "Instances received and kept in the spool table"
+        )
+        received.add_metric([], float(instances_received(self.queue.db_path)))
+        yield received
+        counts = self.queue.counts_by_state()
+        jobs = GaugeMetricFamily("contourd_jobs", "Jobs by state", labels=["state"])
+        for state, n in sorted(counts.items()):
+            jobs.add_metric([state], float(n))
+        yield jobs
+        length = GaugeMetricFamily("contourd_queue_length", "Jobs not finished yet")
+        length.add_metric([], float(sum(n for s, n in counts.items() if s not in FINISHED_STATES)))
+        yield length
+        free = GaugeMetricFamily("contourd_disk_free_bytes", "Free space on the data disk")
+        free.add_metric([], float(shutil.disk_usage(self.queue.data_dir).free))
+        yield free
+        yield self._latencies()
+
+    def _latencies(self) -> HistogramMetricFamily:
+        samples: dict[str, list[float]] = {}
+        for job in self.queue.recent(limit=LATENCY_WINDOW_JOBS):
+            for stage, seconds in stage_durations_s(self.queue.events(job.id)).items():
+                samples.setdefault(stage, []).append(seconds)
+        hist = HistogramMetricFamily(
+            "contourd_stage_latency_seconds",
+            f"Seconds from one job state to the next, over the last {LATENCY_WINDOW_JOBS} jobs",
+            labels=["stage"],
+        )
+        for stage, values in sorted(samples.items()):
+            buckets = [(str(b), float(sum(v <= b for v in values))) for b in LATENCY_BUCKETS_S]
+            buckets.append(("+Inf", float(len(values))))
+            hist.add_metric([stage], buckets, sum_value=float(sum(values)))
+        return hist
+
+
+HealthCheck = Callable[[], dict[str, Any]]
+
+
+class HealthServer:
+    """``/healthz`` and ``/metrics`` on a background thread.
+
+    Parameters
+    ----------
+    queue
+        The job queue (metrics and status read it).
+    host, port
+        Where to listen; port 0 picks a free port (see :attr:`port`).
+    extra_checks
+        Returns ``{"healthy": bool, ...}`` details from the running node
+        (SCP listening, worker processes alive); merged into ``/healthz``.
+    """
+
+    def __init__(
+        self,
+        queue: SqliteJobQueue,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        extra_checks: HealthCheck | None = None,
+    ) -> None:
+        self.queue = queue
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(QueueCollector(queue))
+        self.extra_checks = extra_checks
+        server = ThreadingHTTPServer((host, port), self._handler_class())
+        server.daemon_threads = True
+        self._server = server
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The TCP port the server listens on."""
+        return int(self._server.server_address[1])
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body) for ``/healthz``."""
+        status = collect_status(self.queue)
+        status.pop("node", None)
+        healthy = True
+        if self.extra_checks is not None:
+            extra = self.extra_checks()
+            healthy = bool(extra.get("healthy", True))
+            status["checks"] = extra
+        status["status"] = "ok" if healthy else "unhealthy"
+        return (200 if healthy else 503), status
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                try:
+                    if self.path.split("?")[0] == "/healthz":
+                        code, body = outer.health()
+                        data = json.dumps(body).encode()
+                        content_type = "application/json"
+                    elif self.path.split("?")[0] == "/metrics":
+                        code, data = 200, generate_latest(outer.registry)
+                        content_type = CONTENT_TYPE_LATEST
+                    else:
+                        code, data, content_type = 404, b"not found\n", "text/plain"
+                except Exception as err:  # boundary: one HTTP request
+                    log.exception("health endpoint failed")
+                    code, data, content_type = 500, f"{err}\n".encode(), "text/plain"
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                log.debug("http: " + format, *args)
+
+        return Handler
+
+    def start(self) -> HealthServer:
+        """Serve on a daemon thread; returns self."""
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="contourd-http", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
