@@ -66,9 +66,7 @@ def start_node(tmp_path: Path) -> Iterator[NodeFactory]:
     ) -> tuple[ReceiveNode, Completions]:
         config = make_config(data_dir or tmp_path / "var", **sections)
         completions = Completions()
-        node = ReceiveNode(
-            config, callback or completions, complete_on_release=complete_on_release
-        )
+        node = ReceiveNode(config, callback or completions, complete_on_release=complete_on_release)
         node.start()
         nodes.append(node)
         return node, completions

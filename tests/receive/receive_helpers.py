@@ -82,6 +82,7 @@ def make_ct_series(
     folder.mkdir(parents=True, exist_ok=True)
     study_uid = study_uid or generate_uid()
     series_uid = series_uid or generate_uid()
+    frame_of_reference_uid = generate_uid()
     rng = np.random.default_rng(seed)
     paths = []
     for index in range(num_slices):
@@ -95,7 +96,7 @@ def make_ct_series(
         ds.SOPInstanceUID = sop_uid
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
-        ds.FrameOfReferenceUID = study_uid + ".1"
+        ds.FrameOfReferenceUID = frame_of_reference_uid
         ds.PatientName = "SYNTHETIC^PHANTOM"
         ds.PatientID = "SYN0001"
         ds.Modality = modality
