@@ -272,12 +272,17 @@ def _compiled(pattern: str, case_sensitive: bool) -> re.Pattern[str]:
     return re.compile(pattern, 0 if case_sensitive else re.IGNORECASE)
 
 
+def _quote(text: str) -> str:
+    """Quote for display without Python escaping (regexes keep single backslashes)."""
+    return f"'{text}'"
+
+
 def _show(value: object) -> str:
     if value is None or value == "" or value == ():
         return MISSING
     if isinstance(value, tuple):
-        return repr("\\".join(str(v) for v in value))
-    return repr(value)
+        return _quote("\\".join(str(v) for v in value))
+    return _quote(str(value))
 
 
 def _one_of(values: Sequence[str]) -> str:
@@ -298,10 +303,10 @@ def _pattern_matches(pattern: TextPattern, value: str) -> bool:
 def _describe_pattern(pattern: TextPattern) -> str:
     case = " (case-sensitive)" if pattern.case_sensitive else ""
     if pattern.regex is not None:
-        return f"regex {pattern.regex!r}{case}"
+        return f"regex {_quote(pattern.regex)}{case}"
     if pattern.contains is not None:
-        return f"text containing {pattern.contains!r}{case}"
-    return f"text equal to {pattern.equals!r}{case}"
+        return f"text containing {_quote(pattern.contains)}{case}"
+    return f"text equal to {_quote(pattern.equals or '')}{case}"
 
 
 def _text_failure(path: str, condition: TextMatch, value: str | None) -> ConditionFailure | None:
@@ -333,7 +338,12 @@ def _range_failure(
         expected = f"at least {low:g}{unit}"
     else:
         expected = f"at most {high:g}{unit}"
-    actual = MISSING if value is None else f"{value:g}{unit}"
+    if value is None:
+        actual = MISSING
+    elif value == 1 and unit == " images":
+        actual = "1 image"
+    else:
+        actual = f"{value:g}{unit}"
     return ConditionFailure(path, expected, actual)
 
 
@@ -420,9 +430,11 @@ def _first_failure(
             for i, block in enumerate(match.any_)
         ]
         if all(f is not None for f in failures):
-            detail = "; ".join(str(f) for f in failures)
+            detail = "; ".join(
+                str(f).removeprefix(f"{path}.any") for f in failures if f is not None
+            )
             return ConditionFailure(
-                f"{path}.any", f"one of {len(failures)} blocks to hold", f"none holding ({detail})"
+                f"{path}.any", f"one of its {len(failures)} blocks to hold", f"none: {detail}"
             )
     if (
         match.not_ is not None
