@@ -68,9 +68,9 @@ def test_sanity_check_reports_volume_out_of_range_and_fov_edge(tmp_path: Path) -
     mask = np.zeros(volume.shape, dtype=bool)
     mask[3:6, 0:5, 10:20] = True  # touches the first row
     warnings = check_masks(
-        [(RoiExpectation("Parotid_L", volume_range_cc=(10.0, 50.0)), mask)], volume
+        [(RoiExpectation("Parotid_L", volume_range_cc=(20.0, 50.0)), mask)], volume
     )
-    assert any("outside the expected range 10-50 cc" in w for w in warnings)
+    assert any("12.0 cc is outside the expected range 20-50 cc" in w for w in warnings)
     assert any("touches the edge of the field of view (first row)" in w for w in warnings)
 
 
