@@ -103,6 +103,7 @@ assert DeflatedExplicitVRLittleEndian not in TRANSFER_SYNTAXES
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 VERIFICATION_SOP_CLASS = UID("1.2.840.10008.1.1")
+_MAX_LOGGED_REFUSED = 8
 
 
 def _assoc_id(assoc: Any) -> int:
@@ -287,18 +288,21 @@ class StorageSCP:
         )
         with self._stats_lock:
             self._stats[_assoc_id(assoc)] = stats
-        rejected = sorted(
+        accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+        refused = sorted(
             {str(cx.abstract_syntax) for cx in assoc.rejected_contexts if cx.abstract_syntax}
+            - accepted
         )
+        shown = ", ".join(refused[:_MAX_LOGGED_REFUSED])
+        if len(refused) > _MAX_LOGGED_REFUSED:
+            shown += f" (+{len(refused) - _MAX_LOGGED_REFUSED} more)"
         log.info(
             "association from %s@%s to %s accepted (%d contexts)%s",
             stats.calling_ae,
             stats.peer,
             stats.called_ae,
             len(assoc.accepted_contexts),
-            f"; refused SOP classes or transfer syntaxes: {', '.join(rejected)}"
-            if rejected
-            else "",
+            f"; refused SOP classes (not stored here): {shown}" if refused else "",
         )
 
     def _on_rejected(self, event: evt.Event) -> None:
