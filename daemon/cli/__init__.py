@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES = [
     "models",
     "segment",
     "jobs",
+    "worker",
     "status",
     "resend",
     "train",

@@ -134,3 +134,37 @@ def make_result_file(path: Path, sop_uid: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def approve_body_model(data_dir: Path) -> None:
+    """Approve the built-in ``body`` model in a throwaway data folder."""
+    from model_store.registry import ModelRegistry
+
+    registry = ModelRegistry(data_dir)
+    try:
+        registry.approve("body", "1.0.0", by="ops-test", note="test data folder")
+    finally:
+        registry.close()
+
+
+def body_rule_config(data_dir: Path, destinations: dict[str, dict[str, object]], **rule: object):
+    """A ContourdConfig routing CT to the body model and on to ``destinations``."""
+    from daemon.config import ContourdConfig
+
+    return ContourdConfig.model_validate(
+        {
+            "node": {"data_dir": str(data_dir), "fsync": False},
+            "destinations": destinations,
+            "dispatch": {"retry_initial_s": 0.3, "retry_max_s": 1.0, "poll_interval_s": 0.2},
+            "worker": {"lease_s": 3.0, "poll_interval_s": 0.1},
+            "rules": [
+                {
+                    "name": "ct-body",
+                    "match": {"modality": "CT"},
+                    "model": "body",
+                    "send_to": list(destinations),
+                    **rule,
+                }
+            ],
+        }
+    )

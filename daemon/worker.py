@@ -1,0 +1,406 @@
+"""The worker: leases jobs, routes, runs the approved models, writes the results.
+
+A worker runs in its own process (``contourd worker``, started and restarted
+by ``contourd serve``), so a crash or a SIGKILL in inference never takes the
+storage SCP down; the job's lease then runs out and the next worker claims
+it again (see :mod:`daemon.job_queue`). Between jobs the worker keeps its
+networks warm (:class:`inference.predictor.PredictorCache`).
+
+One job, step by step (each step is a state in the job row):
+
+1. route the series (``routing.engine.route``) with the config in use (hot
+   reloaded): no rule -> ``not_routed``; the rule's ``schedule`` window is
+   closed -> ``scheduled`` until it opens; else ``routed`` with the rule,
+   models, destinations and outputs. When several rules match
+   (``continue: true``), the first one's actions are used and the others are
+   listed in the job's warnings.
+2. resolve each model to an APPROVED version (``ModelRegistry.resolve_approved``);
+   a model that is not approved fails the job with the registry's message,
+   which names the ``contourd models approve`` command.
+3. ``running``: ``inference.pipeline.segment_series`` on the spooled files.
+4. write ``results/<job_id>/RS.<SOPInstanceUID>.dcm`` (and a SEG when the rule
+   asks for one) and ``preview.png`` (a montage of
+   slices with the contours drawn over them), then ``written`` (or ``shadow``
+   for shadow rules, which are never sent).
+5. make the first send attempt at once (:class:`daemon.dispatch.Dispatcher`);
+   retries belong to the node's dispatcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from contourd import __version__
+from contourd.errors import ContourdError, ModelNotApprovedError, ModelNotFoundError
+from daemon.config import ContourdConfig
+from daemon.dispatch import Dispatcher
+from daemon.job_queue import Job, JobState, LeaseLostError, SqliteJobQueue
+from inference.pipeline import SegmentationResult, segment_series
+from inference.predictor import PredictorCache
+from inference.roi_mask import AlgorithmInfo, RoiMask
+from inference.rtstruct_writer import write_rtstruct
+from inference.seg_writer import write_seg
+from model_store.registry import ModelRegistry
+from routing.engine import RouteMatch, route
+from routing.schedule import next_window_start
+from routing.series_attributes import SeriesAttributes
+
+log = logging.getLogger(__name__)
+
+ConfigSource = Callable[[], ContourdConfig]
+
+
+def default_worker_id() -> str:
+    """``worker-<host>-<pid>``: unique among the processes sharing a database."""
+    return f"worker-{socket.gethostname()}-{os.getpid()}"
+
+
+class _LeaseKeeper:
+    """Renews a job's lease every third of its length while the job runs."""
+
+    def __init__(self, queue: SqliteJobQueue, job_id: int, worker_id: str, lease_s: float):
+        self.queue, self.job_id, self.worker_id, self.lease_s = queue, job_id, worker_id, lease_s
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                self.queue.renew_lease(self.job_id, self.worker_id, self.lease_s)
+            except LeaseLostError:
+                log.error("job %s: lease lost; another worker has it", self.job_id)
+                self.lost.set()
+                return
+
+    def __enter__(self) -> _LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def write_preview(
+    path: Path, volume_hu: np.ndarray, rois: Sequence[RoiMask], *, max_panels: int = 6
+) -> Path:
+    """Save a PNG montage: slices (``[slice, row, column]``) with ROI contours drawn.
+
+    Slices are spread evenly over the extent that holds any ROI; each ROI is
+    drawn as its mask's outline in its display colour. Image display window:
+    W 400 / L 40 HU (soft tissue).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    union = np.zeros(volume_hu.shape[0], dtype=bool)
+    for roi in rois:
+        union |= roi.mask.reshape(roi.mask.shape[0], -1).any(axis=1)
+    candidates = np.flatnonzero(union) if union.any() else np.arange(volume_hu.shape[0])
+    picks = np.unique(
+        candidates[
+            np.linspace(0, len(candidates) - 1, min(max_panels, len(candidates))).astype(int)
+        ]
+    )
+    cols = min(3, len(picks))
+    rows = int(np.ceil(len(picks) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, k in zip(axes.ravel(), picks, strict=False):
+        ax.imshow(volume_hu[k], cmap="gray", vmin=40 - 200, vmax=40 + 200)
+        for roi in rois:
+            if roi.mask[k].any():
+                color = tuple(c / 255 for c in roi.color_rgb)
+                ax.contour(roi.mask[k].astype(np.uint8), levels=[0.5], colors=[color], linewidths=1)
+        ax.set_title(f"slice {k + 1}/{volume_hu.shape[0]}", fontsize=8)
+    names = ", ".join(r.name for r in rois) or "no ROI"
+    fig.suptitle(f"AUTOMATIC, UNAPPROVED: {names}", fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+class Worker:
+    """Processes jobs from the queue, one at a time.
+
+    Parameters
+    ----------
+    config
+        Returns the config in use (called once per job, so a reloaded config
+        applies to the next job).
+    queue
+        The job queue.
+    worker_id
+        Lease owner name; unique per process.
+    """
+
+    def __init__(
+        self,
+        config: ConfigSource,
+        queue: SqliteJobQueue,
+        *,
+        worker_id: str | None = None,
+    ) -> None:
+        self.config = config
+        self.queue = queue
+        self.worker_id = worker_id or default_worker_id()
+        self.predictor_cache = PredictorCache()
+        self.stop_requested = threading.Event()
+        self.current_job: int | None = None
+        self._registry: ModelRegistry | None = None
+
+    # -- loop -----------------------------------------------------------------
+    def run(self, *, once: bool = False) -> int:
+        """Claim and process jobs until :attr:`stop_requested`; returns jobs processed.
+
+        With ``once``, returns as soon as the queue has no claimable job.
+        """
+        done = 0
+        while not self.stop_requested.is_set():
+            if self.process_one():
+                done += 1
+                continue
+            if once:
+                break
+            self.stop_requested.wait(self.config().worker.poll_interval_s)
+        return done
+
+    def process_one(self) -> bool:
+        """Claim one job and process it; False when none was claimable."""
+        config = self.config()
+        job = self.queue.claim(self.worker_id, config.worker.lease_s)
+        if job is None:
+            return False
+        self.current_job = job.id
+        try:
+            with _LeaseKeeper(self.queue, job.id, self.worker_id, config.worker.lease_s):
+                self._process(job, config)
+        except LeaseLostError as err:
+            log.error("job %s abandoned: %s", job.id, err)
+        except ContourdError as err:
+            self._fail(job, str(err))
+        except Exception as err:  # boundary: one job; the error is kept on the job row
+            log.exception("job %s: unexpected error", job.id)
+            self._fail(job, f"internal error {type(err).__name__}: {err}; see the worker log")
+        finally:
+            self.current_job = None
+        return True
+
+    def _fail(self, job: Job, message: str) -> None:
+        log.error("job %s failed: %s", job.id, message)
+        try:
+            self.queue.transition(
+                job.id, JobState.FAILED, worker_id=self.worker_id, message=message
+            )
+        except LeaseLostError as err:
+            log.error("job %s: could not record the failure: %s", job.id, err)
+
+    # -- one job ------------------------------------------------------------------
+    def _process(self, job: Job, config: ContourdConfig) -> None:
+        wid = self.worker_id
+        attrs = self._attributes(job)
+        decision = route(attrs, config.rules, body_part_synonyms=config.body_part_synonyms)
+        description = attrs.series_description or ""
+        if not decision.routed:
+            details = "; ".join(e.describe() for e in decision.explanations) or "no rules"
+            self.queue.transition(
+                job.id,
+                JobState.NOT_ROUTED,
+                worker_id=wid,
+                message=f"{decision.reason} for {attrs.summary()}: {details}",
+                series_description=description,
+            )
+            log.info("job %s: not routed (%s)", job.id, decision.reason)
+            return
+        match = decision.matched[0]
+        warnings = [
+            f"rule {m.rule!r} also matched (continue: true) but only the first matching "
+            f"rule {match.rule!r} runs per job"
+            for m in decision.matched[1:]
+        ]
+        fields: dict[str, Any] = {
+            "series_description": description,
+            "rule": match.rule,
+            "models": [str(m) for m in match.models],
+            "destinations": list(match.send_to),
+            "outputs": list(match.outputs),
+            "shadow": match.shadow,
+            "priority": match.priority,
+        }
+        now = datetime.now().astimezone()
+        if not match.may_run_at(now):
+            opens = next_window_start(now, match.schedule)
+            self.queue.transition(
+                job.id,
+                JobState.SCHEDULED,
+                worker_id=wid,
+                release_lease=True,
+                message=f"rule {match.rule!r} runs in its window; queued until {opens}",
+                not_before=opens.timestamp(),
+                attempts=0,
+                **fields,
+            )
+            return
+        self.queue.transition(job.id, JobState.ROUTED, worker_id=wid, **fields)
+        models = self._resolve(match, config)
+        label = match.render_label(
+            model_name=models[0].name, model_version=str(models[0].version), when=now, attrs=attrs
+        )
+        self.queue.transition(
+            job.id,
+            JobState.RUNNING,
+            worker_id=wid,
+            label=label,
+            models=[f"{m.name} {m.version}" for m in models],
+        )
+        result = segment_series(
+            job.instance_paths,
+            models,
+            device=config.worker.device,
+            predictor_cache=self.predictor_cache,
+        )
+        t0 = time.perf_counter()
+        out_dir = self.queue.data_dir / "results" / str(job.id)
+        files, preview = self._write_outputs(job, result, models, match, label, out_dir, config)
+        timings = dict(result.timings_s)
+        timings["write"] = time.perf_counter() - t0
+        done_fields: dict[str, Any] = {
+            "result_files": files,
+            "preview_file": preview,
+            "warnings": warnings + list(result.warnings),
+            "timings_s": timings,
+        }
+        if match.shadow:
+            self.queue.transition(
+                job.id,
+                JobState.SHADOW,
+                worker_id=wid,
+                message="shadow rule: result recorded, not sent",
+                **done_fields,
+            )
+            return
+        self.queue.add_deliveries(job.id, match.send_to)
+        if not match.send_to:
+            self.queue.transition(job.id, JobState.WRITTEN, worker_id=wid, **done_fields)
+            self.queue.transition(
+                job.id, JobState.SENT, worker_id=wid, message="rule has no destinations"
+            )
+            return
+        self.queue.transition(
+            job.id, JobState.WRITTEN, worker_id=wid, release_lease=True, **done_fields
+        )
+        log.info(
+            "job %s: %d ROI(s) written in %.2f s; sending to %s",
+            job.id,
+            len(result.rois),
+            timings.get("total", 0.0) + timings["write"],
+            ", ".join(match.send_to),
+        )
+        Dispatcher(
+            self.queue,
+            lambda: self.config().destinations,
+            config.dispatch,
+            owner=f"{wid}-send",
+        ).drain(job_id=job.id)
+
+    def _attributes(self, job: Job) -> SeriesAttributes:
+        try:
+            return SeriesAttributes.from_files(job.instance_paths, job.calling_ae, job.called_ae)
+        except ValueError as err:
+            raise SeriesFilesError(
+                f"series {job.series_uid} version {job.version}: none of its "
+                f"{len(job.instance_paths)} spooled files is readable DICOM ({err}); "
+                f"was the spool cleaned up? Send the series again"
+            ) from err
+
+    def _resolve(self, match: RouteMatch, config: ContourdConfig) -> list[Any]:
+        """Approved, hash-checked models of the rule (looked up for every job)."""
+        if self._registry is None or self._registry.data_dir != Path(config.data_dir):
+            self._registry = ModelRegistry(config.data_dir)
+        models = []
+        for ref in match.models:
+            try:
+                models.append(self._registry.resolve_approved(ref.name, ref.version))
+            except (ModelNotApprovedError, ModelNotFoundError) as err:
+                raise type(err)(f"rule {match.rule!r}: {err}") from err
+        return models
+
+    def _write_outputs(
+        self,
+        job: Job,
+        result: SegmentationResult,
+        models: Sequence[Any],
+        match: RouteMatch,
+        label: str,
+        out_dir: Path,
+        config: ContourdConfig,
+    ) -> tuple[list[Path], Path | None]:
+        if out_dir.exists():  # a re-claimed job: the earlier attempt's files were never sent
+            shutil.rmtree(out_dir)
+        out_dir.mkdir(parents=True)
+        first = models[0]
+        algorithm = AlgorithmInfo(
+            model_name="+".join(m.name for m in models),
+            model_version="+".join(str(m.version) for m in models),
+            weights_sha256=first.weights_sha256 if len(models) == 1 else None,
+            software_version=__version__,
+        )
+        files: list[Path] = []
+        outputs = set(match.outputs) or {"rtstruct"}
+        if "rtstruct" in outputs:
+            ds = write_rtstruct(
+                result.volume.headers,
+                result.rois,
+                algorithm,
+                structure_set_label=label,
+                uid_root=config.worker.uid_root,
+            )
+            path = out_dir / f"RS.{ds.SOPInstanceUID}.dcm"
+            tmp = out_dir / f".{path.name}.tmp"
+            ds.save_as(tmp, enforce_file_format=True)
+            os.replace(tmp, path)
+            files.append(path)
+        if "seg" in outputs:
+            files.extend(self._write_seg(result, algorithm, out_dir, config))
+        preview: Path | None = None
+        if config.worker.preview:
+            preview = write_preview(out_dir / "preview.png", result.volume.array, result.rois)
+        return files, preview
+
+    def _write_seg(
+        self,
+        result: SegmentationResult,
+        algorithm: AlgorithmInfo,
+        out_dir: Path,
+        config: ContourdConfig,
+    ) -> list[Path]:
+        seg = write_seg(
+            result.volume.headers, result.rois, algorithm, uid_root=config.worker.uid_root
+        )
+        path = out_dir / f"SEG.{seg.SOPInstanceUID}.dcm"
+        tmp = out_dir / f".{path.name}.tmp"
+        seg.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, path)
+        return [path]
+
+
+class SeriesFilesError(ContourdError):
+    """The spooled files of a job cannot be used (unreadable, output unsupported)."""

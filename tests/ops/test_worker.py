@@ -1,0 +1,114 @@
+"""The worker: route, run the approved body model, write RTSTRUCT + preview, send."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pydicom
+from conftest import FakeCompletion, approve_body_model, body_rule_config
+
+from daemon.job_queue import JobState, SqliteJobQueue, stage_durations_s
+from daemon.worker import Worker
+from inference.phantom import make_phantom_series
+
+
+def _submit_phantom(tmp_path: Path, queue: SqliteJobQueue, shape=(8, 64, 64)) -> tuple[int, list]:
+    series = make_phantom_series(tmp_path / "series", shape_zyx=shape)
+    ds = series.headers[0]
+    job_id = queue.submit_series(
+        FakeCompletion(
+            study_uid=ds.StudyInstanceUID,
+            series_uid=ds.SeriesInstanceUID,
+            spool_dir=series.directory,
+            instance_paths=list(series.paths),
+            num_instances=len(series.paths),
+        )
+    )
+    return job_id, series.headers
+
+
+def test_worker_writes_an_rtstruct_that_references_the_series_and_sends_it(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    config = body_rule_config(data, {"share": {"folder": str(tmp_path / "share")}})
+    approve_body_model(data)
+    queue = SqliteJobQueue(data)
+    job_id, headers = _submit_phantom(tmp_path, queue)
+    assert Worker(lambda: config, queue, worker_id="w1").run(once=True) == 1
+    job = queue.get(job_id)
+    assert job.state == JobState.SENT, job.error
+    assert job.rule == "ct-body" and job.models == ["body 1.0.0"]
+    assert job.preview_file is not None and job.preview_file.stat().st_size > 1000
+    assert {"processing", "total"} <= set(stage_durations_s(queue.events(job_id)))
+    [sent] = list((tmp_path / "share").glob("*.dcm"))
+    rs = pydicom.dcmread(sent)
+    assert rs.Modality == "RTSTRUCT"
+    assert [r.ROIName for r in rs.StructureSetROISequence] == ["BODY"]
+    referenced = {
+        c.ReferencedSOPInstanceUID
+        for c in rs.ReferencedFrameOfReferenceSequence[0]
+        .RTReferencedStudySequence[0]
+        .RTReferencedSeriesSequence[0]
+        .ContourImageSequence
+    }
+    assert referenced == {h.SOPInstanceUID for h in headers}
+
+
+def test_series_no_rule_matches_is_not_routed_with_the_reason(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    config = body_rule_config(data, {"share": {"folder": str(tmp_path / "share")}})
+    config.rules[0] = config.rules[0].model_copy(
+        update={"match": type(config.rules[0].match).model_validate({"modality": "MR"})}
+    )
+    queue = SqliteJobQueue(data)
+    job_id, _ = _submit_phantom(tmp_path, queue)
+    Worker(lambda: config, queue).run(once=True)
+    job = queue.get(job_id)
+    assert job.state == JobState.NOT_ROUTED
+    assert "no rule matched" in (queue.events(job_id)[-1].message or "")
+
+
+def test_unapproved_model_fails_the_job_naming_the_approve_command(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    config = body_rule_config(data, {"share": {"folder": str(tmp_path / "share")}})
+    queue = SqliteJobQueue(data)
+    job_id, _ = _submit_phantom(tmp_path, queue)
+    Worker(lambda: config, queue).run(once=True)
+    job = queue.get(job_id)
+    assert job.state == JobState.FAILED
+    assert "contourd models approve body" in (job.error or "")
+    assert "ct-body" in (job.error or "")
+
+
+def test_shadow_rule_records_the_result_and_sends_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    config = body_rule_config(data, {"share": {"folder": str(tmp_path / "share")}}, shadow=True)
+    approve_body_model(data)
+    queue = SqliteJobQueue(data)
+    job_id, _ = _submit_phantom(tmp_path, queue)
+    Worker(lambda: config, queue).run(once=True)
+    job = queue.get(job_id)
+    assert job.state == JobState.SHADOW and job.result_files
+    assert not (tmp_path / "share").exists()
+
+
+def test_rule_outside_its_schedule_window_queues_the_job(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    now = time.localtime()
+    start = f"{(now.tm_hour + 2) % 24:02d}:00"
+    end = f"{(now.tm_hour + 3) % 24:02d}:00"
+    config = body_rule_config(
+        data,
+        {"share": {"folder": str(tmp_path / "share")}},
+        schedule={"start": start, "end": end},
+    )
+    approve_body_model(data)
+    queue = SqliteJobQueue(data)
+    job_id, _ = _submit_phantom(tmp_path, queue)
+    Worker(lambda: config, queue).run(once=True)
+    job = queue.get(job_id)
+    assert job.state == JobState.SCHEDULED
+    assert job.not_before is not None and job.not_before > time.time() + 3600
+    assert queue.claim("other", 60) is None
