@@ -147,7 +147,7 @@ class RouteMatch:
             "series_description": (attrs.series_description if attrs else None) or "",
         }
         text = self.structure_set_label.format(**values).replace("\\", "/").strip()
-        return text[:STRUCTURE_SET_LABEL_MAX_CHARS]
+        return text[:STRUCTURE_SET_LABEL_MAX_CHARS].rstrip()
 
     def may_run_at(self, now: datetime) -> bool:
         """Whether the rule's schedule allows a run at ``now`` (local time)."""
