@@ -43,8 +43,11 @@ log = logging.getLogger(__name__)
 class SegmentationModel(Protocol):
     """What the pipeline needs of ``model_store.registry.ApprovedModel``."""
 
-    card: Any
-    weights_sha256: str
+    @property
+    def card(self) -> Any: ...
+
+    @property
+    def weights_sha256(self) -> str | None: ...
 
     def effective_rois(self) -> Sequence[Any]: ...
 

@@ -42,8 +42,11 @@ DEFAULT_MAX_WHOLE_VOLUME_VOXELS = 160 * 160 * 160
 class UNetModel(Protocol):
     """What a predictor needs from an approved model (``model_store.registry.ApprovedModel``)."""
 
-    card: Any
-    weights_sha256: str
+    @property
+    def card(self) -> Any: ...
+
+    @property
+    def weights_sha256(self) -> str | None: ...
 
     def load_state_dict(self) -> Mapping[str, torch.Tensor]: ...
 

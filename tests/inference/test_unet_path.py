@@ -47,7 +47,9 @@ def tiny_package(
 ) -> LocalModel:
     card = tiny_card(**kw)
     torch.manual_seed(0)
+    assert card.architecture is not None
     net = UNet3D(card.architecture.to_unet_config())
+    assert net.head.bias is not None
     with torch.no_grad():
         net.head.bias.copy_(torch.tensor(bias))
     tmp_path.mkdir(parents=True, exist_ok=True)
