@@ -142,6 +142,7 @@ def test_routes_test_exits_2_on_config_error_or_missing_path(
     assert main(["routes"]) == 2
 
 
+@pytest.mark.slow  # two interpreter starts that import the whole CLI
 def test_routes_test_console_script_exit_status(shared_dicom: Path, tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(CT_AND_MR_CONFIG, encoding="utf-8")
