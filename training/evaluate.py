@@ -199,14 +199,21 @@ def iter_source_cases(
     *,
     mapping: Mapping[str, Sequence[str]] | None = None,
     limit: int | None = None,
+    case_ids: Sequence[str] | None = None,
 ) -> Iterator[SourceCase]:
-    """Cases of a NIfTI or DICOM dataset on their source grids, one at a time."""
+    """Cases of a NIfTI or DICOM dataset on their source grids, one at a time.
+
+    ``case_ids`` restricts to those cases (folder names); ``limit`` takes the first N.
+    """
     mapper = RoiNameMapper(roi_names, mapping)
+    wanted = set(case_ids) if case_ids is not None else None
     if is_dicom_dataset(dataset_dir):
-        for case_dir in list_dicom_case_dirs(dataset_dir)[:limit]:
+        dirs = [d for d in list_dicom_case_dirs(dataset_dir) if wanted is None or d.name in wanted]
+        for case_dir in dirs[:limit]:
             yield load_source_case(find_case_files(case_dir), mapper)
     else:
-        for case_id in list_cases(dataset_dir)[:limit]:
+        ids = [c for c in list_cases(dataset_dir) if wanted is None or c in wanted]
+        for case_id in ids[:limit]:
             yield load_nifti_source_case(dataset_dir / case_id, mapper)
 
 
@@ -218,6 +225,7 @@ def evaluate_model(
     tolerance_mm: float = 2.0,
     mapping: Mapping[str, Sequence[str]] | None = None,
     limit: int | None = None,
+    case_ids: Sequence[str] | None = None,
     device: str = "auto",
     num_threads: int | None = None,
     progress: Callable[[int, str], None] | None = None,
@@ -237,6 +245,8 @@ def evaluate_model(
         Extra ROI name mapping ``{card ROI name: [dataset names]}``.
     limit
         Evaluate only the first ``limit`` cases.
+    case_ids
+        Evaluate only these cases (folder names).
     device, num_threads
         Passed to the pipeline.
     progress
@@ -248,7 +258,7 @@ def evaluate_model(
     cases: list[CaseResult] = []
     overlays: dict[str, list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]] = {}
     for i, source in enumerate(
-        iter_source_cases(dataset_dir, roi_names, mapping=mapping, limit=limit)
+        iter_source_cases(dataset_dir, roi_names, mapping=mapping, limit=limit, case_ids=case_ids)
     ):
         t0 = time.perf_counter()
         result = segment_series(

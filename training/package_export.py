@@ -290,6 +290,7 @@ def export_package(
     fp16: bool = True,
     fp16_check_cases: Sequence[TrainingCase] = (),
     min_fp16_agreement: float = 0.99,
+    fp16_agreement_result: Mapping[str, float] | None = None,
     loss_curve_dest: Path | None = None,
     overwrite: bool = False,
 ) -> Path:
@@ -318,6 +319,9 @@ def export_package(
         Store fp16 weights (half the size) when :func:`fp16_agreement` on
         ``fp16_check_cases`` is at least ``min_fp16_agreement`` for every ROI
         (no cases: fp16 without a check).
+    fp16_agreement_result
+        A :func:`fp16_agreement` already measured (with its number of cases in
+        ``fp16_check_cases``' place, pass the cases too or just the result).
     loss_curve_dest
         Where to copy the run's ``loss_curve.png`` (outside the package).
     overwrite
@@ -380,12 +384,14 @@ def export_package(
 
     use_fp16 = fp16
     weights_note = "fp32 weights."
-    if fp16 and fp16_check_cases:
-        agreement = fp16_agreement(state, config, fp16_check_cases)
+    if fp16 and (fp16_check_cases or fp16_agreement_result):
+        agreement = dict(fp16_agreement_result or {}) or fp16_agreement(
+            state, config, fp16_check_cases
+        )
         worst = min(agreement.values())
         use_fp16 = worst >= min_fp16_agreement
         weights_note = (
-            f"{'fp16' if use_fp16 else 'fp32'} weights: on {len(fp16_check_cases)} validation "
+            f"{'fp16' if use_fp16 else 'fp32'} weights: on the validation "
             f"cases, predictions with fp16-rounded weights agree with fp32 at Dice "
             f">= {worst:.4f} per ROI (threshold {min_fp16_agreement})."
         )
@@ -419,3 +425,108 @@ def export_package(
         for warning in checked.warnings:
             log.warning("package %s: %s", out_dir, warning)
     return out_dir
+
+
+def package_run(
+    config: TrainingConfig,
+    run_dir: Path,
+    out_dir: Path,
+    *,
+    name: str,
+    version: str,
+    description: str,
+    train_cases: int,
+    validation: Sequence[TrainingCase],
+    dataset: str,
+    evaluate_dir: Path | None = None,
+    evaluate_case_ids: Sequence[str] | None = None,
+    device: str = "auto",
+    num_threads: int | None = None,
+    report_dir: Path | None = None,
+    notes: str = "",
+    fp16_check_cases: int = 4,
+    **card_fields: Any,
+) -> Path:
+    """Export a run, evaluate the package as shipped, and write the card with the results.
+
+    Steps: measure fp16 agreement on the first ``fp16_check_cases`` of
+    ``validation`` (model grid); export; run
+    :func:`training.evaluate.evaluate_model` on ``evaluate_dir`` (restricted
+    to ``evaluate_case_ids``) with the exported package through the inference
+    pipeline, comparing on each case's original grid; export again with the
+    card's ``evaluation`` filled (same weights); write the report to
+    ``report_dir`` when given.
+    """
+    from training.evaluate import evaluate_model, format_table, load_package_model, write_report
+
+    weights_path, _ = _resolve_weights(run_dir)
+    agreement = (
+        fp16_agreement(load_model_weights(weights_path), config, validation[:fp16_check_cases])
+        if validation
+        else None
+    )
+    summary = training_summary_from_run(
+        config, run_dir, cases=train_cases, validation_cases=len(validation), dataset=dataset,
+        notes=notes,
+    )  # fmt: skip
+    common: dict[str, Any] = dict(
+        name=name, version=version, description=description, training=summary,
+        fp16_agreement_result=agreement, overwrite=True, **card_fields,
+    )  # fmt: skip
+    export_package(run_dir, config, out_dir, **common)
+    if evaluate_dir is None:
+        return out_dir
+    model = load_package_model(out_dir)
+    result = evaluate_model(
+        model, evaluate_dir, case_ids=evaluate_case_ids, device=device, num_threads=num_threads,
+        mapping=config.roi_mapping,
+    )  # fmt: skip
+    log.info("evaluation of %s %s:\n%s", name, version, format_table(result))
+    if report_dir is not None:
+        write_report(result, report_dir)
+    loss_dest = report_dir / "loss_curve.png" if report_dir is not None else None
+    export_package(
+        run_dir, config, out_dir, evaluation=result.to_card_evaluation(),
+        loss_curve_dest=loss_dest, **common,
+    )  # fmt: skip
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.package_export``: package a finished run (see docs/training.md)."""
+    import argparse
+
+    from training.datasets import load_training_data
+    from training.trainer import load_training_config
+
+    parser = argparse.ArgumentParser(description=package_run.__doc__)
+    parser.add_argument("--config", type=Path, required=True, help="the run's training YAML")
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="package folder to write")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--version", required=True)
+    parser.add_argument("--description", required=True)
+    parser.add_argument("--limitations", default="")
+    parser.add_argument("--notes", default="", help="appended to the card's training notes")
+    parser.add_argument("--report", type=Path, default=None, help="evaluation report folder")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = load_training_config(args.config)
+    cache = args.run_dir / "cache"
+    train, val = load_training_data(config, cache_dir=cache if cache.is_dir() else None)
+    same = config.validation_dir.resolve() == config.train_dir.resolve()
+    package_run(
+        config, args.run_dir, args.out, name=args.name, version=args.version,
+        description=args.description, limitations=args.limitations, train_cases=len(train),
+        validation=val, dataset=f"{config.train_dir.name} / {config.validation_dir.name}",
+        evaluate_dir=config.validation_dir,
+        evaluate_case_ids=[c.case_id for c in val] if same else None,
+        device=args.device, num_threads=args.threads, report_dir=args.report, notes=args.notes,
+    )  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -67,6 +67,10 @@ class TrainingConfig(BaseModel):
     min_hu: float = -1000.0
     max_hu: float = 1000.0
     augmentation: dict[str, Any] = Field(default_factory=dict)
+    # Added for `contourd train` (training.datasets); defaults keep older YAML valid.
+    dataset_format: Literal["auto", "nifti", "dicom"] = "auto"
+    validation_fraction: float = Field(default=0.2, gt=0, lt=1)
+    roi_mapping: dict[str, list[str]] = Field(default_factory=dict)
 
     def unet_config(self) -> UNetConfig:
         return UNetConfig(
