@@ -23,7 +23,16 @@ from daemon.config_diagnostics import (
     parse_yaml,
     yaml_error_issue,
 )
+from daemon.config_diagnostics import (
+    ConfigIssue,
+    MarkedYaml,
+    describe_validation_error,
+    issues_text,
+    parse_yaml,
+    yaml_error_issue,
+)
 from routing.rules import Rule
+from routing.suggest import did_you_mean
 from routing.suggest import did_you_mean
 
 
@@ -166,6 +175,11 @@ class ContourdConfig(StrictModel):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     rules: list[Rule] = Field(default_factory=list)
+    body_part_synonyms: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Extra body part synonyms for routing: canonical name -> aliases "
+        "(added to the built-in table in routing/body_part.py).",
+    )
     body_part_synonyms: dict[str, list[str]] = Field(
         default_factory=dict,
         description="Extra body part synonyms for routing: canonical name -> aliases "

@@ -14,9 +14,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from pynetdicom.dsutils import split_dataset
 
 from daemon.config import ContourdConfig
 from daemon.instance_db import DB_FILENAME, InstanceDB
+from daemon.received_dataset import check_complete
 from daemon.scp import StorageSCP
 from daemon.series_assembler import (
     CompletionCallback,
@@ -54,7 +58,11 @@ class ReceiveNode:
         self.config = config
         data_dir = Path(config.node.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.spool = Spool(data_dir / "spool", fsync=config.node.fsync)
+        self.spool = Spool(
+            data_dir / "spool",
+            fsync=config.node.fsync,
+            fsync_directory=config.node.fsync_directory,
+        )
         self.db = InstanceDB(data_dir / DB_FILENAME)
         self.assembler = SeriesAssembler(
             self.db,
@@ -100,6 +108,18 @@ class ReceiveNode:
         self.db.close()
         self._started = False
 
+    @staticmethod
+    def _read_complete(path: Path) -> Dataset:
+        """Header of a spool file after checking that no element is cut short."""
+        file_meta, offset = split_dataset(path)
+        transfer_syntax = UID(str(file_meta.TransferSyntaxUID))
+        check_complete(
+            path.read_bytes()[offset:],
+            implicit_vr=transfer_syntax.is_implicit_VR,
+            little_endian=transfer_syntax.is_little_endian,
+        )
+        return dcmread(path, stop_before_pixels=True)
+
     def _index_orphan_files(self) -> int:
         """Add rows for spool files whose row was lost (crash after rename)."""
         known = {row["path"] for row in self.db.instance_rows()}
@@ -108,9 +128,13 @@ class ReceiveNode:
             if str(path) in known:
                 continue
             try:
-                ds = dcmread(path, stop_before_pixels=True)
+                ds = self._read_complete(path)
             except Exception as err:  # boundary: one bad file must not stop the node
-                log.warning("cannot index %s from the spool: %s", path, err)
+                # Never acknowledged (no row): a store cut short by a power loss.
+                log.warning(
+                    "removing incomplete %s from the spool (never acknowledged): %s", path, err
+                )
+                path.unlink(missing_ok=True)
                 continue
             meta = ds.file_meta
             self.assembler.instance_received(

@@ -178,7 +178,7 @@ def test_completion_not_handed_off_is_reemitted_once_after_restart(start_node, t
         wait_for(lambda: completions3.items, 1.5, "no re-emission once handed off")
 
 
-def test_half_written_temp_file_is_removed_and_lost_rows_are_rebuilt(start_node, tmp_path):
+def test_temp_and_incomplete_files_are_removed_and_lost_rows_are_rebuilt(start_node, tmp_path):
     data_dir = tmp_path / "var"
     files = make_ct_series(tmp_path / "in", 2)
     # A crash after rename but before the row: the file is there, the database is not.
@@ -188,9 +188,20 @@ def test_half_written_temp_file_is_removed_and_lost_rows_are_rebuilt(start_node,
         shutil.copyfile(source, target)
     temp = targets[0].parent / f".{targets[0].stem}.0123abcd.tmp"
     temp.write_bytes(b"half a file")
+    # A power loss during a store: a short file under its final name, never acknowledged.
+    cut = make_ct_series(
+        tmp_path / "cut",
+        1,
+        seed=7,
+        series_uid=dcmread(files[0]).SeriesInstanceUID,
+        study_uid=dcmread(files[0]).StudyInstanceUID,
+    )[0]
+    cut_target = _stored(data_dir, cut)
+    cut_target.write_bytes(cut.read_bytes()[:-500])
 
     node, completions = start_node(data_dir=data_dir, series={"complete_after_s": 0.5})
     assert not temp.exists()
+    assert not cut_target.exists()
     done = wait_for(lambda: completions.items, 10, "completion of rebuilt series")
     assert done[0].num_instances == 2
     assert sorted(done[0].instance_paths) == sorted(targets)
