@@ -347,6 +347,23 @@ def _range_failure(
     return ConditionFailure(path, expected, actual)
 
 
+_ATTRIBUTE_FOR_KEY = {"image_type_contains": "image_type", "body_part": "body_part"}
+
+
+def _held(match: Match, attrs: SeriesAttributes) -> str:
+    """The series values a block that held looked at, e.g. ``image_type 'ORIGINAL\\LOCALIZER'``."""
+    shown = []
+    for key in type(match).model_fields:
+        if getattr(match, key) is None:
+            continue
+        if key in ("all_", "any_", "not_"):
+            shown.append(f"a {key.rstrip('_')}: group that held")
+            continue
+        attribute = _ATTRIBUTE_FOR_KEY.get(key, key)
+        shown.append(f"{attribute} {_show(getattr(attrs, attribute))}")
+    return ", ".join(shown) + " (all conditions in it held)"
+
+
 def _first_failure(
     match: Match, attrs: SeriesAttributes, normaliser: BodyPartNormaliser, path: str
 ) -> ConditionFailure | None:
@@ -440,7 +457,5 @@ def _first_failure(
         match.not_ is not None
         and _first_failure(match.not_, attrs, normaliser, f"{path}.not") is None
     ):
-        return ConditionFailure(
-            f"{path}.not", "its block not to hold", "values for which every condition in it held"
-        )
+        return ConditionFailure(f"{path}.not", "its block not to hold", _held(match.not_, attrs))
     return None

@@ -196,6 +196,7 @@ def test_not_group_rejects_series_for_which_its_block_holds() -> None:
     decision = route(scout, [rule])
     failure = decision.explanations[0].failure
     assert failure is not None and failure.path == "match.not"
+    assert "image_type 'ORIGINAL\\PRIMARY\\LOCALIZER'" in failure.actual
 
 
 def test_empty_match_takes_every_series() -> None:
