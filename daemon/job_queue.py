@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import sqlite_utils
 
@@ -112,19 +112,35 @@ def utc_iso(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, tz=UTC).isoformat(timespec="milliseconds")
 
 
-@runtime_checkable
 class SeriesCompletionLike(Protocol):
     """What :meth:`JobQueue.submit_series` reads from the assembler's completion."""
 
-    study_uid: str
-    series_uid: str
-    version: int
-    spool_dir: Path
-    instance_paths: Sequence[Path]
-    num_instances: int
-    calling_ae: str
-    called_ae: str
-    modality: str
+    @property
+    def study_uid(self) -> str: ...
+
+    @property
+    def series_uid(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def spool_dir(self) -> Path: ...
+
+    @property
+    def instance_paths(self) -> Sequence[Path]: ...
+
+    @property
+    def num_instances(self) -> int: ...
+
+    @property
+    def calling_ae(self) -> str: ...
+
+    @property
+    def called_ae(self) -> str: ...
+
+    @property
+    def modality(self) -> str: ...
 
 
 @dataclass(frozen=True)

@@ -168,3 +168,123 @@ def body_rule_config(data_dir: Path, destinations: dict[str, dict[str, object]],
             ],
         }
     )
+
+
+class RunningNode:
+    """``contourd serve`` in a subprocess on free ports, with its data folder."""
+
+    def __init__(self, config_path: Path, data_dir: Path) -> None:
+        self.config_path = config_path
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+        self.http_port = 0
+        self.log_path = config_path.parent / "serve.log"
+
+    def start(self) -> RunningNode:
+        import sys
+
+        self._log = open(self.log_path, "a")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "daemon",
+                "serve",
+                "-c",
+                str(self.config_path),
+                "--port",
+                "0",
+                "--http-port",
+                "0",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (self.port and self.http_port):
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"contourd serve exited early; log: {self.log_text()}")
+            if line.startswith("contourd listening on port"):
+                self.port = int(line.split()[-1])
+            elif line.startswith("contourd http on port"):
+                self.http_port = int(line.split()[-1])
+        return self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def worker_pids(self) -> list[int]:
+        import json
+
+        beat = json.loads((self.data_dir / "node.heartbeat.json").read_text())
+        return list(beat["worker_pids"])
+
+    def stop(self) -> int | None:
+        code = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                code = self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                code = self.proc.wait()
+        elif self.proc is not None:
+            code = self.proc.returncode
+        self.proc = None
+        if hasattr(self, "_log"):
+            self._log.close()
+        return code
+
+
+def storescu_push(port: int, files: list[Path], calling_ae: str = "SCANNER") -> None:
+    """Push ``files`` to 127.0.0.1:``port`` with DCMTK storescu; raise on failure."""
+    binary = require_tool("storescu", "dcmtk")
+    result = subprocess.run(
+        [binary, "-aet", calling_ae, "-aec", "CONTOURD", "127.0.0.1", str(port), *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"storescu failed ({result.returncode}): {result.stderr[-2000:]}")
+
+
+def node_config_file(
+    tmp_path: Path, tps_port: int, *, max_attempts: int = 20, workers: int = 1
+) -> Path:
+    """A config for an end-to-end node: CT -> body model -> storescp 'tps'."""
+    import yaml
+
+    path = tmp_path / "contourd.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "node": {"data_dir": "data", "fsync": False, "min_free_disk_mb": 0},
+                "series": {"complete_on": "association_release", "complete_after_s": 30},
+                "destinations": {"tps": {"ae_title": "TPS", "host": "127.0.0.1", "port": tps_port}},
+                "dispatch": {
+                    "max_attempts": max_attempts,
+                    "retry_initial_s": 0.5,
+                    "retry_max_s": 1.0,
+                    "poll_interval_s": 0.2,
+                    "connect_timeout_s": 2,
+                },
+                "worker": {"processes": workers, "lease_s": 3.0, "poll_interval_s": 0.1},
+                "retention": {"emergency_free_disk_mb": 0},
+                "http": {"host": "127.0.0.1", "port": 0},
+                "rules": [
+                    {
+                        "name": "ct-body",
+                        "match": {"modality": "CT"},
+                        "model": "body",
+                        "send_to": ["tps"],
+                    }
+                ],
+            }
+        )
+    )
+    return path

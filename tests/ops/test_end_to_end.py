@@ -1,0 +1,175 @@
+"""End to end with real peers: storescu -> contourd serve -> storescp (the TPS)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pydicom
+import pytest
+from conftest import (
+    RunningNode,
+    StoreScp,
+    approve_body_model,
+    node_config_file,
+    require_tool,
+    storescu_push,
+    wait_for,
+)
+
+from daemon.job_queue import SqliteJobQueue
+from inference.phantom import make_phantom_series
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+
+def _referenced_uids(rs: pydicom.Dataset) -> set[str]:
+    series = rs.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+    return {
+        c.ReferencedSOPInstanceUID
+        for c in series.RTReferencedSeriesSequence[0].ContourImageSequence
+    }
+
+
+@pytest.fixture
+def node_setup(tmp_path: Path):
+    require_tool("storescu", "dcmtk")
+    tps = StoreScp(tmp_path / "tps")
+    config = node_config_file(tmp_path, tps.port)
+    approve_body_model(tmp_path / "data")
+    node = RunningNode(config, tmp_path / "data")
+    yield tps, node
+    node.stop()
+    tps.stop()
+
+
+def test_pushed_ct_comes_back_as_an_rtstruct_referencing_its_images(
+    tmp_path: Path, node_setup
+) -> None:
+    tps, node = node_setup
+    tps.start()
+    node.start()
+    series = make_phantom_series(tmp_path / "ct", shape_zyx=(12, 64, 64))
+    storescu_push(node.port, series.paths)
+    received = wait_for(tps.received, 60, f"RTSTRUCT at the TPS; log: {node.log_text()[-3000:]}")
+    [rs] = received
+    assert rs.Modality == "RTSTRUCT"
+    assert rs.StudyInstanceUID == series.headers[0].StudyInstanceUID
+    assert _referenced_uids(rs) == {h.SOPInstanceUID for h in series.headers}
+
+    def metrics() -> bytes:
+        return urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/metrics").read()
+
+    wait_for(lambda: b'contourd_jobs{state="sent"} 1.0' in metrics(), 10, "job sent in metrics")
+    assert b"contourd_instances_received_total 12.0" in metrics()
+    health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/healthz").read())
+    assert health["status"] == "ok"
+    status = subprocess.run(
+        [sys.executable, "-m", "daemon", "status", "-c", str(node.config_path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0 and json.loads(status.stdout)["node_up"] is True
+    assert node.stop() == 0
+
+
+def test_result_arrives_after_the_tps_comes_up_without_duplicates(
+    tmp_path: Path, node_setup
+) -> None:
+    tps, node = node_setup
+    node.start()  # TPS not listening yet
+    series = make_phantom_series(tmp_path / "ct", shape_zyx=(8, 64, 64))
+    storescu_push(node.port, series.paths)
+    queue = SqliteJobQueue(node.data_dir)
+
+    def failed_attempts() -> int:
+        jobs = queue.recent(1)
+        return sum(d.attempts for d in queue.deliveries(jobs[0].id)) if jobs else 0
+
+    wait_for(lambda: failed_attempts() >= 2, 60, "two failed send attempts while the TPS is down")
+    tps.start()
+    wait_for(lambda: queue.recent(1)[0].state.value == "sent", 60, "job sent once the TPS is up")
+    received = tps.received()
+    assert len(received) == 1
+    assert _referenced_uids(received[0]) == {h.SOPInstanceUID for h in series.headers}
+
+
+def test_worker_killed_mid_job_the_job_is_retried_and_completes(tmp_path: Path, node_setup) -> None:
+    tps, node = node_setup
+    tps.start()
+    node.start()
+    queue = SqliteJobQueue(node.data_dir)
+    # Big enough that the body model runs for a while on a busy 2-core machine.
+    series = make_phantom_series(tmp_path / "ct", shape_zyx=(60, 256, 256))
+    storescu_push(node.port, series.paths)
+    wait_for(
+        lambda: queue.recent(1) and queue.recent(1)[0].state.value == "running",
+        60,
+        "job running",
+    )
+    [pid] = node.worker_pids()
+    os.kill(pid, signal.SIGSTOP)  # freeze it where it is, then check it is mid-job
+    try:
+        if queue.recent(1)[0].state.value != "running":
+            pytest.fail("the job finished before the worker could be stopped; use a bigger series")
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(
+        lambda: queue.recent(1)[0].state.value == "sent",
+        120,
+        f"job sent after the worker restart; log: {node.log_text()[-3000:]}",
+    )
+    received = tps.received()
+    job = queue.recent(1)[0]
+    assert job.state.value == "sent" and job.attempts == 2
+    assert len(received) == 1
+    messages = " ".join(e.message or "" for e in queue.events(job.id))
+    assert "expired while running" in messages
+
+
+def test_ten_series_from_five_concurrent_senders_get_one_result_each(
+    tmp_path: Path, node_setup
+) -> None:
+    tps, node = node_setup
+    tps.start()
+    node.start()
+    all_series = [
+        make_phantom_series(tmp_path / f"ct{i}", shape_zyx=(6, 64, 64), seed=i) for i in range(10)
+    ]
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        list(pool.map(lambda s: storescu_push(node.port, s.paths), all_series))
+    wait_for(lambda: len(tps.received()) >= 10, 180, "10 results at the TPS")
+    received = tps.received()
+    assert len(received) == 10
+    referenced = sorted(tuple(sorted(_referenced_uids(rs))) for rs in received)
+    expected = sorted(tuple(sorted(h.SOPInstanceUID for h in s.headers)) for s in all_series)
+    assert referenced == expected  # one result per series, none twice
+    assert len({rs.SOPInstanceUID for rs in received}) == 10
+
+
+def test_first_sigterm_finishes_the_running_job_and_restart_resumes(
+    tmp_path: Path, node_setup
+) -> None:
+    tps, node = node_setup
+    tps.start()
+    node.start()
+    queue = SqliteJobQueue(node.data_dir)
+    series = make_phantom_series(tmp_path / "ct", shape_zyx=(60, 256, 256))
+    storescu_push(node.port, series.paths)
+    wait_for(lambda: queue.recent(1) and queue.recent(1)[0].state.value == "running", 60, "running")
+    assert node.proc is not None
+    node.proc.send_signal(signal.SIGTERM)
+    assert node.proc.wait(timeout=120) == 0
+    assert queue.recent(1)[0].state.value in ("written", "sending", "sent")
+    with pytest.raises(AssertionError):
+        storescu_push(node.port, series.paths[:1])  # no longer accepting associations
+    node.start()
+    wait_for(lambda: queue.recent(1)[0].state.value == "sent", 60, "sent after restart")
+    assert len(tps.received()) == 1
