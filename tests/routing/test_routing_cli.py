@@ -94,8 +94,10 @@ def test_routes_test_explains_every_rule_for_ct_and_mr_from_several_vendors(
     assert "8 images" in enhanced  # frames of the one enhanced multi-frame file
 
     scout = series_block(out, uid_of(scouts))
-    assert "body-outline-every-ct  no match: match.not: expected its block not to hold, "
+    assert (
+        "body-outline-every-ct  no match: match.not: expected its block not to hold, "
         "series has image_type 'ORIGINAL\\PRIMARY\\LOCALIZER'" in scout
+    )
     assert "=> NOT ROUTED" in scout
     assert "series: 2 routed, 4 not routed" in out  # + the MIM RTSTRUCT
 
