@@ -108,15 +108,30 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
-    """Fill holes in each source slice (2D, within the mask's bounding box)."""
+    """Fill holes in each source slice (2D 4-connected background, one labelling pass).
+
+    Background components of a slice that do not touch that slice's border
+    (within the mask's bounding box, grown by one voxel) are holes.
+    """
     box = _bbox_slices(mask)
     if box is None:
         return mask
+    grown = tuple(
+        slice(max(b.start - 1, 0), min(b.stop + 1, n)) if ax else b
+        for ax, (b, n) in enumerate(zip(box, mask.shape, strict=True))
+    )
+    sub = mask[grown]
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = ndimage.generate_binary_structure(2, 1)
+    labels, n = ndimage.label(~sub, structure=structure)
+    if n == 0:
+        return mask
+    outside = np.zeros(n + 1, dtype=bool)
+    for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
+        outside[np.unique(edge)] = True
+    outside[0] = True
     out = mask.copy()
-    sub = out[box]
-    for k in range(sub.shape[0]):
-        if sub[k].any():
-            sub[k] = ndimage.binary_fill_holes(sub[k])
+    out[grown] = sub | ~outside[labels]
     return out
 
 
