@@ -19,7 +19,7 @@ from daemon.config import load_config
 from model_store.card import INTERPRETED_TYPES
 from model_store.registry import AuditEntry, ModelRecord, ModelRegistry
 
-ROIS_COLUMN_CHARS = 44
+ROIS_COLUMN_CHARS = 56
 
 
 def register(subparsers: Any) -> None:
@@ -216,7 +216,8 @@ def _show_text(record: ModelRecord) -> str:
     lines.append("  ROIs:")
     roi_rows = []
     for roi in record.effective_rois():
-        metrics = card.evaluation.per_roi.get(roi.name) if card.evaluation else None
+        card_name = card.roi(roi.label).name  # evaluation is keyed by the card's names
+        metrics = card.evaluation.per_roi.get(card_name) if card.evaluation else None
         roi_rows.append(
             [
                 str(roi.label),
