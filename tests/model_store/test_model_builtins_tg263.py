@@ -106,3 +106,26 @@ def test_roi_name_warnings_suggest_and_never_fail() -> None:
     assert "'Lt Parotid' is not a TG-263 name" in warnings[0] and "Parotid_L" in warnings[0]
     assert "tg263_name 'Parotid_Right' is not a TG-263 name" in warnings[1]
     assert "Parotid_R" in warnings[1]
+
+
+def _open_registry(data_dir: str) -> int:
+    with ModelRegistry(Path(data_dir)) as registry:
+        return len(registry.list_models())
+
+
+def test_processes_opening_a_fresh_data_folder_together_register_builtins_once(
+    tmp_path: Path,
+) -> None:
+    import multiprocessing
+
+    data_dir = tmp_path / "var"
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        counts = pool.map(_open_registry, [str(data_dir)] * 3, chunksize=1)
+
+    assert all(c >= 1 for c in counts)
+    with ModelRegistry(data_dir) as registry:
+        imports = [e for e in registry.audit_trail("body") if e.action == "import"]
+        assert len(imports) == 1
+        assert [r.name for r in registry.list_models()].count("body") == 1
+    leftovers = [p.name for p in (data_dir / "models" / "body").iterdir()]
+    assert leftovers == ["1.0.0"]
