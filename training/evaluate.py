@@ -122,7 +122,7 @@ class EvaluationResult:
                 if v.size == 0:
                     entry[metric] = None
                     continue
-                q1, med, q3 = (float(x) for x in np.percentile(v, [25, 50, 75]))
+                q1, med, q3 = _percentiles(v, (25, 50, 75))
                 entry[metric] = {"median": med, "q1": q1, "q3": q3, "mean": float(np.mean(v))}
             out[roi] = entry
         return out
@@ -146,6 +146,13 @@ class EvaluationResult:
                 cases=entry["cases"],
             )
         return Evaluation(dataset=self.dataset, cases=len(self.cases), per_roi=per_roi)
+
+
+def _percentiles(values: np.ndarray, q: Sequence[float]) -> tuple[float, ...]:
+    """Linear-interpolation percentiles that stay ``inf`` where infinite values weigh in."""
+    big = 1e30
+    finite = np.where(np.isinf(values), big, values)
+    return tuple(math.inf if p >= big / 2 else float(p) for p in np.percentile(finite, q))
 
 
 def _round_or_inf(value: float) -> float:
