@@ -199,3 +199,20 @@ def test_files_from_two_series_are_refused(tmp_path: Path) -> None:
     b = write_ct_series(tmp_path / "b", shape_zyx=(3, 16, 16))
     with pytest.raises(SeriesGeometryError, match=r"belong to 2 series"):
         load_series(a.paths + b.paths)
+
+
+@pytest.mark.shared_data
+def test_pipeline_segments_the_real_ge_ct_with_the_body_model() -> None:
+    from inference_helpers import load_body_model
+
+    from inference.pipeline import segment_series
+
+    result = segment_series(
+        shared_data() / "dicom" / "rtutils-mim-phantom" / "sample", load_body_model()
+    )
+    (body,) = result.rois
+    assert body.mask.shape == result.volume.shape == (5, 512, 512)
+    assert 0.05 < body.mask.mean() < 0.9
+    # the body voxels are tissue-dense on average, the rest is mostly air
+    assert float(result.volume.array[body.mask].mean()) > -350
+    assert any("RTSTRUCT" in w for w in result.warnings)
