@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 HN_OAR_ARCH = {"num_classes": 8, "base_channels": 16, "levels": 4}
@@ -109,13 +110,13 @@ class PeakRss:
         return peak
 
 
-def organ_like_probabilities(grid: object, num_classes: int) -> object:
+def organ_like_probabilities(grid: Any, num_classes: int) -> Any:
     """Softmax-like maps with one sphere per organ (radii 8-25 mm) inside the body."""
     import numpy as np
 
-    nz, ny, nx = grid.size_zyx  # type: ignore[attr-defined]
-    sx, sy, sz = grid.spacing_mm  # type: ignore[attr-defined]
-    ox, oy, oz = grid.origin_lps_mm  # type: ignore[attr-defined]
+    nz, ny, nx = grid.size_zyx
+    sx, sy, sz = grid.spacing_mm
+    ox, oy, oz = grid.origin_lps_mm
     z = oz + sz * np.arange(nz)[:, None, None]
     y = oy + sy * np.arange(ny)[None, :, None]
     x = ox + sx * np.arange(nx)[None, None, :]
@@ -142,11 +143,11 @@ def run_config(series_dir: Path, config: str, threads: int, device: str) -> dict
     sys.path.insert(0, str(REPO))
     from inference.body_outline import body_outline
     from inference.postprocess import Cleanup, probabilities_to_masks
-    from inference.predictor import Predictor
+    from inference.predictor import Precision, Predictor
     from inference.preprocess import preprocess
     from inference.unet import UNet3D, UNetConfig
     from inference.volume import load_series
-    from model_store.card import Preprocessing
+    from model_store.card import CtClipScale, Preprocessing
 
     meter = PeakRss()
     figures: dict[str, object] = {"config": config}
@@ -165,7 +166,7 @@ def run_config(series_dir: Path, config: str, threads: int, device: str) -> dict
         t0 = time.perf_counter()
         prep = Preprocessing(
             spacing_mm=(4.0, 4.0, 2.5),
-            normalization={"kind": "ct_clip_scale", "min_hu": -1000, "max_hu": 1000},
+            normalization=CtClipScale(min_hu=-1000, max_hu=1000),
             patch_size=(64, 128, 128),
         )
         prepared = preprocess(volume, prep)
@@ -180,7 +181,7 @@ def run_config(series_dir: Path, config: str, threads: int, device: str) -> dict
             torch.manual_seed(0)
             state = UNet3D(unet_config).state_dict()
             figures["weights"] = "random"
-        precision = "fp32" if config.endswith("fp32") else "auto"
+        precision: Precision = "fp32" if config.endswith("fp32") else "auto"
         predictor = Predictor(
             state, unet_config, device=device, precision=precision, patch_size_zyx=(64, 128, 128)
         )
