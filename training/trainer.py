@@ -88,7 +88,7 @@ def normalise_hu(image_hu: np.ndarray, min_hu: float, max_hu: float) -> np.ndarr
     return (2.0 * (clipped - min_hu) / (max_hu - min_hu) - 1.0).astype(np.float32)
 
 
-def pad_to_multiple(x: torch.Tensor, divisor: int, minimum: Sequence[int] = (0, 0, 0)) -> tuple[torch.Tensor, tuple[slice, ...]]:
+def pad_to_multiple(x: torch.Tensor, divisor: int, minimum: Sequence[int] = (0, 0, 0)) -> tuple[torch.Tensor, tuple[Any, ...]]:
     """Pad the last three axes (end side) to multiples of ``divisor``; return the crop back."""
     shape = x.shape[-3:]
     target = [max(math.ceil(s / divisor) * divisor, m) for s, m in zip(shape, minimum, strict=True)]
