@@ -19,11 +19,12 @@ One job, step by step (each step is a state in the job row):
    which names the ``contourd models approve`` command.
 3. ``running``: ``inference.pipeline.segment_series`` on the spooled files.
 4. write ``results/<job_id>/RS.<SOPInstanceUID>.dcm`` (and a SEG when the rule
-   asks for one) and ``preview.png`` (a montage of
-   slices with the contours drawn over them), then ``written`` (or ``shadow``
-   for shadow rules, which are never sent).
+   asks for one), then ``written`` (or ``shadow`` for shadow rules, which
+   are never sent).
 5. make the first send attempt at once (:class:`daemon.dispatch.Dispatcher`);
-   retries belong to the node's dispatcher.
+   retries belong to the node's dispatcher. Then draw ``preview.png`` (a
+   montage of slices with the contours over them), after the send so that it
+   adds nothing to the latency.
 """
 
 from __future__ import annotations
@@ -279,12 +280,11 @@ class Worker:
         )
         t0 = time.perf_counter()
         out_dir = self.queue.data_dir / "results" / str(job.id)
-        files, preview = self._write_outputs(job, result, models, match, label, out_dir, config)
+        files = self._write_outputs(job, result, models, match, label, out_dir, config)
         timings = dict(result.timings_s)
         timings["write"] = time.perf_counter() - t0
         done_fields: dict[str, Any] = {
             "result_files": files,
-            "preview_file": preview,
             "warnings": warnings + list(result.warnings),
             "timings_s": timings,
         }
@@ -296,6 +296,7 @@ class Worker:
                 message="shadow rule: result recorded, not sent",
                 **done_fields,
             )
+            self._preview(job, result, config)
             return
         self.queue.add_deliveries(job.id, match.send_to)
         if not match.send_to:
@@ -303,6 +304,7 @@ class Worker:
             self.queue.transition(
                 job.id, JobState.SENT, worker_id=wid, message="rule has no destinations"
             )
+            self._preview(job, result, config)
             return
         self.queue.transition(
             job.id, JobState.WRITTEN, worker_id=wid, release_lease=True, **done_fields
@@ -320,6 +322,17 @@ class Worker:
             config.dispatch,
             owner=f"{wid}-send",
         ).drain(job_id=job.id)
+        self._preview(job, result, config)
+
+    def _preview(self, job: Job, result: SegmentationResult, config: ContourdConfig) -> None:
+        """Draw the preview montage after the first send, so it adds no latency."""
+        if not config.worker.preview:
+            return
+        out_dir = self.queue.data_dir / "results" / str(job.id)
+        t0 = time.perf_counter()
+        path = write_preview(out_dir / "preview.png", result.volume.array, result.rois)
+        self.queue.update_fields(job.id, preview_file=path)
+        log.debug("job %s: preview in %.2f s", job.id, time.perf_counter() - t0)
 
     def _attributes(self, job: Job) -> SeriesAttributes:
         try:
@@ -352,7 +365,7 @@ class Worker:
         label: str,
         out_dir: Path,
         config: ContourdConfig,
-    ) -> tuple[list[Path], Path | None]:
+    ) -> list[Path]:
         if out_dir.exists():  # a re-claimed job: the earlier attempt's files were never sent
             shutil.rmtree(out_dir)
         out_dir.mkdir(parents=True)
@@ -380,10 +393,7 @@ class Worker:
             files.append(path)
         if "seg" in outputs:
             files.extend(self._write_seg(result, algorithm, out_dir, config))
-        preview: Path | None = None
-        if config.worker.preview:
-            preview = write_preview(out_dir / "preview.png", result.volume.array, result.rois)
-        return files, preview
+        return files
 
     def _write_seg(
         self,
