@@ -137,8 +137,9 @@ def trace_mask(mask: np.ndarray) -> PlanarContours:
         return _empty()
     z0, z1 = int(slices_any[0]), int(slices_any[-1]) + 1
     sub = mask[z0:z1]
-    rows = np.flatnonzero(sub.any(axis=(0, 2)))
-    cols = np.flatnonzero(sub.any(axis=(0, 1)))
+    footprint = np.logical_or.reduce(sub, axis=0)  # (rows, cols): cheaper than any(axis=(0, 2))
+    rows = np.flatnonzero(footprint.any(axis=1))
+    cols = np.flatnonzero(footprint.any(axis=0))
     r0, r1 = int(rows[0]), int(rows[-1]) + 1
     c0, c1 = int(cols[0]), int(cols[-1]) + 1
     nz, h, w = z1 - z0, r1 - r0, c1 - c0

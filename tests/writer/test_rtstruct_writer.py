@@ -219,7 +219,7 @@ def test_long_labels_are_truncated_to_their_value_representation(
 
 
 def test_decimal_strings_are_short_fixed_point_and_parse_back() -> None:
-    values = np.array([0.0, -0.00004, -0.5, 123.45, -99999.99995, 12.000049, 1e5 + 0.25])
+    values = np.array([0.0, -0.00004, -0.5, 123.45, -99999.99995, 12.000049, 99999.25, -7.0])
     (encoded,) = format_ds_groups(values, np.array([0, values.size]))
     text = encoded.decode("ascii").rstrip(" ")
     parts = text.split("\\")
@@ -231,4 +231,4 @@ def test_decimal_strings_are_short_fixed_point_and_parse_back() -> None:
 
 def test_decimal_strings_refuse_absurd_coordinates() -> None:
     with pytest.raises(OutputWriterError, match="beyond"):
-        format_ds_groups(np.array([1e12]), np.array([0, 1]))
+        format_ds_groups(np.array([1.0, 1e5]), np.array([0, 2]))
