@@ -315,7 +315,7 @@ def _overlay_slice(
 def format_table(result: EvaluationResult) -> str:
     """Plain-text table: per ROI median [IQR] of each metric, then the mean Dice."""
     tol = f"SDice@{result.tolerance_mm:g}mm"
-    header = f"{'ROI':<16}{'n':>4}  {'Dice':<20}{'HD95 mm':<20}{'MSD mm':<20}{tol:<20}"
+    header = f"{'ROI':<16}{'n':>4}  {'Dice':<22}{'HD95 mm':<22}{'MSD mm':<22}{tol}"
     lines = [header, "-" * len(header)]
     for roi, entry in result.summary().items():
         if not entry["cases"]:
@@ -324,8 +324,9 @@ def format_table(result: EvaluationResult) -> str:
         cells = []
         for metric in METRIC_NAMES:
             m = entry[metric]
-            cells.append(f"{m['median']:.3f} [{m['q1']:.2f}-{m['q3']:.2f}]"[:19].ljust(20))
-        lines.append(f"{roi:<16}{entry['cases']:>4}  " + "".join(cells))
+            d = 1 if metric.endswith("_mm") else 3
+            cells.append(f"{m['median']:.{d}f} [{m['q1']:.{d}f}-{m['q3']:.{d}f}]".ljust(22))
+        lines.append((f"{roi:<16}{entry['cases']:>4}  " + "".join(cells)).rstrip())
     lines.append(f"mean Dice over ROIs (mean per ROI): {result.mean_dice():.3f}")
     lines.append("cells: median [first quartile - third quartile] over cases")
     return "\n".join(lines)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from inference.unet import UNet3D, UNetConfig
 from training.augmentation import AugmentationConfig, sample_patch
 from training.losses import dice_ce_loss
-from training.openkbp_dataset import TrainingCase, load_dataset
+from training.openkbp_dataset import TrainingCase
 
 log = logging.getLogger(__name__)
 
@@ -343,11 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = load_training_config(args.config)
     trainer = Trainer(config, args.run_dir, args.device)
-    cache = args.run_dir / "cache"
-    train = load_dataset(config.train_dir, config.roi_sources, config.spacing_mm,
-                         None if args.limit else cache / "train.npz", args.limit)
-    val = load_dataset(config.validation_dir, config.roi_sources, config.spacing_mm,
-                       None if args.limit else cache / "validation.npz")[: config.validation_cases]
+    # NIfTI (same cache files train.npz / validation.npz as before) or DICOM datasets.
+    from training.datasets import load_training_data
+
+    train, val = load_training_data(config, cache_dir=args.run_dir / "cache", limit=args.limit)
     trainer.try_resume()
     trainer.fit(train, val)
     return 0
