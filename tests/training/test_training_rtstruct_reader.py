@@ -54,6 +54,7 @@ def test_contours_without_image_references_are_placed_by_position(tmp_path: Path
         np.testing.assert_array_equal(mask, phantom.masks[name], err_msg=name)
 
 
+@pytest.mark.shared_data
 def test_mim_export_fills_pixel_centres_inside_its_polygons() -> None:
     sample = shared_data("dicom", "rtutils-mim-phantom", "sample")
     volume = load_series(sorted(p for p in sample.glob("*.dcm") if p.name != "rt.dcm"))
@@ -79,6 +80,7 @@ def test_mim_export_fills_pixel_centres_inside_its_polygons() -> None:
         assert not mask[3:].any()
 
 
+@pytest.mark.shared_data
 def test_contours_on_slices_missing_from_the_series_are_skipped_with_a_note() -> None:
     mock = shared_data("dicom", "rtutils-mim-phantom", "tests", "mock_data")
     volume = load_series([mock / "ct_1.dcm", mock / "ct_2.dcm"], min_slices=2)
@@ -92,6 +94,7 @@ def test_contours_on_slices_missing_from_the_series_are_skipped_with_a_note() ->
     assert all("not on one of the 2 image planes" in n for n in notes)
 
 
+@pytest.mark.shared_data
 def test_non_rtstruct_objects_are_refused() -> None:
     sample = shared_data("dicom", "rtutils-mim-phantom", "sample")
     ct = next(p for p in sample.glob("*.dcm") if p.name != "rt.dcm")
