@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -232,3 +233,30 @@ def test_decimal_strings_are_short_fixed_point_and_parse_back() -> None:
 def test_decimal_strings_refuse_absurd_coordinates() -> None:
     with pytest.raises(OutputWriterError, match="beyond"):
         format_ds_groups(np.array([1.0, 1e5]), np.array([0, 2]))
+
+
+@pytest.mark.parametrize("implicit_vr", [True, False])
+def test_network_encoding_in_either_vr_keeps_every_contour_point(
+    implicit_vr: bool, phantom_factory: Callable[..., PhantomSeries], algorithm: AlgorithmInfo
+) -> None:
+    """C-STORE may negotiate Implicit VR: the pre-encoded Contour Data must survive it."""
+    from pynetdicom.dsutils import decode, encode
+
+    phantom = phantom_factory("HFP")
+
+    def points(ds: Dataset) -> list[list[float]]:
+        return [
+            [float(v) for v in c.ContourData]
+            for roi in ds.ROIContourSequence
+            for c in roi.get("ContourSequence", [])
+        ]
+
+    expected = points(
+        write_rtstruct(phantom.headers, phantom.rois, algorithm, structure_set_label="x")
+    )
+    ds = write_rtstruct(phantom.headers, phantom.rois, algorithm, structure_set_label="x")
+    encoded = encode(ds, implicit_vr, True)
+    assert encoded is not None
+    back = decode(io.BytesIO(encoded), implicit_vr, True)
+    assert points(back) == expected
+    assert len(expected) > 20
