@@ -285,12 +285,12 @@ def make_phantom_series(
     centre = np.array(offset_mm, dtype=np.float64)
     affine[:3, 3] = centre - affine[:3, :3] @ (np.array([nc, nr, nz], dtype=np.float64) - 1) / 2
 
-    # LPS coordinates of voxel centres relative to the grid centre.
-    k, r, c = np.meshgrid(np.arange(nz), np.arange(nr), np.arange(nc), indexing="ij")
-    lps = (
-        np.stack([c, r, k], axis=-1).astype(np.float64) @ affine[:3, :3].T + affine[:3, 3] - centre
-    )
-    x, y, z = lps[..., 0], lps[..., 1], lps[..., 2]
+    # LPS coordinates of voxel centres relative to the grid centre (broadcast:
+    # no (z, y, x, 3) array, so large grids stay cheap).
+    k, r, c = np.ogrid[0:nz, 0:nr, 0:nc]
+    shift = affine[:3, 3] - centre
+    x, y, z = (affine[i, 0] * c + affine[i, 1] * r + affine[i, 2] * k + shift[i] for i in range(3))
+    x, y, z = (np.broadcast_to(v, shape_zyx) for v in (x, y, z))
     ax, ay, az = nc * dx / 2, nr * dy / 2, nz * dz / 2
     small = min(ax, ay)
 
