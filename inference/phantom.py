@@ -217,7 +217,7 @@ def write_ct_series(
         directory=out_dir,
         paths=paths,
         headers=headers,
-        volume_hu=np.asarray(volume, dtype=np.int16),
+        volume_hu=(stored.astype(np.int32) - 1024).astype(np.int16),  # exactly what is on disk
         affine=sorted_affine,
         masks={k: np.ascontiguousarray(v, dtype=bool) for k, v in masks.items()},
     )
