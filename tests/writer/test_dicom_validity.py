@@ -77,3 +77,10 @@ def test_seg_passes_dciodvfy(
     errors, warnings = dciodvfy_findings(tmp_path / "SEG.dcm")
     assert errors == []
     assert warnings == []
+
+
+def test_phantom_ct_images_pass_dciodvfy(phantom_factory: Callable[..., PhantomSeries]) -> None:
+    phantom = phantom_factory("FFP", shape_zyx=(2, 16, 16))
+    errors, warnings = dciodvfy_findings(phantom.paths[0])
+    assert errors == []
+    assert warnings == []
