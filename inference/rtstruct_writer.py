@@ -229,6 +229,11 @@ def _check_rois(rois: Sequence[RoiMask], shape: tuple[int, int, int]) -> None:
                 f"ROI name {roi.name!r} is empty or used twice; planning systems reject "
                 "duplicate names; rename it in the model store"
             )
+        if "\\" in roi.name or any(ord(ch) < 32 for ch in roi.name):
+            raise OutputWriterError(
+                f"ROI name {roi.name!r} contains a backslash or control character, which "
+                "DICOM text cannot hold; rename it in the model store"
+            )
         if len(roi.color_rgb) != 3 or not all(0 <= int(c) <= 255 for c in roi.color_rgb):
             raise OutputWriterError(
                 f"ROI {roi.name!r} colour {roi.color_rgb!r} is not three integers 0..255"

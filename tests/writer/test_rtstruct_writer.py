@@ -180,6 +180,7 @@ def test_empty_roi_is_kept_without_contours(
         ({"mask": np.zeros((2, 2, 2), dtype=bool)}, "shape"),
         ({"label": 0}, "label"),
         ({"color_rgb": (0, 0, 300)}, "colour"),
+        ({"name": "Parotid\\L"}, "backslash"),
     ],
 )
 def test_bad_roi_input_is_refused_with_a_clear_error(
