@@ -10,6 +10,7 @@ fields to your own section only.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -23,16 +24,7 @@ from daemon.config_diagnostics import (
     parse_yaml,
     yaml_error_issue,
 )
-from daemon.config_diagnostics import (
-    ConfigIssue,
-    MarkedYaml,
-    describe_validation_error,
-    issues_text,
-    parse_yaml,
-    yaml_error_issue,
-)
 from routing.rules import Rule
-from routing.suggest import did_you_mean
 from routing.suggest import did_you_mean
 
 
@@ -52,24 +44,46 @@ class TlsConfig(StrictModel):
 
 
 class NodeConfig(StrictModel):
-    """The DICOM node itself (owner: receive, daemon/scp.py)."""
+    """The DICOM node itself (owner: receive, daemon/scp.py).
 
-    ae_title: str = "CONTOURD"
+    ``allowed_callers`` entries are calling AE titles, optionally with the one
+    address they may call from (``CTSIM1@10.1.2.3``); empty lets anyone call.
+    ``port: 0`` lets the OS pick a free port (tests). ``min_free_disk_mb``:
+    new associations are refused while the data folder has less free space.
+    ``max_pdu_bytes``: the largest P-DATA PDU we accept (0: no limit).
+    ``fsync``: fsync each instance before acknowledging it (one fsync, which
+    on ext4/XFS/btrfs also commits the rename); ``fsync_directory`` adds a
+    folder fsync per instance for strict POSIX durability (see docs/receive.md).
+    """
+
+    ae_title: str = Field(default="CONTOURD", min_length=1, max_length=16)
     host: str = "0.0.0.0"
-    port: int = Field(default=11112, ge=1, le=65535)
+    port: int = Field(default=11112, ge=0, le=65535)
     data_dir: Path = Path("./var")
     allowed_callers: list[str] = Field(default_factory=list)
     fsync: bool = True
+    fsync_directory: bool = False
     maximum_associations: int = Field(default=10, ge=1)
     min_free_disk_mb: int = Field(default=1024, ge=0)
+    max_pdu_bytes: int = Field(default=262144, ge=0)
+    network_timeout_s: float = Field(default=60.0, gt=0)
     tls: TlsConfig | None = None
 
 
 class SeriesConfig(StrictModel):
-    """Series assembly (owner: receive, daemon/series_assembler.py)."""
+    """Series assembly (owner: receive, daemon/series_assembler.py).
+
+    A series is complete after ``complete_after_s`` seconds without a new
+    instance, or at association release when ``complete_on`` is
+    ``association_release``, or when ``expected_count_attribute`` (a DICOM
+    keyword in the first instance giving the number of instances) is reached.
+    A completion whose hand-off raised is retried after ``handoff_retry_s``.
+    """
 
     complete_after_s: float = Field(default=10.0, gt=0)
-    complete_on: str = "quiet_period"
+    complete_on: Literal["quiet_period", "association_release"] = "quiet_period"
+    expected_count_attribute: str | None = None
+    handoff_retry_s: float = Field(default=30.0, gt=0)
 
 
 class DestinationTlsConfig(StrictModel):
@@ -175,11 +189,6 @@ class ContourdConfig(StrictModel):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     rules: list[Rule] = Field(default_factory=list)
-    body_part_synonyms: dict[str, list[str]] = Field(
-        default_factory=dict,
-        description="Extra body part synonyms for routing: canonical name -> aliases "
-        "(added to the built-in table in routing/body_part.py).",
-    )
     body_part_synonyms: dict[str, list[str]] = Field(
         default_factory=dict,
         description="Extra body part synonyms for routing: canonical name -> aliases "
