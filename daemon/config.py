@@ -152,7 +152,13 @@ class WorkerConfig(StrictModel):
     poll_interval_s: float = Field(default=0.5, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     device: str = "auto"
-    uid_root: str = "1.2.826.0.1.3680043.10.1453."
+    uid_root: str | None = Field(
+        default=None,
+        description=(
+            "Your organisation's DICOM UID root for new RTSTRUCT/SEG UIDs; unset: "
+            "pydicom's generate_uid() root (1.2.826.0.1.3680043.8.498.)"
+        ),
+    )
     preview: bool = True
 
 

@@ -114,9 +114,12 @@ def send_cstore(
     ae.network_timeout = config.network_timeout_s
     ae.dimse_timeout = config.network_timeout_s
     ae.maximum_pdu_size = config.max_pdu_bytes
+    # One presentation context per transfer syntax: a peer that would pick
+    # implicit VR from a combined proposal still accepts the file's own syntax
+    # in its own context, so the file goes out byte for byte.
     for sop_class, _uid, syntax in dict.fromkeys(metas):
-        syntaxes = [syntax] + [s for s in _FALLBACK_SYNTAXES if s != syntax]
-        ae.add_requested_context(sop_class, syntaxes)
+        for ts in dict.fromkeys([syntax, *_FALLBACK_SYNTAXES]):
+            ae.add_requested_context(sop_class, ts)
     tls = _tls_context(dest)
     where = f"{name!r} ({dest.ae_title}@{dest.host}:{dest.port})"
     _config.STORE_SEND_CHUNKED_DATASET = True
@@ -137,8 +140,18 @@ def send_cstore(
         sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
         if isinstance(sock, socket.socket):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for path, (_cls, sop_uid, _ts) in zip(files, metas, strict=True):
-            status = assoc.send_c_store(Path(path))
+        accepted = {(c.abstract_syntax, c.transfer_syntax[0]) for c in assoc.accepted_contexts}
+        for path, (sop_class, sop_uid, ts) in zip(files, metas, strict=True):
+            if (sop_class, ts) in accepted:
+                status = assoc.send_c_store(Path(path))
+            elif any(cls == sop_class for cls, _ in accepted):
+                # The peer took another uncompressed syntax: pynetdicom re-encodes.
+                status = assoc.send_c_store(pydicom.dcmread(path))
+            else:
+                raise DispatchError(
+                    f"{where} accepted no presentation context for {Path(path).name} "
+                    f"(SOP class {sop_class}); configure the peer to accept it"
+                )
             code = int(getattr(status, "Status", -1)) if status else -1
             if code == -1:
                 raise DispatchError(

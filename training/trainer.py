@@ -1,6 +1,6 @@
 """Train a :class:`inference.unet.UNet3D` with nnU-Net's recipe on a CPU or GPU.
 
-SGD with Nesterov momentum 0.99, polynomial learning-rate decay
+SGD with Nesterov momentum 0.99 (or AdamW, ``optimizer: adamw``), polynomial learning-rate decay
 ``lr = lr0 * (1 - step / max_steps) ** 0.9``, Dice + cross-entropy with
 partial labels (:mod:`training.losses`), augmented patches
 (:mod:`training.augmentation`), bf16 autocast on the CPU (fp16/bf16 on CUDA),
@@ -53,6 +53,7 @@ class TrainingConfig(BaseModel):
     base_channels: int = 16
     levels: int = 4
     max_channels: int = 256
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     learning_rate: float = 0.01
     momentum: float = 0.99
     weight_decay: float = 3e-5
@@ -88,7 +89,9 @@ def normalise_hu(image_hu: np.ndarray, min_hu: float, max_hu: float) -> np.ndarr
     return (2.0 * (clipped - min_hu) / (max_hu - min_hu) - 1.0).astype(np.float32)
 
 
-def pad_to_multiple(x: torch.Tensor, divisor: int, minimum: Sequence[int] = (0, 0, 0)) -> tuple[torch.Tensor, tuple[Any, ...]]:
+def pad_to_multiple(
+    x: torch.Tensor, divisor: int, minimum: Sequence[int] = (0, 0, 0)
+) -> tuple[torch.Tensor, tuple[Any, ...]]:
     """Pad the last three axes (end side) to multiples of ``divisor``; return the crop back."""
     shape = x.shape[-3:]
     target = [max(math.ceil(s / divisor) * divisor, m) for s, m in zip(shape, minimum, strict=True)]
@@ -118,13 +121,19 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
         self.model = UNet3D(config.unet_config()).to(self.device)
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(),
-            lr=config.learning_rate,
-            momentum=config.momentum,
-            nesterov=True,
-            weight_decay=config.weight_decay,
-        )
+        self.optimizer: torch.optim.Optimizer
+        if config.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(
+                self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+            )
+        else:
+            self.optimizer = torch.optim.SGD(
+                self.model.parameters(),
+                lr=config.learning_rate,
+                momentum=config.momentum,
+                nesterov=True,
+                weight_decay=config.weight_decay,
+            )
         self.aug = AugmentationConfig(**config.augmentation)
         self.step = 0
         self.history: list[dict[str, float]] = []
@@ -135,11 +144,14 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------
     def save_checkpoint(self) -> None:
         """Model and optimizer momentum as safetensors, counters as JSON (atomic)."""
-        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        tensors = {
+            f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()
+        }
         for i, p in enumerate(self.model.parameters()):
-            buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
-            if buf is not None:
-                tensors[f"momentum.{i}"] = buf.detach().cpu().contiguous()
+            for key, value in self.optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor):
+                    name = "momentum" if key == "momentum_buffer" else f"opt_{key}"
+                    tensors[f"{name}.{i}"] = value.detach().cpu().contiguous().reshape(value.shape)
         tmp = self.run_dir / "checkpoint.safetensors.tmp"
         save_file(tensors, str(tmp))
         tmp.replace(self.run_dir / "checkpoint.safetensors")
@@ -166,8 +178,12 @@ class Trainer:
             {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         )
         for i, p in enumerate(self.model.parameters()):
-            if f"momentum.{i}" in tensors:
-                self.optimizer.state[p]["momentum_buffer"] = tensors[f"momentum.{i}"].to(self.device)
+            for name, tensor in tensors.items():
+                prefix, _, index = name.rpartition(".")
+                if index != str(i) or not (prefix == "momentum" or prefix.startswith("opt_")):
+                    continue
+                key = "momentum_buffer" if prefix == "momentum" else prefix[len("opt_") :]
+                self.optimizer.state[p][key] = tensor.to(self.device)
         meta = json.loads(meta_path.read_text())
         self.step = int(meta["step"])
         self.history = meta["history"]
@@ -185,7 +201,9 @@ class Trainer:
         Progress is the larger of the step fraction and the time fraction, so a
         run capped by ``max_hours`` still anneals to a small learning rate.
         """
-        progress = max(step / self.config.max_steps, self.elapsed_s / (self.config.max_hours * 3600))
+        progress = max(
+            step / self.config.max_steps, self.elapsed_s / (self.config.max_hours * 3600)
+        )
         return self.config.learning_rate * max(0.0, 1 - progress) ** 0.9
 
     def _tensors(self, case: TrainingCase) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,8 +278,12 @@ class Trainer:
             stop = False
             if self.step % cfg.validate_every == 0 or self.step == cfg.max_steps:
                 metrics = self.validate(val)
-                entry = {"step": self.step, "train_loss": float(np.mean(window)), **metrics,
-                         "elapsed_s": self.elapsed_s}
+                entry = {
+                    "step": self.step,
+                    "train_loss": float(np.mean(window)),
+                    **metrics,
+                    "elapsed_s": self.elapsed_s,
+                }
                 window = []
                 self.history.append(entry)
                 log.info("step %d %s", self.step, json.dumps(entry))
@@ -272,8 +294,10 @@ class Trainer:
                 else:
                     self.evals_without_improvement += 1
                     if self.evals_without_improvement >= cfg.early_stop_patience:
-                        log.info("early stop: validation loss did not improve for %d evaluations",
-                                 self.evals_without_improvement)
+                        log.info(
+                            "early stop: validation loss did not improve for %d evaluations",
+                            self.evals_without_improvement,
+                        )
                         stop = True
                 self.plot_loss_curve()
             if self.step % cfg.checkpoint_every == 0 or stop:
@@ -305,7 +329,9 @@ class Trainer:
         ax[0].set_ylabel("Dice + CE loss")
         ax[0].legend()
         for name in self.config.roi_names:
-            ax[1].plot(steps, [h.get(f"dice_{name}", float("nan")) for h in self.history], label=name)
+            ax[1].plot(
+                steps, [h.get(f"dice_{name}", float("nan")) for h in self.history], label=name
+            )
         ax[1].set_xlabel("step")
         ax[1].set_ylabel("validation Dice")
         ax[1].legend(fontsize=7)

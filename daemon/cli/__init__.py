@@ -66,6 +66,8 @@ def configure_logging(verbose: bool) -> None:
     )
     # pynetdicom logs identifiers (patient name/ID) at debug level; keep it quiet.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # apscheduler logs every timer run at INFO; only its problems matter here.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
