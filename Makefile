@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEBIAN_TOOLS := dcmtk plastimatch dicom3tools
+PY_DIRS := contourd daemon routing inference model_store training tests benchmarks
 
 .PHONY: demo test lint venv debian-tools clean
 
@@ -33,8 +34,8 @@ debian-tools:
 	fi
 
 lint: venv
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
 	$(BIN)/mypy contourd daemon routing inference model_store training
 
 test: venv debian-tools

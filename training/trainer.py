@@ -84,7 +84,7 @@ class TrainingConfig(BaseModel):
 
 
 def normalise_hu(image_hu: np.ndarray, min_hu: float, max_hu: float) -> np.ndarray:
-    """Clip HU to ``[min_hu, max_hu]`` and map linearly to ``[-1, 1]`` (card kind ``ct_clip_scale``)."""
+    """Clip HU to ``[min_hu, max_hu]`` and map linearly to ``[-1, 1]`` (``ct_clip_scale``)."""
     clipped = np.clip(image_hu.astype(np.float32), min_hu, max_hu)
     return (2.0 * (clipped - min_hu) / (max_hu - min_hu) - 1.0).astype(np.float32)
 
