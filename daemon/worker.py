@@ -81,6 +81,8 @@ class _LeaseKeeper:
             try:
                 self.queue.renew_lease(self.job_id, self.worker_id, self.lease_s)
             except LeaseLostError:
+                if self.queue.get(self.job_id).state != JobState.RUNNING:
+                    return  # this worker released the lease itself (results written)
                 log.error("job %s: lease lost; another worker has it", self.job_id)
                 self.lost.set()
                 return

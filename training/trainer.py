@@ -65,6 +65,7 @@ class TrainingConfig(BaseModel):
     max_hours: float = 2.5
     seed: int = 12345
     threads: int = 2
+    foreground_ce_weight: float = 1.0
     min_hu: float = -1000.0
     max_hu: float = 1000.0
     augmentation: dict[str, Any] = Field(default_factory=dict)
@@ -227,7 +228,9 @@ class Trainer:
             group["lr"] = self.learning_rate_at(self.step)
         with autocast_for(self.device):
             logits = self.model(x)
-        loss, parts = dice_ce_loss(logits.float(), y, known)
+        loss, parts = dice_ce_loss(
+            logits.float(), y, known, foreground_ce_weight=self.config.foreground_ce_weight
+        )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 12.0)

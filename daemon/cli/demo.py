@@ -226,6 +226,12 @@ def _push_and_wait(files: list[Path], port: int, receiver: DemoReceiver, data_di
                 break
             time.sleep(0.2)
         t_result = time.perf_counter()
+        # The worker draws the preview right after the first send; give it a moment.
+        preview_deadline = time.monotonic() + 60
+        while time.monotonic() < preview_deadline and any(
+            j.preview_file is None and not j.error for j in queue.recent(50)
+        ):
+            time.sleep(0.2)
         return _report(queue, receiver, t_result - t_acked)
     finally:
         queue.close()
