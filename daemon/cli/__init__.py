@@ -35,8 +35,12 @@ SUBCOMMAND_MODULES = [
 log = logging.getLogger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Parser with every available subcommand registered."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Parser with every available subcommand registered, or just ``only``.
+
+    Importing a subcommand's module can import torch and the rest of the
+    pipeline, so ``contourd status`` imports only ``status``.
+    """
     parser = argparse.ArgumentParser(
         prog="contourd",
         description=(
@@ -47,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"contourd {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
+    for name in SUBCOMMAND_MODULES if only is None else [only]:
         try:
             module = importlib.import_module(f"daemon.cli.{name}")
         except ModuleNotFoundError as err:
@@ -72,7 +76,9 @@ def configure_logging(verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``contourd`` console script."""
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    command = next((w for w in words if not w.startswith("-")), None)
+    parser = build_parser(command if command in SUBCOMMAND_MODULES else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
