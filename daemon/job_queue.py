@@ -179,6 +179,8 @@ class Job:
     updated_at: float
     finished_at: float | None
     images_deleted_at: float | None
+    rule_slot: int = 0
+    pinned_rule: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -289,6 +291,8 @@ _JOB_COLUMNS: dict[str, type] = {
     "study_uid": str,
     "series_uid": str,
     "version": int,
+    "rule_slot": int,
+    "pinned_rule": str,
     "state": str,
     "spool_dir": str,
     "instance_paths": str,
@@ -372,7 +376,9 @@ class SqliteJobQueue:
             jobs = self.db.table("jobs")
             if not jobs.exists():
                 jobs.create(_JOB_COLUMNS, pk="id", if_not_exists=True)
-                jobs.create_index(["series_uid", "version"], unique=True, if_not_exists=True)
+                jobs.create_index(
+                    ["series_uid", "version", "rule_slot"], unique=True, if_not_exists=True
+                )
                 jobs.create_index(["state"], if_not_exists=True)
             events = self.db.table("job_events")
             if not events.exists():
@@ -475,6 +481,8 @@ class SqliteJobQueue:
             updated_at=float(row["updated_at"]),
             finished_at=row["finished_at"],
             images_deleted_at=row["images_deleted_at"],
+            rule_slot=int(row.get("rule_slot") or 0),
+            pinned_rule=row.get("pinned_rule"),
         )
 
     @staticmethod
@@ -522,7 +530,7 @@ class SqliteJobQueue:
         now = time.time()
         with self._write() as conn:
             existing = conn.execute(
-                "SELECT id FROM jobs WHERE series_uid = ? AND version = ?",
+                "SELECT id FROM jobs WHERE series_uid = ? AND version = ? AND rule_slot = 0",
                 (completion.series_uid, int(completion.version)),
             ).fetchone()
             if existing is not None:
@@ -532,6 +540,7 @@ class SqliteJobQueue:
                     "study_uid": completion.study_uid,
                     "series_uid": completion.series_uid,
                     "version": int(completion.version),
+                    "rule_slot": 0,
                     "state": JobState.COMPLETE.value,
                     "spool_dir": completion.spool_dir,
                     "instance_paths": list(completion.instance_paths),
@@ -565,6 +574,61 @@ class SqliteJobQueue:
                 + ")",
             )
             return job_id
+
+    def spawn_rule_job(self, job_id: int, rule_slot: int, rule_name: str) -> int:
+        """A sibling job for the same series that runs only rule ``rule_name``.
+
+        Used when several rules match a series (``continue: true``): job
+        ``rule_slot`` 0 runs the first matching rule, and each further match
+        gets its own job (own outputs, destinations, schedule and retries).
+        Idempotent per (series UID, version, slot).
+        """
+        parent = self.get(job_id)
+        now = time.time()
+        with self._write() as conn:
+            existing = conn.execute(
+                "SELECT id FROM jobs WHERE series_uid = ? AND version = ? AND rule_slot = ?",
+                (parent.series_uid, parent.version, int(rule_slot)),
+            ).fetchone()
+            if existing is not None:
+                return int(existing[0])
+            row = self._encode(
+                {
+                    "study_uid": parent.study_uid,
+                    "series_uid": parent.series_uid,
+                    "version": parent.version,
+                    "rule_slot": int(rule_slot),
+                    "pinned_rule": rule_name,
+                    "state": JobState.COMPLETE.value,
+                    "spool_dir": parent.spool_dir,
+                    "instance_paths": list(parent.instance_paths),
+                    "num_instances": parent.num_instances,
+                    "calling_ae": parent.calling_ae,
+                    "called_ae": parent.called_ae,
+                    "modality": parent.modality,
+                    "series_description": parent.series_description,
+                    "priority": 0,
+                    "shadow": False,
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            names = ", ".join(row)
+            marks = ", ".join("?" for _ in row)
+            cursor = conn.execute(
+                f"INSERT INTO jobs ({names}) VALUES ({marks})", tuple(row.values())
+            )
+            new_id = int(cursor.lastrowid or 0)
+            self._event(
+                conn,
+                new_id,
+                JobState.COMPLETE.value,
+                now,
+                None,
+                f"rule {rule_name!r} also matched the series of job {job_id} (continue: true)",
+            )
+            return new_id
 
     # -- leases -------------------------------------------------------------------
     def claim(self, worker_id: str, lease_s: float) -> Job | None:

@@ -233,12 +233,28 @@ class Worker:
             )
             log.info("job %s: not routed (%s)", job.id, decision.reason)
             return
-        match = decision.matched[0]
-        warnings = [
-            f"rule {m.rule!r} also matched (continue: true) but only the first matching "
-            f"rule {match.rule!r} runs per job"
-            for m in decision.matched[1:]
-        ]
+        warnings: list[str] = []
+        if job.pinned_rule is None:
+            match = decision.matched[0]
+            # continue: true -> every further matching rule runs as its own job.
+            for slot, other in enumerate(decision.matched[1:], start=1):
+                sibling = self.queue.spawn_rule_job(job.id, slot, other.rule)
+                warnings.append(f"rule {other.rule!r} also matched: job {sibling}")
+        else:
+            pinned = [m for m in decision.matched if m.rule == job.pinned_rule]
+            if not pinned:
+                self.queue.transition(
+                    job.id,
+                    JobState.NOT_ROUTED,
+                    worker_id=wid,
+                    message=(
+                        f"rule {job.pinned_rule!r} no longer matches {attrs.summary()} "
+                        "(the config changed since the series was routed)"
+                    ),
+                    series_description=description,
+                )
+                return
+            match = pinned[0]
         fields: dict[str, Any] = {
             "series_description": description,
             "rule": match.rule,

@@ -112,3 +112,39 @@ def test_rule_outside_its_schedule_window_queues_the_job(tmp_path: Path) -> None
     assert job.state == JobState.SCHEDULED
     assert job.not_before is not None and job.not_before > time.time() + 3600
     assert queue.claim("other", 60) is None
+
+
+def test_shadow_rule_with_continue_does_not_stop_the_clinical_rule(tmp_path: Path) -> None:
+    """The example config's pattern: a shadow rule first (continue: true), then the real one."""
+    from daemon.config import ContourdConfig
+
+    data = tmp_path / "data"
+    base = body_rule_config(data, {"share": {"folder": str(tmp_path / "share")}})
+    raw = base.model_dump(mode="json", exclude_defaults=True)
+    raw["rules"] = [
+        {
+            "name": "try-out",
+            "match": {"modality": "CT"},
+            "model": "body",
+            "shadow": True,
+            "continue": True,
+        },
+        {"name": "clinical", "match": {"modality": "CT"}, "model": "body", "send_to": ["share"]},
+        {"name": "never", "match": {"modality": "CT"}, "model": "body", "send_to": ["share"]},
+    ]
+    config = ContourdConfig.model_validate(raw)
+    approve_body_model(data)
+    queue = SqliteJobQueue(data)
+    job_id, headers = _submit_phantom(tmp_path, queue)
+    worker = Worker(lambda: config, queue, worker_id="w1")
+    # One pass drains the queue: the shadow job, then the sibling job it spawned;
+    # 'never' comes after the first matching rule without continue, so it gets none.
+    assert worker.run(once=True) == 2
+    assert worker.run(once=True) == 0
+    jobs = {j.rule: j for j in queue.recent(10)}
+    assert set(jobs) == {"try-out", "clinical"}
+    assert jobs["try-out"].id == job_id and jobs["try-out"].state == JobState.SHADOW
+    assert jobs["clinical"].state == JobState.SENT, jobs["clinical"].error
+    assert jobs["clinical"].series_uid == headers[0].SeriesInstanceUID
+    [sent] = list((tmp_path / "share").glob("*.dcm"))
+    assert pydicom.dcmread(sent).Modality == "RTSTRUCT"
