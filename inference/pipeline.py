@@ -28,12 +28,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from contourd import __version__
 from contourd.errors import InferenceError
 from inference.body_outline import body_outline
 from inference.postprocess import Cleanup, probabilities_to_masks
 from inference.predictor import Precision, PredictorCache
 from inference.preprocess import preprocess
-from inference.roi_mask import RoiMask
+from inference.roi_mask import AlgorithmInfo, RoiMask
 from inference.sanity_checks import RoiExpectation, check_masks
 from inference.volume import ImageVolume, load_series
 
@@ -190,6 +191,12 @@ def segment_series(
                 interpreted_type=str(spec.interpreted_type),
                 label=label,
                 tg263_name=spec.tg263_name,
+                algorithm=AlgorithmInfo(
+                    model_name=card.name,
+                    model_version=str(card.version),
+                    weights_sha256=model.weights_sha256,
+                    software_version=__version__,
+                ),
             )
             rois.append(roi)
             taken[spec.name.lower()] = roi

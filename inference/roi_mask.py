@@ -34,6 +34,9 @@ class RoiMask:
     label : int
         Label value of the ROI in the model's output (1-based), used as
         ROI Number / Segment Number.
+    algorithm : AlgorithmInfo or None
+        The model that drew this ROI, when a structure set merges several
+        models; None: the structure set's own algorithm.
     tg263_name : str or None
         TG-263 standard name when the model card gives one.
     """
@@ -44,6 +47,7 @@ class RoiMask:
     interpreted_type: str
     label: int
     tg263_name: str | None = None
+    algorithm: AlgorithmInfo | None = None
 
 
 @dataclass(frozen=True)

@@ -429,9 +429,10 @@ def write_rtstruct(
         if roi.tg263_name:
             item.ROIDescription = f"TG-263: {roi.tg263_name}"
         item.ROIGenerationAlgorithm = "AUTOMATIC"
-        item.ROIGenerationDescription = generation_description(algorithm)
+        roi_algorithm = roi.algorithm or algorithm
+        item.ROIGenerationDescription = generation_description(roi_algorithm)
         item.ROIDerivationAlgorithmIdentificationSequence = DicomSequence(
-            [_algorithm_item(algorithm)]
+            [_algorithm_item(roi_algorithm)]
         )
         ss_rois.append(item)
 

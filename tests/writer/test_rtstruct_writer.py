@@ -261,3 +261,20 @@ def test_network_encoding_in_either_vr_keeps_every_contour_point(
     back = decode(io.BytesIO(encoded), implicit_vr, True)
     assert points(back) == expected
     assert len(expected) > 20
+
+
+def test_each_roi_names_the_model_that_drew_it_when_models_are_merged(
+    phantom_factory: Callable[..., PhantomSeries], algorithm: AlgorithmInfo
+) -> None:
+    phantom = phantom_factory("HFS")
+    organ_model = AlgorithmInfo("hn-oar", "1.0.0", "ab" * 32, "0.1.0")
+    rois = [phantom.rois[0], replace(phantom.rois[1], algorithm=organ_model)]
+    ds = write_rtstruct(phantom.headers, rois, algorithm, structure_set_label="AUTO")
+    first, second = ds.StructureSetROISequence
+    assert first.ROIGenerationDescription.startswith(
+        f"{algorithm.model_name} {algorithm.model_version}"
+    )
+    assert second.ROIGenerationDescription == "hn-oar 1.0.0 sha256:abababababababab"
+    [ident] = second.ROIDerivationAlgorithmIdentificationSequence
+    assert ident.AlgorithmName == "hn-oar"
+    assert f"weights_sha256={'ab' * 32}" in ident.AlgorithmParameters
