@@ -144,7 +144,11 @@ def test_no_code_is_evaluated_from_yaml() -> None:
         config_from("rules: !!python/object/apply:os.system ['true']\n")
 
 
-@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "example",
+    [*sorted(EXAMPLES.glob("*.yaml")), EXAMPLES.parent / "docker" / "contourd-compose.yaml"],
+    ids=lambda p: p.name,
+)
 def test_example_configs_are_valid(example: Path) -> None:
     config = load_config(example)
     assert config.rules, f"{example} has no rules"
