@@ -207,9 +207,22 @@ class ContourdConfig(StrictModel):
         return self.node.data_dir
 
 
+EMBEDDED_RULES: list[dict[str, object]] = [
+    {
+        "name": "head and neck CT (embedded default)",
+        "match": {"modality": "CT", "body_part": "HEADNECK"},
+        "model": ["hn-oar", "body"],
+    },
+    {"name": "every CT (embedded default)", "match": {"modality": "CT"}, "model": "body"},
+]
+"""Rules used without a config file: results stay in ``<data_dir>/results`` (no
+destinations). They run only once the models are approved; until then each
+job fails with the ``contourd models approve`` command in its message."""
+
+
 def default_config() -> ContourdConfig:
     """Embedded defaults used when no config file is given."""
-    return ContourdConfig()
+    return ContourdConfig.model_validate({"rules": EMBEDDED_RULES})
 
 
 def load_config(path: Path | None) -> ContourdConfig:

@@ -248,6 +248,16 @@ def run(args: argparse.Namespace) -> int:
         ).start()
     # Tests and supervisors read these lines to learn the ports when 0 was asked for.
     print(f"contourd listening on port {node.port}", flush=True)
+    host = config.node.host if config.node.host not in ("0.0.0.0", "::", "") else "THIS_HOST"
+    print(
+        f"contourd: AE title {config.node.ae_title}, port {node.port}, data folder "
+        f"{data_dir.resolve()}{' (embedded defaults)' if config_path is None else ''}\n"
+        f"  push a series:  storescu -aec {config.node.ae_title} {host} {node.port} "
+        "+sd /path/to/series   (DCMTK)\n"
+        f"  models:         contourd models list"
+        f"{'' if config_path is None else ' -c ' + str(config_path)}",
+        flush=True,
+    )
     if http is not None:
         print(f"contourd http on port {http.port}", flush=True)
 
