@@ -45,7 +45,7 @@ from model_store.package import WEIGHTS_FILE, open_package
 from training.dicom_dataset import SourceCase, find_case_files, is_dicom_dataset, load_source_case
 from training.dicom_dataset import list_case_dirs as list_dicom_case_dirs
 from training.metrics import MaskMetrics, compute_metrics
-from training.openkbp_dataset import list_cases
+from training.openkbp_dataset import BLANK_CT_MAX_HU, is_blank_ct, list_cases
 from training.roi_mapping import RoiNameMapper
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,8 @@ class EvaluationResult:
     overlays: dict[str, list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]] = field(
         default_factory=dict
     )
+    skipped_cases: list[str] = field(default_factory=list)
+    """Cases left out because their CT is blank (see :func:`is_blank_ct`)."""
 
     def values(self, roi: str, metric: str) -> np.ndarray:
         """One metric of one ROI over the cases that have the ROI."""
@@ -145,7 +147,10 @@ class EvaluationResult:
                 surface_dice=round(entry["surface_dice"]["mean"], 4),
                 cases=entry["cases"],
             )
-        return Evaluation(dataset=self.dataset, cases=len(self.cases), per_roi=per_roi)
+        dataset = self.dataset
+        if self.skipped_cases:
+            dataset += f" ({len(self.skipped_cases)} blank CTs left out)"
+        return Evaluation(dataset=dataset, cases=len(self.cases), per_roi=per_roi)
 
 
 def _percentiles(values: np.ndarray, q: Sequence[float]) -> tuple[float, ...]:
@@ -263,11 +268,21 @@ def evaluate_model(
     roi_names = [r.name for r in sorted(card.rois, key=lambda r: r.label)]
     cache = PredictorCache(max_models=1)
     cases: list[CaseResult] = []
+    skipped: list[str] = []
     overlays: dict[str, list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]] = {}
     for i, source in enumerate(
         iter_source_cases(dataset_dir, roi_names, mapping=mapping, limit=limit, case_ids=case_ids)
     ):
         t0 = time.perf_counter()
+        if is_blank_ct(source.volume.array):
+            log.warning(
+                "case %s: the CT is blank (no voxel above %s HU); left out of the evaluation. "
+                "Fix or remove the case in the dataset",
+                source.case_id,
+                BLANK_CT_MAX_HU,
+            )
+            skipped.append(source.case_id)
+            continue
         result = segment_series(
             source.volume, model, device=device, predictor_cache=cache, num_threads=num_threads
         )
@@ -300,6 +315,7 @@ def evaluate_model(
         cases=cases,
         tolerance_mm=tolerance_mm,
         overlays=overlays,
+        skipped_cases=skipped,
     )
 
 
@@ -328,6 +344,11 @@ def format_table(result: EvaluationResult) -> str:
             cells.append(f"{m['median']:.{d}f} [{m['q1']:.{d}f}-{m['q3']:.{d}f}]".ljust(22))
         lines.append((f"{roi:<16}{entry['cases']:>4}  " + "".join(cells)).rstrip())
     lines.append(f"mean Dice over ROIs (mean per ROI): {result.mean_dice():.3f}")
+    if result.skipped_cases:
+        lines.append(
+            f"left out, blank CT: {', '.join(result.skipped_cases)} "
+            f"({len(result.skipped_cases)} of {len(result.skipped_cases) + len(result.cases)})"
+        )
     lines.append("cells: median [first quartile - third quartile] over cases")
     return "\n".join(lines)
 

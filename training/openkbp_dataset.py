@@ -32,6 +32,24 @@ from contourd.errors import TrainingError
 log = logging.getLogger(__name__)
 
 
+BLANK_CT_MAX_HU = -1000.0
+"""A CT whose every voxel is at or below this is blank (air or padding only)."""
+
+
+def is_blank_ct(image_hu: np.ndarray) -> bool:
+    """Whether a CT holds no anatomy at all (every voxel <= -1000 HU).
+
+    Such files exist in real exports (30 of OpenKBP's 200 training CTs and 7 of
+    its 40 validation CTs as converted here); their contours would teach the
+    network to draw organs in air, so datasets and evaluations leave them out.
+    """
+    return bool(np.max(image_hu) <= BLANK_CT_MAX_HU)
+
+
+class BlankImageError(TrainingError):
+    """A case's CT is blank; the case is left out."""
+
+
 @dataclass
 class TrainingCase:
     """One case on the model's grid.
@@ -102,6 +120,11 @@ def load_case(
     ct = sitk.ReadImage(str(ct_path), sitk.sitkFloat32)
     ct_res = resample_to_spacing(ct, spacing_mm, sitk.sitkLinear, -1024.0)
     image = np.clip(np.rint(sitk.GetArrayFromImage(ct_res)), -1024, 3071).astype(np.int16)
+    if is_blank_ct(image):
+        raise BlankImageError(
+            f"case {case_dir.name}: ct.nii.gz is blank (no voxel above {BLANK_CT_MAX_HU} HU); "
+            "the case is left out; re-export its CT"
+        )
     labels = np.zeros(image.shape, dtype=np.uint8)
     known = np.zeros(len(roi_sources) + 1, dtype=bool)
     known[0] = True
@@ -151,13 +174,18 @@ def load_dataset(
             cases = [
                 TrainingCase(cid, data[f"img_{cid}"], data[f"lab_{cid}"], data[f"known_{cid}"])
                 for cid in ids
+                if not is_blank_ct(data[f"img_{cid}"])  # caches written before the check
             ]
         log.info("loaded %d cases from cache %s", len(cases), cache_file)
         return cases[:limit] if limit else cases
     ids = list_cases(dataset_dir)[:limit] if limit else list_cases(dataset_dir)
     cases = []
     for i, cid in enumerate(ids):
-        cases.append(load_case(dataset_dir / cid, roi_sources, spacing_mm))
+        try:
+            cases.append(load_case(dataset_dir / cid, roi_sources, spacing_mm))
+        except BlankImageError as err:
+            log.warning("%s", err)
+            continue
         if (i + 1) % 20 == 0:
             log.info("preprocessed %d/%d cases of %s", i + 1, len(ids), dataset_dir)
     if cache_file is not None:
