@@ -19,7 +19,7 @@ import numpy as np
 
 from inference.predictor import Predictor
 from training.evaluate import load_package_model
-from training.openkbp_dataset import list_cases, load_case
+from training.openkbp_dataset import BlankImageError, list_cases, load_case
 from training.trainer import normalise_hu
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,8 +50,15 @@ def main() -> int:
     names = [r.name for r in sorted(card.rois, key=lambda r: r.label)]
     dices: dict[str, list[float]] = {n: [] for n in names}
     t_fast = t_ref = 0.0
-    for case_id in list_cases(VALIDATION)[: args.cases]:
-        case = load_case(VALIDATION / case_id, SOURCES, card.preprocessing.spacing_mm)
+    done = 0
+    for case_id in list_cases(VALIDATION):
+        if done == args.cases:
+            break
+        try:
+            case = load_case(VALIDATION / case_id, SOURCES, card.preprocessing.spacing_mm)
+        except BlankImageError:
+            continue  # blank CT in the dataset (see docs/training.md)
+        done += 1
         image = normalise_hu(case.image_hu, norm.min_hu, norm.max_hu)
         t0 = time.perf_counter()
         a = fast.predict_proba(image).argmax(0)
