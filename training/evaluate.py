@@ -241,6 +241,7 @@ def evaluate_model(
     device: str = "auto",
     num_threads: int | None = None,
     progress: Callable[[int, str], None] | None = None,
+    max_whole_volume_voxels: int | None = None,
 ) -> EvaluationResult:
     """Run ``model`` over every case of ``dataset_dir`` and score it.
 
@@ -263,6 +264,8 @@ def evaluate_model(
         Passed to the pipeline.
     progress
         Called with ``(case index, case id)`` after each case.
+    max_whole_volume_voxels
+        Passed to the pipeline: 1 forces sliding-window inference.
     """
     card: ModelCard = model.card
     roi_names = [r.name for r in sorted(card.rois, key=lambda r: r.label)]
@@ -284,7 +287,12 @@ def evaluate_model(
             skipped.append(source.case_id)
             continue
         result = segment_series(
-            source.volume, model, device=device, predictor_cache=cache, num_threads=num_threads
+            source.volume,
+            model,
+            device=device,
+            predictor_cache=cache,
+            num_threads=num_threads,
+            max_whole_volume_voxels=max_whole_volume_voxels,
         )
         predicted = {r.label: r.mask for r in result.rois}
         spacing_zyx = source.volume.spacing_mm[::-1]
