@@ -521,6 +521,28 @@ class SqliteJobQueue:
         )
 
     # -- submission -------------------------------------------------------------
+    def _insert_complete_job(
+        self, conn: sqlite3.Connection, fields: dict[str, Any], now: float, message: str
+    ) -> int:
+        """Insert a job row in state ``complete`` with its first event; return its id."""
+        row = self._encode(
+            {
+                **fields,
+                "state": JobState.COMPLETE.value,
+                "priority": 0,
+                "shadow": False,
+                "attempts": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        names = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        cursor = conn.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", tuple(row.values()))
+        job_id = int(cursor.lastrowid or 0)
+        self._event(conn, job_id, JobState.COMPLETE.value, now, None, message)
+        return job_id
+
     def submit_series(self, completion: SeriesCompletionLike) -> int:
         """Create the job for a completed series, state ``complete``.
 
@@ -535,13 +557,14 @@ class SqliteJobQueue:
             ).fetchone()
             if existing is not None:
                 return int(existing[0])
-            row = self._encode(
+            reason = getattr(completion, "reason", None)
+            return self._insert_complete_job(
+                conn,
                 {
                     "study_uid": completion.study_uid,
                     "series_uid": completion.series_uid,
                     "version": int(completion.version),
                     "rule_slot": 0,
-                    "state": JobState.COMPLETE.value,
                     "spool_dir": completion.spool_dir,
                     "instance_paths": list(completion.instance_paths),
                     "num_instances": int(completion.num_instances),
@@ -549,31 +572,12 @@ class SqliteJobQueue:
                     "called_ae": completion.called_ae,
                     "modality": completion.modality or "",
                     "series_description": "",
-                    "priority": 0,
-                    "shadow": False,
-                    "attempts": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
-            names = ", ".join(row)
-            marks = ", ".join("?" for _ in row)
-            cursor = conn.execute(
-                f"INSERT INTO jobs ({names}) VALUES ({marks})", tuple(row.values())
-            )
-            job_id = int(cursor.lastrowid or 0)
-            reason = getattr(completion, "reason", None)
-            self._event(
-                conn,
-                job_id,
-                JobState.COMPLETE.value,
+                },
                 now,
-                None,
                 f"series complete ({completion.num_instances} instances"
                 + (f", {reason}" if reason else "")
                 + ")",
             )
-            return job_id
 
     def spawn_rule_job(self, job_id: int, rule_slot: int, rule_name: str) -> int:
         """A sibling job for the same series that runs only rule ``rule_name``.
@@ -592,14 +596,14 @@ class SqliteJobQueue:
             ).fetchone()
             if existing is not None:
                 return int(existing[0])
-            row = self._encode(
+            return self._insert_complete_job(
+                conn,
                 {
                     "study_uid": parent.study_uid,
                     "series_uid": parent.series_uid,
                     "version": parent.version,
                     "rule_slot": int(rule_slot),
                     "pinned_rule": rule_name,
-                    "state": JobState.COMPLETE.value,
                     "spool_dir": parent.spool_dir,
                     "instance_paths": list(parent.instance_paths),
                     "num_instances": parent.num_instances,
@@ -607,28 +611,10 @@ class SqliteJobQueue:
                     "called_ae": parent.called_ae,
                     "modality": parent.modality,
                     "series_description": parent.series_description,
-                    "priority": 0,
-                    "shadow": False,
-                    "attempts": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
-            names = ", ".join(row)
-            marks = ", ".join("?" for _ in row)
-            cursor = conn.execute(
-                f"INSERT INTO jobs ({names}) VALUES ({marks})", tuple(row.values())
-            )
-            new_id = int(cursor.lastrowid or 0)
-            self._event(
-                conn,
-                new_id,
-                JobState.COMPLETE.value,
+                },
                 now,
-                None,
                 f"rule {rule_name!r} also matched the series of job {job_id} (continue: true)",
             )
-            return new_id
 
     # -- leases -------------------------------------------------------------------
     def claim(self, worker_id: str, lease_s: float) -> Job | None:
