@@ -130,7 +130,9 @@ def segment_series(
     num_threads
         torch CPU threads (``None``: torch's default).
     max_whole_volume_voxels
-        Whole-volume inference limit (``None``: the predictor's default).
+        Overrides the card's ``inference`` strategy: padded inputs of at most
+        this many voxels run in one pass, bigger ones by sliding window
+        (``None``: the card decides; ``1`` forces the window).
 
     Raises
     ------

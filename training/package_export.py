@@ -186,9 +186,15 @@ def training_summary_from_run(
         started = (mtime - dt.timedelta(seconds=elapsed_s)).date()
     steps = int(history[-1]["step"]) if history else 0
     best = min(history, key=lambda h: h.get("val_loss", math.inf)) if history else None
+    optimizer = (
+        f"AdamW steps (lr {config.learning_rate} poly 0.9, weight decay {config.weight_decay})"
+        if config.optimizer == "adamw"
+        else f"SGD steps (Nesterov momentum {config.momentum}, lr {config.learning_rate} poly 0.9)"
+    )
+    warm = " warm-started from an earlier run's weights," if config.init_weights else ""
     recipe = (
-        f"{steps} SGD steps (Nesterov momentum {config.momentum}, lr {config.learning_rate} "
-        f"poly 0.9), batch {config.batch_size}, patch {list(config.patch_size)} voxels at "
+        f"{steps} {optimizer},{warm} batch {config.batch_size}, patch "
+        f"{list(config.patch_size)} voxels at "
         f"{list(config.spacing_mm)} mm, U-Net base {config.base_channels} channels, "
         f"{config.levels} levels, Dice+CE with partial labels, seed {config.seed}"
     )

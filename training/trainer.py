@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from contourd.errors import TrainingError
 from inference.unet import UNet3D, UNetConfig
 from training.augmentation import AugmentationConfig, sample_patch
 from training.losses import dice_ce_loss
@@ -73,6 +74,9 @@ class TrainingConfig(BaseModel):
     dataset_format: Literal["auto", "nifti", "dicom"] = "auto"
     validation_fraction: float = Field(default=0.2, gt=0, lt=1)
     roi_mapping: dict[str, list[str]] = Field(default_factory=dict)
+    # Warm start: a safetensors file of UNet3D weights (a run's best.safetensors or a
+    # package's weights) loaded before step 0 of a fresh run; ignored when resuming.
+    init_weights: Path | None = None
 
     def unet_config(self) -> UNetConfig:
         return UNetConfig(
@@ -194,6 +198,34 @@ class Trainer:
         self.rng.bit_generator.state = meta["rng_state"]
         log.info("resumed from %s at step %d", ckpt, self.step)
         return True
+
+    def load_initial_weights(self, path: Path) -> None:
+        """Warm-start the model from a safetensors state dict (fp16 or fp32).
+
+        Raises
+        ------
+        TrainingError
+            When the file is missing or its tensors do not fit this run's U-Net
+            (different ROI count, base channels or levels).
+        """
+        if not path.is_file():
+            raise TrainingError(
+                f"init_weights {path} does not exist; give a run's best.safetensors "
+                "or a model package's weights file, or remove init_weights"
+            )
+        state = load_file(str(path))
+        own = self.model.state_dict()
+        mismatched = sorted(
+            k for k in own if k not in state or tuple(state[k].shape) != tuple(own[k].shape)
+        )
+        if mismatched:
+            raise TrainingError(
+                f"init_weights {path} does not fit this run's U-Net: {len(mismatched)} tensors "
+                f"missing or of another shape (first: {mismatched[0]}); the ROI list, "
+                "base_channels, levels and max_channels must match the model it came from"
+            )
+        self.model.load_state_dict({k: state[k].to(own[k].dtype) for k in own})
+        log.info("warm start from %s", path)
 
     # -- training ------------------------------------------------------------------
     def learning_rate_at(self, step: int) -> float:
@@ -359,6 +391,8 @@ def load_training_config(path: Path) -> TrainingConfig:
     base = path.parent
     config.train_dir = (base / config.train_dir).resolve()
     config.validation_dir = (base / config.validation_dir).resolve()
+    if config.init_weights is not None:
+        config.init_weights = (base / config.init_weights).resolve()
     return config
 
 
@@ -368,15 +402,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit", type=int, default=None, help="use only N training cases")
+    parser.add_argument(
+        "--init-weights",
+        type=Path,
+        default=None,
+        help="warm start from these U-Net weights (safetensors); overrides init_weights",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = load_training_config(args.config)
+    if args.init_weights is not None:
+        config.init_weights = args.init_weights.resolve()
     trainer = Trainer(config, args.run_dir, args.device)
     # NIfTI (same cache files train.npz / validation.npz as before) or DICOM datasets.
     from training.datasets import load_training_data
 
     train, val = load_training_data(config, cache_dir=args.run_dir / "cache", limit=args.limit)
-    trainer.try_resume()
+    if not trainer.try_resume() and config.init_weights is not None:
+        trainer.load_initial_weights(config.init_weights)
     trainer.fit(train, val)
     return 0
 

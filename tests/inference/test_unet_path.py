@@ -131,3 +131,34 @@ def test_model_for_another_modality_is_refused(tmp_path: Path) -> None:
     write_ct_series(tmp_path / "ct", shape_zyx=(4, 16, 16))
     with pytest.raises(InferenceError, match="is for MR but series .* is CT"):
         segment_series(tmp_path / "ct", model, device="cpu")
+
+
+def _count_forward_passes(predictor: Predictor, image: np.ndarray) -> int:
+    calls = 0
+    forward = predictor._forward
+
+    def counting(batch: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        return forward(batch)
+
+    predictor._forward = counting  # type: ignore[method-assign]
+    predictor.predict_proba(image)
+    return calls
+
+
+def test_card_inference_strategy_chooses_sliding_window_or_whole_volume(tmp_path: Path) -> None:
+    model = tiny_package(tmp_path)
+    image = np.random.default_rng(3).normal(size=(24, 40, 40)).astype(np.float32)
+    assert model.card.inference.strategy == "sliding_window"  # the default for U-Nets
+    window = Predictor.from_model(model, device="cpu", precision="fp32")
+    assert window.overlap == 0.25
+    # patch 16^3, step 12: z starts 0, 8 (2) x y/x starts 0, 12, 24 (3 x 3)
+    assert _count_forward_passes(window, image) == 18
+    model.card = model.card.model_copy(
+        update={"inference": model.card.inference.model_copy(update={"strategy": "whole_volume"})}
+    )
+    whole = Predictor.from_model(model, device="cpu", precision="fp32")
+    assert _count_forward_passes(whole, image) == 1
+    forced = Predictor.from_model(model, device="cpu", precision="fp32", max_whole_volume_voxels=1)
+    assert _count_forward_passes(forced, image) == 18
