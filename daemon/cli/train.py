@@ -53,6 +53,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--hours", type=float, default=None, help="maximum training hours")
     parser.add_argument("--run-dir", type=Path, default=None, help="checkpoints (default OUT-run)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="WEIGHTS",
+        help="fine-tune: start from a model package folder (its weights.safetensors) or a "
+        "safetensors file with the same ROIs and architecture",
+    )
     parser.add_argument("--name", default=None, help="model name (default: OUT folder name)")
     parser.add_argument("--version", default="0.1.0", help="model version (semver)")
     parser.add_argument("--description", default=None)
@@ -95,6 +103,9 @@ def build_config(args: argparse.Namespace) -> TrainingConfig:
         raw["max_hours"] = args.hours
     if args.threads is not None:
         raw["threads"] = args.threads
+    if args.init_from is not None:
+        init = args.init_from.resolve()
+        raw["init_weights"] = init / "weights.safetensors" if init.is_dir() else init
     fmt = dataset_format(raw["train_dir"], raw.get("dataset_format", "auto"))
     if fmt == "nifti" and (args.rois or "roi_sources" not in raw):
         raw["roi_sources"] = nifti_roi_sources(
@@ -125,8 +136,9 @@ def run(args: argparse.Namespace) -> int:
     cache = run_dir / "cache"
     train, val = load_training_data(config, cache_dir=cache, limit=args.limit)
     trainer = Trainer(config, run_dir, args.device)
-    if args.resume:
-        trainer.try_resume()
+    resumed = trainer.try_resume() if args.resume else False
+    if not resumed and config.init_weights is not None:
+        trainer.load_initial_weights(config.init_weights)
     trainer.fit(train, val)
     name = args.name or out.name.lower()
     same = config.validation_dir.resolve() == config.train_dir.resolve()

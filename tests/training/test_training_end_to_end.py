@@ -98,3 +98,18 @@ def test_tiny_model_trains_from_dicom_export_and_its_package_imports_approves_an
     for name in ROIS:
         assert name in printed
     assert "mean Dice over ROIs" in printed
+
+    # Fine-tuning: a second run starts from the package's (fp16) weights, so its
+    # first validation is already better than the first run's was at that step.
+    tuned = tmp_path / "tiny-oar-tuned"
+    args = ["train", "--dataset", str(dataset), "--rois", *ROIS, "--out", str(tuned)]
+    args += ["--steps", "10", "--threads", "1", "--version", "0.2.0", "--device", "cpu"]
+    args += ["--init-from", str(out)]
+    for key, value in settings.items():
+        args += ["--set", f"{key}={value}"]
+    assert contourd(args) == 0
+    tuned_history = json.loads((tmp_path / "tiny-oar-tuned-run" / "checkpoint.json").read_text())
+    assert tuned_history["history"][0]["val_loss"] < history[0]["val_loss"]
+    with open_package(tuned) as checked:
+        assert checked.card.training is not None
+        assert "warm-started" in checked.card.training.notes
