@@ -10,12 +10,15 @@ Python process (so one run's caches and allocator state do not help the
 next):
 
 - ``body``: the built-in classical body model;
-- ``hn-oar bf16``: a U-Net with the hn-oar architecture (base_channels 16,
-  levels 4, 8 classes, 4.0 x 4.0 x 2.5 mm) with random weights (the real
-  package's when ``model_store/builtin/hn-oar`` exists), precision auto
-  (bf16 autocast on CPUs with AVX512-BF16);
-- ``hn-oar fp32``: the same in plain fp32 eager mode: the named peer the bf16
-  default is compared with.
+- ``hn-oar bf16``: the built-in hn-oar package as the worker runs it: its
+  card's preprocessing, patch and inference strategy (sliding window, 0.25
+  overlap, by default), precision auto (bf16 autocast on CPUs with
+  AVX512-BF16); random weights of the same architecture when the package is
+  missing;
+- ``hn-oar bf16 whole``: the same with one whole-volume pass (the faster,
+  less accurate strategy);
+- ``hn-oar fp32``: the card's strategy in plain fp32 eager mode: the named
+  peer the bf16 default is compared with.
 
 Per stage it prints wall time and the peak resident set size (RSS) during
 the stage, sampled from /proc/self/statm every 5 ms by a thread (tracemalloc
@@ -141,13 +144,15 @@ def run_config(series_dir: Path, config: str, threads: int, device: str) -> dict
 
     torch.set_num_threads(threads)
     sys.path.insert(0, str(REPO))
+    import yaml
+
     from inference.body_outline import body_outline
     from inference.postprocess import Cleanup, probabilities_to_masks
     from inference.predictor import Precision, Predictor
     from inference.preprocess import preprocess
     from inference.unet import UNet3D, UNetConfig
     from inference.volume import load_series
-    from model_store.card import CtClipScale, Preprocessing
+    from model_store.card import CtClipScale, InferenceSettings, ModelCard, Preprocessing
 
     meter = PeakRss()
     figures: dict[str, object] = {"config": config}
@@ -163,12 +168,17 @@ def run_config(series_dir: Path, config: str, threads: int, device: str) -> dict
         figures["voxels_in_mask"] = int(mask.sum())
     else:
         builtin = REPO / "model_store" / "builtin" / "hn-oar"
-        t0 = time.perf_counter()
+        settings = InferenceSettings()
         prep = Preprocessing(
             spacing_mm=(4.0, 4.0, 2.5),
-            normalization=CtClipScale(min_hu=-1000, max_hu=1000),
-            patch_size=(64, 128, 128),
+            normalization=CtClipScale(min_hu=-500, max_hu=500),
+            patch_size=(48, 80, 80),
         )
+        if (builtin / "model.yaml").is_file():
+            card = ModelCard.model_validate(yaml.safe_load((builtin / "model.yaml").read_text()))
+            assert card.preprocessing is not None
+            prep, settings = card.preprocessing, card.inference
+        t0 = time.perf_counter()
         prepared = preprocess(volume, prep)
         figures["preprocess"] = (time.perf_counter() - t0, meter.stage())
         unet_config = UNetConfig(**HN_OAR_ARCH)
@@ -182,10 +192,20 @@ def run_config(series_dir: Path, config: str, threads: int, device: str) -> dict
             state = UNet3D(unet_config).state_dict()
             figures["weights"] = "random"
         precision: Precision = "fp32" if config.endswith("fp32") else "auto"
+        whole = config.endswith("whole") or settings.strategy == "whole_volume"
         predictor = Predictor(
-            state, unet_config, device=device, precision=precision, patch_size_zyx=(64, 128, 128)
+            state,
+            unet_config,
+            device=device,
+            precision=precision,
+            patch_size_zyx=prep.patch_size,
+            overlap=settings.overlap,
+            max_whole_volume_voxels=settings.max_whole_volume_voxels if whole else 0,
         )
         figures["precision"] = predictor.precision_name
+        figures["strategy"] = (
+            "whole volume" if whole else f"sliding window, overlap {settings.overlap}"
+        )
         figures["grid_zyx"] = list(prepared.array.shape)
         t0 = time.perf_counter()
         probs = predictor.predict_proba(prepared.array)
@@ -210,7 +230,7 @@ def main() -> int:
     parser.add_argument("--slices", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--configs", default="body,hn-oar bf16,hn-oar fp32")
+    parser.add_argument("--configs", default="body,hn-oar bf16,hn-oar bf16 whole,hn-oar fp32")
     parser.add_argument(
         "--child", nargs=2, metavar=("SERIES_DIR", "CONFIG"), help=argparse.SUPPRESS
     )
@@ -223,7 +243,7 @@ def main() -> int:
         write_ct(Path(tmp), args.slices)
         print(f"wrote 512 x 512 x {args.slices} CT in {time.perf_counter() - t0:.1f} s")
         print(f"torch threads {args.threads}, device {args.device}")
-        header = f"{'config':<14}{'stage':<13}{'time s':>8}{'peak RSS MB':>13}"
+        header = f"{'config':<19}{'stage':<13}{'time s':>8}{'peak RSS MB':>13}"
         print(header)
         for config in args.configs.split(","):
             proc = subprocess.run(
@@ -249,14 +269,14 @@ def main() -> int:
             for stage in ("load", "preprocess", "network", "postprocess", "total"):
                 if stage in figures:
                     sec, rss = figures[stage]
-                    print(f"{config:<14}{stage:<13}{sec:>8.2f}{rss / 2**20:>13.0f}")
+                    print(f"{config:<19}{stage:<13}{sec:>8.2f}{rss / 2**20:>13.0f}")
             extra = {
                 k: v
                 for k, v in figures.items()
                 if k not in ("load", "preprocess", "network", "postprocess", "total", "config")
             }
             extra["ru_maxrss_MB"] = round(int(extra.pop("ru_maxrss")) / 2**20)
-            print(f"{config:<14}{json.dumps(extra)}")
+            print(f"{config:<19}{json.dumps(extra)}")
     return 0
 
 

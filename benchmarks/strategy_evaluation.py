@@ -1,12 +1,14 @@
-"""Score hn-oar with sliding-window inference, the same way as the default whole-volume pass.
+"""Score a U-Net package with each inference strategy, the way ``contourd evaluate`` does.
 
-``precision_check.py`` showed that the two strategies give different labels.
-This script answers which one is closer to the clinical contours: it runs
-``training.evaluate.evaluate_model`` on the OpenKBP validation cases with
-the sliding window forced (``max_whole_volume_voxels=1``), in bf16 like the
-default, and prints the same table as ``contourd evaluate``.
+``precision_check.py`` showed that whole-volume and sliding-window inference
+give different labels. This script answers which one is closer to the
+clinical contours, and what the window overlap buys: it runs
+``training.evaluate.evaluate_model`` on the OpenKBP validation cases (blank
+CTs left out) with the package's card changed to the strategy asked for, in
+bf16 like the default, and prints the same table as ``contourd evaluate``.
 
-    python benchmarks/strategy_evaluation.py [--package model_store/builtin/hn-oar]
+    python benchmarks/strategy_evaluation.py [--package model_store/builtin/hn-oar] \\
+        [--strategy sliding_window|whole_volume] [--overlap 0.25]
 """
 
 from __future__ import annotations
@@ -24,11 +26,27 @@ VALIDATION = REPO.parent / "shared" / "data" / "openkbp" / "validation-pats"
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--package", type=Path, default=REPO / "model_store/builtin/hn-oar")
+    parser.add_argument(
+        "--strategy", choices=["sliding_window", "whole_volume"], default="sliding_window"
+    )
+    parser.add_argument("--overlap", type=float, default=None, help="default: the card's")
     args = parser.parse_args()
     model = load_package_model(args.package)
+    settings = model.card.inference.model_copy(update={"strategy": args.strategy})
+    if args.overlap is not None:
+        settings = settings.model_copy(update={"overlap": args.overlap})
+    model.card = model.card.model_copy(update={"inference": settings})
     t0 = time.perf_counter()
-    result = evaluate_model(model, VALIDATION, max_whole_volume_voxels=1)
-    print(f"sliding window (bf16), {len(result.cases)} cases in {time.perf_counter() - t0:.0f} s")
+    result = evaluate_model(model, VALIDATION)
+    label = (
+        "whole volume"
+        if settings.strategy == "whole_volume"
+        else f"sliding window, overlap {settings.overlap}"
+    )
+    print(
+        f"{model.card.name} {model.card.version}, {label} (bf16), "
+        f"{len(result.cases)} cases in {time.perf_counter() - t0:.0f} s"
+    )
     print(format_table(result))
     return 0
 
