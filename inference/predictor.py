@@ -16,6 +16,10 @@ Inference strategy (the card's ``inference`` section,
   the sliding window otherwise. Faster, but a network trained on patches
   scores lower on whole volumes (hn-oar 1.0.0: mean Dice 0.632 vs 0.686).
 
+With ``crop_to_foreground`` the network sees only the bounding box of the
+voxels above the input's minimum (after CT clipping: the patient and the
+couch) plus a margin; the rest of the output is background with probability 1.
+
 Precision: ``"auto"`` is bf16 autocast on a CPU with AVX512-BF16 or AMX, fp16
 autocast on CUDA (bf16 when the GPU supports it), fp32 otherwise.
 """
@@ -117,6 +121,27 @@ def _window_starts(size: int, patch: int, step: int) -> list[int]:
     return starts
 
 
+def foreground_box(image_zyx: np.ndarray, margin_voxels: int) -> tuple[slice, slice, slice] | None:
+    """Bounding box of the voxels above the image's minimum, grown by a margin.
+
+    Returns ``None`` when the box would be the whole image (nothing to crop)
+    or when every voxel equals the minimum (a blank input: the network runs on
+    all of it and the caller sees what it makes of that).
+    """
+    above = image_zyx > image_zyx.min()
+    if not above.any():
+        return None
+    box = []
+    for axis in range(3):
+        hits = np.flatnonzero(above.any(axis=tuple(a for a in range(3) if a != axis)))
+        start = max(int(hits[0]) - margin_voxels, 0)
+        stop = min(int(hits[-1]) + 1 + margin_voxels, image_zyx.shape[axis])
+        box.append(slice(start, stop))
+    if all(b.start == 0 and b.stop == n for b, n in zip(box, image_zyx.shape, strict=True)):
+        return None
+    return box[0], box[1], box[2]
+
+
 class Predictor:
     """A warm U-Net on one device.
 
@@ -139,6 +164,9 @@ class Predictor:
         (0: always the window).
     overlap
         Fraction of a patch shared by neighbouring windows (0 <= overlap < 1).
+    crop_to_foreground
+        Run the network only inside the box of voxels above the input's
+        minimum, grown by ``crop_margin_voxels`` (model-grid voxels).
     """
 
     def __init__(
@@ -152,6 +180,8 @@ class Predictor:
         patch_size_zyx: tuple[int, int, int] = (96, 96, 96),
         max_whole_volume_voxels: int = DEFAULT_MAX_WHOLE_VOLUME_VOXELS,
         overlap: float = 0.25,
+        crop_to_foreground: bool = False,
+        crop_margin_voxels: int = 4,
     ) -> None:
         if not 0 <= overlap < 1:
             raise InferenceError(f"overlap {overlap} must be in [0, 1)")
@@ -168,6 +198,8 @@ class Predictor:
             )
         self.max_whole_volume_voxels = int(max_whole_volume_voxels)
         self.overlap = float(overlap)
+        self.crop_to_foreground = bool(crop_to_foreground)
+        self.crop_margin_voxels = int(crop_margin_voxels)
         net = UNet3D(config)
         try:
             net.load_state_dict(dict(state_dict), strict=True)
@@ -190,6 +222,8 @@ class Predictor:
         kwargs.setdefault("patch_size_zyx", tuple(card.preprocessing.patch_size))
         settings = card.inference
         kwargs.setdefault("overlap", settings.overlap)
+        kwargs.setdefault("crop_to_foreground", settings.crop_to_foreground)
+        kwargs.setdefault("crop_margin_voxels", settings.crop_margin_voxels)
         kwargs.setdefault(
             "max_whole_volume_voxels",
             settings.max_whole_volume_voxels if settings.strategy == "whole_volume" else 0,
@@ -230,8 +264,16 @@ class Predictor:
         """
         if image_zyx.ndim != 3:
             raise InferenceError(f"input has shape {image_zyx.shape}; expected [z, y, x]")
+        image = np.asarray(image_zyx, dtype=np.float32)
+        box = foreground_box(image, self.crop_margin_voxels) if self.crop_to_foreground else None
         with self._lock, torch.inference_mode():
-            return self._predict(np.asarray(image_zyx, dtype=np.float32), force_sliding_window)
+            if box is None:
+                return self._predict(image, force_sliding_window)
+            inside = self._predict(np.ascontiguousarray(image[box]), force_sliding_window)
+        out = np.zeros((self.config.num_classes, *image.shape), dtype=np.float32)
+        out[0] = 1.0
+        out[(slice(None), *box)] = inside
+        return out
 
     def _predict(self, image: np.ndarray, force_window: bool) -> np.ndarray:
         shape = image.shape

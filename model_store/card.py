@@ -246,11 +246,21 @@ class InferenceSettings(StrictModel):
         0.25 costs about half the network time of nnU-Net's 0.5.
     max_whole_volume_voxels
         Largest padded input (voxels) that ``"whole_volume"`` runs in one pass.
+    crop_to_foreground
+        Run the network only inside the bounding box of the voxels above the
+        normalised input's minimum (for a clipped CT: everything denser than
+        ``min_hu``, i.e. the patient and the couch), grown by
+        ``crop_margin_voxels``; outside it every voxel is background. On a
+        head-and-neck CT this leaves a quarter of the windows.
+    crop_margin_voxels
+        Margin added on each side of that box, in model-grid voxels.
     """
 
     strategy: Literal["sliding_window", "whole_volume"] = "sliding_window"
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
     max_whole_volume_voxels: int = Field(default=160 * 160 * 160, ge=1)
+    crop_to_foreground: bool = True
+    crop_margin_voxels: int = Field(default=4, ge=0)
 
 
 class RoiPostprocessing(StrictModel):

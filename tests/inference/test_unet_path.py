@@ -60,6 +60,8 @@ def tiny_package(
 
 def test_unet_masks_come_back_on_the_whole_source_grid(tmp_path: Path) -> None:
     model = tiny_package(tmp_path / "m", bias=(0.0, 8.0, -8.0))
+    no_crop = model.card.inference.model_copy(update={"crop_to_foreground": False})
+    model.card = model.card.model_copy(update={"inference": no_crop})
     write_ct_series(tmp_path / "ct", patient_position="FFP", shape_zyx=(12, 48, 48))
     result = segment_series(tmp_path / "ct", model, device="cpu")
     assert [r.name for r in result.rois] == ["Blob"]
@@ -162,3 +164,34 @@ def test_card_inference_strategy_chooses_sliding_window_or_whole_volume(tmp_path
     assert _count_forward_passes(whole, image) == 1
     forced = Predictor.from_model(model, device="cpu", precision="fp32", max_whole_volume_voxels=1)
     assert _count_forward_passes(forced, image) == 18
+
+
+def test_foreground_box_grows_by_the_margin_and_stops_at_the_edges() -> None:
+    from inference.predictor import foreground_box
+
+    image = np.full((20, 30, 40), -1.0, dtype=np.float32)
+    image[5:8, 1:10, 30:38] = 0.3
+    assert foreground_box(image, 2) == (slice(3, 10), slice(0, 12), slice(28, 40))
+    assert foreground_box(np.full((4, 4, 4), -1.0, dtype=np.float32), 2) is None  # blank
+    image[0, 0, 0] = image[-1, -1, -1] = 0.0
+    assert foreground_box(image, 0) is None  # the box is the whole image: nothing to crop
+
+
+def test_crop_to_foreground_runs_the_network_on_the_patient_only(tmp_path: Path) -> None:
+    model = tiny_package(tmp_path)
+    image = np.full((24, 64, 64), -1.0, dtype=np.float32)  # air, as a clipped CT shows it
+    patient = np.random.default_rng(4).uniform(-0.5, 0.8, size=(20, 20, 24)).astype(np.float32)
+    image[2:22, 30:50, 10:34] = patient
+    cropped = Predictor.from_model(model, device="cpu", precision="fp32")
+    assert cropped.crop_to_foreground  # the card's default
+    full = Predictor.from_model(model, device="cpu", precision="fp32", crop_to_foreground=False)
+    assert _count_forward_passes(cropped, image) < _count_forward_passes(full, image)
+
+    probs = cropped.predict_proba(image)
+    box = (slice(0, 24), slice(26, 54), slice(6, 38))  # the patient + 4 voxels, clipped
+    outside = np.ones(image.shape, dtype=bool)
+    outside[box] = False
+    assert np.all(probs[0][outside] == 1.0) and np.all(probs[1:, outside] == 0.0)
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-4)
+    inside = full.predict_proba(np.ascontiguousarray(image[box]))
+    np.testing.assert_allclose(probs[(slice(None), *box)], inside, atol=1e-6)
