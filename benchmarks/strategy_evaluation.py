@@ -8,7 +8,7 @@ CTs left out) with the package's card changed to the strategy asked for, in
 bf16 like the default, and prints the same table as ``contourd evaluate``.
 
     python benchmarks/strategy_evaluation.py [--package model_store/builtin/hn-oar] \\
-        [--strategy sliding_window|whole_volume] [--overlap 0.25]
+        [--strategy sliding_window|whole_volume] [--overlap 0.25] [--no-crop]
 """
 
 from __future__ import annotations
@@ -30,11 +30,16 @@ def main() -> int:
         "--strategy", choices=["sliding_window", "whole_volume"], default="sliding_window"
     )
     parser.add_argument("--overlap", type=float, default=None, help="default: the card's")
+    parser.add_argument(
+        "--no-crop", action="store_true", help="run the network on the whole grid, not the patient"
+    )
     args = parser.parse_args()
     model = load_package_model(args.package)
     settings = model.card.inference.model_copy(update={"strategy": args.strategy})
     if args.overlap is not None:
         settings = settings.model_copy(update={"overlap": args.overlap})
+    if args.no_crop:
+        settings = settings.model_copy(update={"crop_to_foreground": False})
     model.card = model.card.model_copy(update={"inference": settings})
     t0 = time.perf_counter()
     result = evaluate_model(model, VALIDATION)
@@ -42,7 +47,7 @@ def main() -> int:
         "whole volume"
         if settings.strategy == "whole_volume"
         else f"sliding window, overlap {settings.overlap}"
-    )
+    ) + (", cropped to the patient" if settings.crop_to_foreground else ", whole grid")
     print(
         f"{model.card.name} {model.card.version}, {label} (bf16), "
         f"{len(result.cases)} cases in {time.perf_counter() - t0:.0f} s"
