@@ -2,50 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
 import pytest
+from peer_tools import free_port as free_port
+from peer_tools import require_tool as require_tool
+from peer_tools import wait_for as wait_for
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def wait_for(condition: Callable[[], object], timeout_s: float, message: str) -> object:
-    """Poll ``condition`` until it returns something truthy or the deadline passes."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s: {message}")
-        time.sleep(0.05)
-
-
-def free_port() -> int:
-    """A TCP port on loopback that the OS says is free now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def require_tool(name: str, package: str) -> str:
-    """Path of a Debian tool; skip (fail under CI=true) when it is missing."""
-    path = shutil.which(name)
-    if path is None:
-        reason = f"needs {package}: apt-get install {package}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
 
 
 @dataclass

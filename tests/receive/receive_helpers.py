@@ -7,59 +7,21 @@ more; DCMTK tools skip the test when missing (fail under ``CI=true``).
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pytest
+from peer_tools import SHARED_DATA as SHARED_DATA
+from peer_tools import free_port as free_port
+from peer_tools import require_shared as require_shared
+from peer_tools import require_tool as require_tool
+from peer_tools import wait_for as wait_for
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-
-
-def wait_for(condition: Callable[[], object], timeout_s: float, message: str) -> object:
-    """Poll ``condition`` until truthy; fail with ``message`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s: {message}")
-        time.sleep(0.05)
-
-
-def free_port() -> int:
-    """A loopback TCP port that is free now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def require_tool(name: str, package: str) -> str:
-    """Path of a Debian tool; skip when missing, fail when ``CI=true``."""
-    path = shutil.which(name)
-    if path is None:
-        reason = f"needs {package}: apt-get install {package}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
-
-
-def require_shared(*parts: str) -> Path:
-    """A path under ../shared/data, or skip with the reason."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"needs ../shared/data ({path} is missing)")
-    return path
 
 
 def make_ct_series(

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
+from peer_tools import wait_for as wait_for
 
 from daemon.config import ContourdConfig, load_config_text
 from routing.rules import Rule
@@ -52,15 +50,3 @@ def make_rule(name: str = "r", **values: Any) -> Rule:
 def config_from(text: str) -> ContourdConfig:
     """Validate config YAML text (no file)."""
     return load_config_text(text, source="test.yaml")
-
-
-def wait_for(condition: Callable[[], object], timeout_s: float, message: str) -> object:
-    """Poll ``condition`` until truthy or fail after ``timeout_s`` seconds."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {message}")
-        time.sleep(0.02)

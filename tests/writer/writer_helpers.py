@@ -2,40 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk  # noqa: N813
+from peer_tools import SHARED_DATA as SHARED_DATA
+from peer_tools import require_shared as require_shared
+from peer_tools import require_tool as require_tool
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-#: ../shared/data relative to the repository root (absent in a user's checkout).
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 SMALL_SHAPE_ZYX = (12, 64, 64)
 SMALL_SPACING_MM = (3.0, 3.0, 2.5)
-
-
-def require_tool(executable: str, apt_package: str) -> str:
-    """Path of a Debian tool; skip without it, except in CI where it must exist."""
-    path = shutil.which(executable)
-    if path is None:
-        message = f"needs {executable}: apt-get install {apt_package}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-def require_shared(relative: str) -> Path:
-    """A path under ../shared/data; skip with the reason when absent."""
-    path = SHARED_DATA / relative
-    if not path.exists():
-        pytest.skip(f"needs ../shared/data/{relative} (shared test data not checked out)")
-    return path
 
 
 def run_plastimatch(
