@@ -8,7 +8,7 @@ CTs left out) with the package's card changed to the strategy asked for, in
 bf16 like the default, and prints the same table as ``contourd evaluate``.
 
     python benchmarks/strategy_evaluation.py [--package model_store/builtin/hn-oar] \\
-        [--strategy sliding_window|whole_volume] [--overlap 0.25] [--no-crop]
+        [--strategy sliding_window|whole_volume] [--overlap 0.25] [--no-crop] [--mirror]
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ def main() -> int:
     parser.add_argument(
         "--no-crop", action="store_true", help="run the network on the whole grid, not the patient"
     )
+    parser.add_argument(
+        "--mirror", action="store_true", help="add left-right mirror test-time augmentation"
+    )
     args = parser.parse_args()
     model = load_package_model(args.package)
     settings = model.card.inference.model_copy(update={"strategy": args.strategy})
@@ -40,6 +43,8 @@ def main() -> int:
         settings = settings.model_copy(update={"overlap": args.overlap})
     if args.no_crop:
         settings = settings.model_copy(update={"crop_to_foreground": False})
+    if args.mirror:
+        settings = settings.model_copy(update={"mirror_left_right": True})
     model.card = model.card.model_copy(update={"inference": settings})
     t0 = time.perf_counter()
     result = evaluate_model(model, VALIDATION)
@@ -48,6 +53,8 @@ def main() -> int:
         if settings.strategy == "whole_volume"
         else f"sliding window, overlap {settings.overlap}"
     ) + (", cropped to the patient" if settings.crop_to_foreground else ", whole grid")
+    if settings.mirror_left_right:
+        label += ", left-right mirror TTA"
     print(
         f"{model.card.name} {model.card.version}, {label} (bf16), "
         f"{len(result.cases)} cases in {time.perf_counter() - t0:.0f} s"

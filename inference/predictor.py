@@ -167,6 +167,11 @@ class Predictor:
     crop_to_foreground
         Run the network only inside the box of voxels above the input's
         minimum, grown by ``crop_margin_voxels`` (model-grid voxels).
+    mirror_class_order
+        When given, mirror test-time augmentation: the input is also run
+        mirrored along x (patient left-right), the output mirrored back, its
+        classes reordered by this permutation (left/right pairs swapped) and
+        averaged with the plain output.
     """
 
     def __init__(
@@ -182,6 +187,7 @@ class Predictor:
         overlap: float = 0.25,
         crop_to_foreground: bool = False,
         crop_margin_voxels: int = 4,
+        mirror_class_order: list[int] | None = None,
     ) -> None:
         if not 0 <= overlap < 1:
             raise InferenceError(f"overlap {overlap} must be in [0, 1)")
@@ -200,6 +206,14 @@ class Predictor:
         self.overlap = float(overlap)
         self.crop_to_foreground = bool(crop_to_foreground)
         self.crop_margin_voxels = int(crop_margin_voxels)
+        if mirror_class_order is not None and sorted(mirror_class_order) != list(
+            range(config.num_classes)
+        ):
+            raise InferenceError(
+                f"mirror class order {mirror_class_order} is not a permutation of the "
+                f"{config.num_classes} classes; fix the card's ROI labels and laterality"
+            )
+        self.mirror_class_order = mirror_class_order
         net = UNet3D(config)
         try:
             net.load_state_dict(dict(state_dict), strict=True)
@@ -224,6 +238,8 @@ class Predictor:
         kwargs.setdefault("overlap", settings.overlap)
         kwargs.setdefault("crop_to_foreground", settings.crop_to_foreground)
         kwargs.setdefault("crop_margin_voxels", settings.crop_margin_voxels)
+        if settings.mirror_left_right:
+            kwargs.setdefault("mirror_class_order", card.mirror_class_order())
         kwargs.setdefault(
             "max_whole_volume_voxels",
             settings.max_whole_volume_voxels if settings.strategy == "whole_volume" else 0,
@@ -276,6 +292,15 @@ class Predictor:
         return out
 
     def _predict(self, image: np.ndarray, force_window: bool) -> np.ndarray:
+        probs = self._predict_once(image, force_window)
+        if self.mirror_class_order is None:
+            return probs
+        mirrored = self._predict_once(np.ascontiguousarray(image[:, :, ::-1]), force_window)
+        probs += mirrored[self.mirror_class_order][:, :, :, ::-1]
+        probs *= 0.5
+        return probs
+
+    def _predict_once(self, image: np.ndarray, force_window: bool) -> np.ndarray:
         shape = image.shape
         div = self.config.size_divisor
         padded = tuple(int(-(-s // div) * div) for s in shape)

@@ -254,6 +254,12 @@ class InferenceSettings(StrictModel):
         head-and-neck CT this leaves a quarter of the windows.
     crop_margin_voxels
         Margin added on each side of that box, in model-grid voxels.
+    mirror_left_right
+        Test-time augmentation: also run the network on the input mirrored
+        along the patient's left-right axis (model-grid x), mirror that
+        output back, swap the classes of each left/right ROI pair (ROIs with
+        ``laterality`` whose names differ only in L/R, e.g. Parotid_L and
+        Parotid_R) and average the two. Doubles the network time.
     """
 
     strategy: Literal["sliding_window", "whole_volume"] = "sliding_window"
@@ -261,6 +267,7 @@ class InferenceSettings(StrictModel):
     max_whole_volume_voxels: int = Field(default=160 * 160 * 160, ge=1)
     crop_to_foreground: bool = True
     crop_margin_voxels: int = Field(default=4, ge=0)
+    mirror_left_right: bool = False
 
 
 class RoiPostprocessing(StrictModel):
@@ -421,6 +428,31 @@ class ModelCard(StrictModel):
     def postprocessing_for(self, label: int) -> RoiPostprocessing:
         """Post-processing of ROI ``label`` (defaults: no clean-up)."""
         return self.postprocessing.get(label, RoiPostprocessing())
+
+    def mirror_class_order(self) -> list[int]:
+        """Class index -> the class it becomes when the patient is mirrored left-right.
+
+        Index 0 is background. ROIs with ``laterality`` are paired by name
+        (``Parotid_L`` with ``Parotid_R``: the names with the laterality
+        letter removed are equal); every other class maps to itself.
+        """
+        order = list(range(max(r.label for r in self.rois) + 1))
+
+        def stem(roi: RoiSpec) -> str:
+            name = roi.name.lower()
+            for mark in ("_l", "_r", " l", " r"):
+                if name.endswith(mark):
+                    return name[: -len(mark)]
+            for mark in ("l_", "r_"):
+                if name.startswith(mark):
+                    return name[len(mark) :]
+            return name
+
+        left = {stem(r): r.label for r in self.rois if r.laterality == "L"}
+        for roi in self.rois:
+            if roi.laterality == "R" and stem(roi) in left:
+                order[roi.label], order[left[stem(roi)]] = left[stem(roi)], roi.label
+        return order
 
     def roi(self, label: int) -> RoiSpec:
         """The ROI with ``label``; raises KeyError when there is none."""

@@ -195,3 +195,31 @@ def test_crop_to_foreground_runs_the_network_on_the_patient_only(tmp_path: Path)
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-4)
     inside = full.predict_proba(np.ascontiguousarray(image[box]))
     np.testing.assert_allclose(probs[(slice(None), *box)], inside, atol=1e-6)
+
+
+def test_mirror_class_order_swaps_left_right_pairs_only(tmp_path: Path) -> None:
+    card = tiny_card(("Parotid_L", "Parotid_R"))
+    rois = [
+        card.rois[0].model_copy(update={"laterality": "L"}),
+        card.rois[1].model_copy(update={"laterality": "R"}),
+    ]
+    assert card.model_copy(update={"rois": rois}).mirror_class_order() == [0, 2, 1]
+    assert card.mirror_class_order() == [0, 1, 2]  # no laterality: nothing to swap
+
+
+def test_mirror_test_time_augmentation_averages_the_mirrored_and_swapped_output(
+    tmp_path: Path,
+) -> None:
+    model = tiny_package(tmp_path)
+    image = np.random.default_rng(5).normal(size=(16, 24, 24)).astype(np.float32)
+    plain = Predictor.from_model(model, device="cpu", precision="fp32")
+    swapped = Predictor.from_model(
+        model, device="cpu", precision="fp32", mirror_class_order=[0, 2, 1]
+    )
+    expected = 0.5 * (
+        plain.predict_proba(image)
+        + plain.predict_proba(np.ascontiguousarray(image[:, :, ::-1]))[[0, 2, 1]][:, :, :, ::-1]
+    )
+    np.testing.assert_allclose(swapped.predict_proba(image), expected, atol=1e-5)
+    with pytest.raises(Exception, match="not a permutation"):
+        Predictor.from_model(model, device="cpu", mirror_class_order=[0, 1, 1])
