@@ -11,8 +11,8 @@ next):
 
 - ``body``: the built-in classical body model;
 - ``hn-oar bf16``: the built-in hn-oar package as the worker runs it: its
-  card's preprocessing, patch and inference strategy (sliding window, 0.25
-  overlap, by default), precision auto (bf16 autocast on CPUs with
+  card's preprocessing, patch and inference settings (sliding window, 0.25
+  overlap, cropped to the patient, by default), precision auto (bf16 autocast on CPUs with
   AVX512-BF16); random weights of the same architecture when the package is
   missing;
 - ``hn-oar bf16 whole``: the same with one whole-volume pass (the faster,
@@ -169,6 +169,7 @@ def run_config(series_dir: Path, config: str, threads: int, device: str) -> dict
     else:
         builtin = REPO / "model_store" / "builtin" / "hn-oar"
         settings = InferenceSettings()
+        card_mirror_order: list[int] | None = None
         prep = Preprocessing(
             spacing_mm=(4.0, 4.0, 2.5),
             normalization=CtClipScale(min_hu=-500, max_hu=500),
@@ -178,6 +179,7 @@ def run_config(series_dir: Path, config: str, threads: int, device: str) -> dict
             card = ModelCard.model_validate(yaml.safe_load((builtin / "model.yaml").read_text()))
             assert card.preprocessing is not None
             prep, settings = card.preprocessing, card.inference
+            card_mirror_order = card.mirror_class_order()
         t0 = time.perf_counter()
         prepared = preprocess(volume, prep)
         figures["preprocess"] = (time.perf_counter() - t0, meter.stage())
@@ -201,10 +203,15 @@ def run_config(series_dir: Path, config: str, threads: int, device: str) -> dict
             patch_size_zyx=prep.patch_size,
             overlap=settings.overlap,
             max_whole_volume_voxels=settings.max_whole_volume_voxels if whole else 0,
+            crop_to_foreground=settings.crop_to_foreground,
+            crop_margin_voxels=settings.crop_margin_voxels,
+            mirror_class_order=card_mirror_order if settings.mirror_left_right else None,
         )
         figures["precision"] = predictor.precision_name
         figures["strategy"] = (
-            "whole volume" if whole else f"sliding window, overlap {settings.overlap}"
+            ("whole volume" if whole else f"sliding window, overlap {settings.overlap}")
+            + (", cropped to the patient" if settings.crop_to_foreground else "")
+            + (", mirror TTA" if settings.mirror_left_right else "")
         )
         figures["grid_zyx"] = list(prepared.array.shape)
         t0 = time.perf_counter()

@@ -90,10 +90,20 @@ def default_roi_specs(roi_names: Sequence[str]) -> list[RoiSpec]:
     return specs
 
 
-def _resolve_weights(source: Path) -> tuple[Path, Path | None]:
-    """(weights file, run folder or None) for a run folder or a weights file."""
+def _resolve_weights(source: Path, checkpoint: str = "best") -> tuple[Path, Path | None]:
+    """(weights file, run folder or None) for a run folder or a weights file.
+
+    In a run folder, ``checkpoint="best"`` takes ``best.safetensors`` (lowest
+    validation loss; the last checkpoint when there is none) and ``"last"``
+    takes ``checkpoint.safetensors`` (the weights the run ended with).
+    """
+    if checkpoint not in ("best", "last"):
+        raise TrainingError(f"checkpoint {checkpoint!r} must be 'best' or 'last'")
     if source.is_dir():
-        for name in ("best.safetensors", "checkpoint.safetensors"):
+        names: tuple[str, ...] = ("best.safetensors", "checkpoint.safetensors")
+        if checkpoint == "last":
+            names = ("checkpoint.safetensors",)
+        for name in names:
             if (source / name).is_file():
                 return source / name, source
         raise TrainingError(
@@ -174,6 +184,7 @@ def training_summary_from_run(
     validation_cases: int,
     dataset: str,
     notes: str = "",
+    checkpoint: str = "best",
 ) -> TrainingSummary:
     """Counts, dates and settings of a run (no identifiers)."""
     finished: dt.date | None = None
@@ -198,7 +209,11 @@ def training_summary_from_run(
         f"{list(config.spacing_mm)} mm, U-Net base {config.base_channels} channels, "
         f"{config.levels} levels, Dice+CE with partial labels, seed {config.seed}"
     )
-    if best is not None:
+    if checkpoint == "last" and history:
+        recipe += f"; the final weights, step {steps}"
+        if best is not None:
+            recipe += f" (lowest validation loss was at step {int(best['step'])})"
+    elif best is not None:
         recipe += f"; weights of step {int(best['step'])} (lowest validation loss "
         recipe += f"{float(best['val_loss']):.4f})"
     return TrainingSummary(
@@ -310,6 +325,7 @@ def export_package(
     fp16_agreement_result: Mapping[str, float] | None = None,
     loss_curve_dest: Path | None = None,
     overwrite: bool = False,
+    checkpoint: str = "best",
 ) -> Path:
     """Write a model package folder and check it like an import would.
 
@@ -343,6 +359,9 @@ def export_package(
         Where to copy the run's ``loss_curve.png`` (outside the package).
     overwrite
         Replace an existing ``out_dir``.
+    checkpoint
+        From a run folder: ``"best"`` (lowest validation loss) or ``"last"``
+        (the weights the run ended with).
 
     Returns
     -------
@@ -356,7 +375,7 @@ def export_package(
     ModelPackageError
         When the written package fails the import checks.
     """
-    weights_path, run_dir = _resolve_weights(source)
+    weights_path, run_dir = _resolve_weights(source, checkpoint)
     state = load_model_weights(weights_path)
     unet = config.unet_config()
     card_rois = list(rois) if rois is not None else default_roi_specs(config.roi_names)
@@ -390,7 +409,9 @@ def export_package(
             r.label: RoiPostprocessing(largest_component=largest_component) for r in card_rois
         },
         training=training
-        or training_summary_from_run(config, run_dir, cases=0, validation_cases=0, dataset=""),
+        or training_summary_from_run(
+            config, run_dir, cases=0, validation_cases=0, dataset="", checkpoint=checkpoint
+        ),
         evaluation=evaluation,
     )
     if out_dir.exists():
@@ -462,6 +483,7 @@ def package_run(
     report_dir: Path | None = None,
     notes: str = "",
     fp16_check_cases: int = 4,
+    checkpoint: str = "best",
     **card_fields: Any,
 ) -> Path:
     """Export a run, evaluate the package as shipped, and write the card with the results.
@@ -476,7 +498,7 @@ def package_run(
     """
     from training.evaluate import evaluate_model, format_table, load_package_model, write_report
 
-    weights_path, _ = _resolve_weights(run_dir)
+    weights_path, _ = _resolve_weights(run_dir, checkpoint)
     agreement = (
         fp16_agreement(load_model_weights(weights_path), config, validation[:fp16_check_cases])
         if validation
@@ -484,11 +506,11 @@ def package_run(
     )
     summary = training_summary_from_run(
         config, run_dir, cases=train_cases, validation_cases=len(validation), dataset=dataset,
-        notes=notes,
+        notes=notes, checkpoint=checkpoint,
     )  # fmt: skip
     common: dict[str, Any] = dict(
         name=name, version=version, description=description, training=summary,
-        fp16_agreement_result=agreement, overwrite=True, **card_fields,
+        fp16_agreement_result=agreement, overwrite=True, checkpoint=checkpoint, **card_fields,
     )  # fmt: skip
     export_package(run_dir, config, out_dir, **common)
     if evaluate_dir is None:
@@ -528,6 +550,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=None, help="evaluation report folder")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--checkpoint",
+        choices=["best", "last"],
+        default="best",
+        help="best: lowest validation loss (default); last: the weights the run ended with",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = load_training_config(args.config)
@@ -541,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluate_dir=config.validation_dir,
         evaluate_case_ids=[c.case_id for c in val] if same else None,
         device=args.device, num_threads=args.threads, report_dir=args.report, notes=args.notes,
+        checkpoint=args.checkpoint,
     )  # fmt: skip
     return 0
 
