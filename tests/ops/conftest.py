@@ -224,9 +224,14 @@ def storescu_push(port: int, files: list[Path], calling_ae: str = "SCANNER") -> 
 
 
 def node_config_file(
-    tmp_path: Path, tps_port: int, *, max_attempts: int = 20, workers: int = 1
+    tmp_path: Path,
+    tps_port: int,
+    *,
+    max_attempts: int = 20,
+    workers: int = 1,
+    outputs: tuple[str, ...] = ("rtstruct",),
 ) -> Path:
-    """A config for an end-to-end node: CT -> body model -> storescp 'tps'."""
+    """A config for an end-to-end node: CT -> body model -> ``outputs`` -> storescp 'tps'."""
     import yaml
 
     path = tmp_path / "contourd.yaml"
@@ -252,6 +257,7 @@ def node_config_file(
                         "match": {"modality": "CT"},
                         "model": "body",
                         "send_to": ["tps"],
+                        "outputs": list(outputs),
                     }
                 ],
             }

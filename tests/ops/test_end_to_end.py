@@ -80,6 +80,39 @@ def test_pushed_ct_comes_back_as_an_rtstruct_referencing_its_images(
     assert node.stop() == 0
 
 
+def test_rule_asking_for_rtstruct_and_seg_sends_both_through_the_worker(tmp_path: Path) -> None:
+    require_tool("storescu", "dcmtk")
+    tps = StoreScp(tmp_path / "tps")
+    config = node_config_file(tmp_path, tps.port, outputs=("rtstruct", "seg"))
+    approve_body_model(tmp_path / "data")
+    node = RunningNode(config, tmp_path / "data")
+    try:
+        tps.start()
+        node.start()
+        series = make_phantom_series(tmp_path / "ct", shape_zyx=(12, 64, 64))
+        storescu_push(node.port, series.paths)
+        received = wait_for(
+            lambda: len(tps.received()) >= 2 and tps.received(),
+            60,
+            f"RTSTRUCT and SEG at the TPS; log: {node.log_text()[-3000:]}",
+        )
+        by_modality = {ds.Modality: ds for ds in received}
+        assert sorted(by_modality) == ["RTSTRUCT", "SEG"], sorted(by_modality)
+        seg = by_modality["SEG"]
+        assert seg.StudyInstanceUID == series.headers[0].StudyInstanceUID
+        assert seg.FrameOfReferenceUID == series.headers[0].FrameOfReferenceUID
+        assert [s.SegmentLabel for s in seg.SegmentSequence] == ["BODY"]
+        referenced = {
+            r.ReferencedSOPInstanceUID
+            for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+        }
+        assert referenced == {h.SOPInstanceUID for h in series.headers}
+        assert int(seg.NumberOfFrames) >= 1
+    finally:
+        node.stop()
+        tps.stop()
+
+
 def test_result_arrives_after_the_tps_comes_up_without_duplicates(
     tmp_path: Path, node_setup
 ) -> None:
