@@ -43,8 +43,13 @@ HN_OAR_ARCH = {"num_classes": 8, "base_channels": 16, "levels": 4}
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def write_ct(out_dir: Path, slices: int) -> None:
-    """A 512 x 512 x ``slices`` CT of an elliptic 'patient' with lungs and spine on a couch."""
+def write_ct(out_dir: Path, slices: int, body_mm: tuple[float, float] = (340.0, 240.0)) -> None:
+    """A 512 x 512 x ``slices`` CT of an elliptic 'patient' on a couch.
+
+    ``body_mm`` is the ellipse's width (patient left-right) and depth
+    (anterior-posterior) in mm: the default is torso-sized, with lungs and a
+    spine; 160 x 200 is head-sized (the lungs then fall outside the body).
+    """
     import numpy as np
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -58,7 +63,7 @@ def write_ct(out_dir: Path, slices: int) -> None:
     for k in range(slices):
         z = k * 2.5
         hu = np.full((512, 512), -1000.0)
-        body = (x / 170) ** 2 + (y / 120) ** 2 <= 1
+        body = (x / (body_mm[0] / 2)) ** 2 + (y / (body_mm[1] / 2)) ** 2 <= 1
         hu[body] = 40
         hu[body & (((x - 70) / 50) ** 2 + (y / 60) ** 2 <= 1)] = -850
         hu[body & (((x + 70) / 50) ** 2 + (y / 60) ** 2 <= 1)] = -850
@@ -239,6 +244,11 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--configs", default="body,hn-oar bf16,hn-oar bf16 whole,hn-oar fp32")
     parser.add_argument(
+        "--body-mm",
+        default="340x240",
+        help="phantom width x depth in mm (340x240 torso, the default; 160x200 head)",
+    )
+    parser.add_argument(
         "--child", nargs=2, metavar=("SERIES_DIR", "CONFIG"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
@@ -247,8 +257,12 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        write_ct(Path(tmp), args.slices)
-        print(f"wrote 512 x 512 x {args.slices} CT in {time.perf_counter() - t0:.1f} s")
+        width_mm, depth_mm = (float(v) for v in args.body_mm.split("x"))
+        write_ct(Path(tmp), args.slices, (width_mm, depth_mm))
+        print(
+            f"wrote 512 x 512 x {args.slices} CT (patient {width_mm:.0f} x {depth_mm:.0f} mm) "
+            f"in {time.perf_counter() - t0:.1f} s"
+        )
         print(f"torch threads {args.threads}, device {args.device}")
         header = f"{'config':<19}{'stage':<13}{'time s':>8}{'peak RSS MB':>13}"
         print(header)
