@@ -10,6 +10,8 @@ Metrics are read from the database at scrape time, so figures from the
 worker processes (a separate process) are included without any shared memory:
 
 - ``contourd_instances_received_total`` instances in the spool table
+- ``contourd_series_receiving`` series still arriving (not complete yet, so
+  no job exists for them)
 - ``contourd_jobs`` (gauge, label ``state``) jobs by state
 - ``contourd_queue_length`` jobs not finished yet
 - ``contourd_stage_latency_seconds`` (histogram, label ``stage``) seconds
@@ -95,6 +97,19 @@ def instances_received(db_path: Path) -> int:
     return int(row[0]) if row else 0
 
 
+def series_receiving(db_path: Path) -> int:
+    """Series whose newest version is still arriving (``receiving``; no job yet)."""
+    try:
+        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as conn:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM series s WHERE s.state = 'receiving' AND s.version = "
+                "(SELECT MAX(version) FROM series m WHERE m.series_uid = s.series_uid)"
+            ).fetchone()
+    except sqlite3.Error:
+        return 0
+    return int(row[0]) if row else 0
+
+
 def collect_status(queue: SqliteJobQueue) -> dict[str, Any]:
     """What ``contourd status`` and ``/healthz`` report (no patient data)."""
     data_dir = queue.data_dir
@@ -111,6 +126,7 @@ def collect_status(queue: SqliteJobQueue) -> dict[str, Any]:
         "disk_free_mb": round(usage.free / 2**20, 1),
         "disk_total_mb": round(usage.total / 2**20, 1),
         "instances_received": instances_received(queue.db_path),
+        "series_receiving": series_receiving(queue.db_path),
         "last_error": None
         if last is None
         else {"job_id": last[0], "error": last[1], "at": last[2]},
@@ -134,6 +150,11 @@ class QueueCollector(Collector):
         )
         received.add_metric([], float(instances_received(self.queue.db_path)))
         yield received
+        receiving = GaugeMetricFamily(
+            "contourd_series_receiving", "Series still arriving (no job until they complete)"
+        )
+        receiving.add_metric([], float(series_receiving(self.queue.db_path)))
+        yield receiving
         counts = self.queue.counts_by_state()
         jobs = GaugeMetricFamily("contourd_jobs", "Jobs by state", labels=["state"])
         for state, n in sorted(counts.items()):

@@ -44,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"queue:       {status['queue_length']} job(s) not finished")
     busy = {k: v for k, v in status["jobs_by_state"].items() if v}
     print(f"jobs:        {', '.join(f'{k}={v}' for k, v in busy.items()) or 'none'}")
-    print(f"received:    {status['instances_received']} instance(s)")
+    print(
+        f"received:    {status['instances_received']} instance(s); "
+        f"{status['series_receiving']} series still arriving"
+    )
     print(
         f"disk free:   {status['disk_free_mb']:.0f} MiB of {status['disk_total_mb']:.0f} MiB "
         f"(floor {config.node.min_free_disk_mb} MiB)"

@@ -77,6 +77,40 @@ def test_metrics_report_jobs_by_state_and_stage_latencies(tmp_path: Path) -> Non
     assert "contourd_instances_received_total 0.0" in text
 
 
+def test_series_still_arriving_are_counted_in_status_and_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from daemon.instance_db import DB_FILENAME, InstanceDB
+
+    config = _config(tmp_path)
+    queue = SqliteJobQueue(tmp_path / "data")
+    db = InstanceDB(tmp_path / "data" / DB_FILENAME)
+    for n, series_uid in enumerate(["1.2.3.1", "1.2.3.2", "1.2.3.3"]):
+        db.record_instance(
+            {"sop_instance_uid": f"1.2.3.9.{n}", "series_uid": series_uid, "path": f"x{n}.dcm"},
+            {"series_uid": series_uid, "version": 1, "state": "receiving", "handed_off": 0},
+        )
+    db.mark_complete("1.2.3.3", 1, completed_at="2026-11-29T00:00:00Z", reason="quiet_period")
+    # A new version of a completed series that is arriving counts once.
+    db.mark_complete("1.2.3.1", 1, completed_at="2026-11-29T00:00:00Z", reason="quiet_period")
+    db.record_instance(
+        {"sop_instance_uid": "1.2.3.9.9", "series_uid": "1.2.3.1", "path": "y.dcm"},
+        {"series_uid": "1.2.3.1", "version": 2, "state": "receiving", "handed_off": 0},
+    )
+    db.close()
+    server = HealthServer(queue, port=0).start()
+    try:
+        text = _get(f"http://127.0.0.1:{server.port}/metrics")[1].decode()
+    finally:
+        server.stop()
+    assert "contourd_series_receiving 2.0" in text
+    capsys.readouterr()
+    main(["status", "-c", str(config)])
+    assert "2 series still arriving" in capsys.readouterr().out
+    main(["status", "-c", str(config), "--json"])
+    assert json.loads(capsys.readouterr().out)["series_receiving"] == 2
+
+
 def test_healthz_is_503_when_a_node_check_fails(tmp_path: Path) -> None:
     queue = SqliteJobQueue(tmp_path / "data")
     checks = {"healthy": True, "worker_alive": True}
