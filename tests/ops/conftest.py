@@ -78,8 +78,20 @@ class StoreScp:
         self.proc = None
 
     def received(self) -> list[pydicom.Dataset]:
-        """Every file storescp has written so far, fully read."""
-        return [pydicom.dcmread(p) for p in sorted(self.out_dir.iterdir()) if p.is_file()]
+        """Every file storescp has finished writing so far, fully read.
+
+        storescp writes straight to the final file name, so a file that is
+        still being written does not parse yet; it is left for the next call.
+        """
+        done = []
+        for path in sorted(self.out_dir.iterdir()):
+            if not path.is_file():
+                continue
+            try:
+                done.append(pydicom.dcmread(path))
+            except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError):
+                continue
+        return done
 
     def __enter__(self) -> StoreScp:
         return self.start()
