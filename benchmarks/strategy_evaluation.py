@@ -1,6 +1,8 @@
 """Score a U-Net package with each inference strategy, the way ``contourd evaluate`` does.
 
-``precision_check.py`` showed that whole-volume and sliding-window inference
+The same as ``contourd evaluate --strategy/--overlap/--no-crop/--mirror`` on
+the OpenKBP validation folder. ``precision_check.py`` showed that
+whole-volume and sliding-window inference
 give different labels. This script answers which one is closer to the
 clinical contours, and what the window overlap buys: it runs
 ``training.evaluate.evaluate_model`` on the OpenKBP validation cases (blank
@@ -17,6 +19,7 @@ import argparse
 import time
 from pathlib import Path
 
+from daemon.cli.evaluate import describe_inference, with_inference_overrides
 from training.evaluate import evaluate_model, format_table, load_package_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,26 +40,11 @@ def main() -> int:
         "--mirror", action="store_true", help="add left-right mirror test-time augmentation"
     )
     args = parser.parse_args()
-    model = load_package_model(args.package)
-    settings = model.card.inference.model_copy(update={"strategy": args.strategy})
-    if args.overlap is not None:
-        settings = settings.model_copy(update={"overlap": args.overlap})
-    if args.no_crop:
-        settings = settings.model_copy(update={"crop_to_foreground": False})
-    if args.mirror:
-        settings = settings.model_copy(update={"mirror_left_right": True})
-    model.card = model.card.model_copy(update={"inference": settings})
+    model = with_inference_overrides(load_package_model(args.package), args)
     t0 = time.perf_counter()
     result = evaluate_model(model, VALIDATION)
-    label = (
-        "whole volume"
-        if settings.strategy == "whole_volume"
-        else f"sliding window, overlap {settings.overlap}"
-    ) + (", cropped to the patient" if settings.crop_to_foreground else ", whole grid")
-    if settings.mirror_left_right:
-        label += ", left-right mirror TTA"
     print(
-        f"{model.card.name} {model.card.version}, {label} (bf16), "
+        f"{model.card.name} {model.card.version}, {describe_inference(model.card)} (bf16), "
         f"{len(result.cases)} cases in {time.perf_counter() - t0:.0f} s"
     )
     print(format_table(result))

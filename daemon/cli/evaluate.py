@@ -6,12 +6,15 @@ package folder/zip path) over a NIfTI or DICOM dataset exactly as the
 pipeline would, compares its masks with the reference on each case's
 original grid, and prints per-organ Dice, HD95, mean surface distance and
 surface Dice (median [IQR]). ``--report`` writes Markdown + HTML with box
-plots and contour overlays.
+plots and contour overlays. ``--strategy``, ``--overlap``, ``--no-crop`` and
+``--mirror`` override the card's inference settings for this evaluation only
+(to compare them while commissioning; the card decides in clinical use).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -19,6 +22,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from contourd.errors import InferenceError
 from daemon.config import load_config
 from model_store.registry import ModelRegistry
 from training.evaluate import evaluate_model, format_table, load_package_model, write_report
@@ -50,6 +54,19 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:n]")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--strategy",
+        choices=["sliding_window", "whole_volume"],
+        default=None,
+        help="override the card's inference strategy for this evaluation",
+    )
+    parser.add_argument("--overlap", type=float, default=None, help="override the window overlap")
+    parser.add_argument(
+        "--no-crop", action="store_true", help="run the network on the whole grid, not the patient"
+    )
+    parser.add_argument(
+        "--mirror", action="store_true", help="add left-right mirror test-time augmentation"
+    )
     parser.set_defaults(func=run)
 
 
@@ -62,9 +79,51 @@ def _resolve_model(args: argparse.Namespace) -> Any:
     return registry.resolve(name, version or None, require_approved=False)
 
 
+def with_inference_overrides(model: Any, args: argparse.Namespace) -> Any:
+    """The model with its card's ``inference`` settings changed as the options ask.
+
+    Returns a copy (the registry's record and the package are untouched).
+    """
+    card = model.card
+    if card.model_type != "unet":
+        return model
+    changes: dict[str, Any] = {}
+    if args.strategy is not None:
+        changes["strategy"] = args.strategy
+    if args.overlap is not None:
+        if not 0 <= args.overlap < 1:
+            raise InferenceError(
+                f"--overlap {args.overlap} is outside [0, 1): give the fraction of a window "
+                "that neighbouring windows share, e.g. 0.25 or 0.5"
+            )
+        changes["overlap"] = args.overlap
+    if args.no_crop:
+        changes["crop_to_foreground"] = False
+    if args.mirror:
+        changes["mirror_left_right"] = True
+    if not changes:
+        return model
+    settings = type(card.inference).model_validate({**card.inference.model_dump(), **changes})
+    return dataclasses.replace(model, card=card.model_copy(update={"inference": settings}))
+
+
+def describe_inference(card: Any) -> str:
+    """One line: how the network was run (for the printed table)."""
+    if card.model_type != "unet":
+        return f"{card.model_type} model"
+    inf = card.inference
+    text = (
+        "whole volume"
+        if inf.strategy == "whole_volume"
+        else f"sliding window, overlap {inf.overlap}"
+    )
+    text += ", cropped to the patient" if inf.crop_to_foreground else ", whole grid"
+    return text + (", left-right mirror TTA" if inf.mirror_left_right else "")
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the table; exit code 0."""
-    model = _resolve_model(args)
+    model = with_inference_overrides(_resolve_model(args), args)
     mapping = load_mapping_file(args.mapping) if args.mapping else None
     bar = tqdm(desc="evaluate", unit="case", disable=args.no_progress, file=sys.stderr)
 
@@ -86,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
     status = getattr(model, "status", "package (not imported)")
     print(f"{result.model} ({status}) on {args.dataset}: {len(result.cases)} cases")
+    print(f"inference: {describe_inference(model.card)}")
     print(format_table(result))
     if args.report is not None:
         page = write_report(result, args.report)
