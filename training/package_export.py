@@ -273,6 +273,19 @@ def _readme(card: ModelCard, weights_note: str) -> str:
         dices = [m.dice for m in ev.per_roi.values() if m.dice is not None]
         if dices:
             lines += ["", f"Mean Dice over ROIs: {float(np.mean(dices)):.3f}"]
+        distances = [
+            v
+            for m in ev.per_roi.values()
+            for v in (m.hd95_mm, m.mean_surface_distance_mm)
+            if v is not None
+        ]
+        if any(math.isinf(v) for v in distances):
+            lines += [
+                "",
+                "A distance of `inf` means the model missed that organ entirely in at least "
+                "one case (no surface to measure from); the evaluation report's medians and "
+                "per-case table show how often.",
+            ]
     return "\n".join(lines) + "\n"
 
 
