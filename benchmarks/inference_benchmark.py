@@ -10,11 +10,10 @@ Python process (so one run's caches and allocator state do not help the
 next):
 
 - ``body``: the built-in classical body model;
-- ``hn-oar bf16``: the built-in hn-oar package as the worker runs it: its
-  card's preprocessing, patch and inference settings (sliding window, 0.25
-  overlap, cropped to the patient, by default), precision auto (bf16 autocast on CPUs with
-  AVX512-BF16); random weights of the same architecture when the package is
-  missing;
+- ``hn-oar bf16``: the built-in hn-oar package as the worker runs it
+  (``Predictor.from_model``): its card's preprocessing, patch and inference
+  settings (sliding window, 0.25 overlap, cropped to the patient, by
+  default), precision auto (bf16 autocast on CPUs with AVX512-BF16);
 - ``hn-oar bf16 whole``: the same with one whole-volume pass (the faster,
   less accurate strategy);
 - ``hn-oar fp32``: the card's strategy in plain fp32 eager mode: the named
@@ -39,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-HN_OAR_ARCH = {"num_classes": 8, "base_channels": 16, "levels": 4}
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -149,15 +147,12 @@ def run_config(series_dir: Path, config: str, threads: int, device: str) -> dict
 
     torch.set_num_threads(threads)
     sys.path.insert(0, str(REPO))
-    import yaml
-
     from inference.body_outline import body_outline
     from inference.postprocess import Cleanup, probabilities_to_masks
     from inference.predictor import Precision, Predictor
     from inference.preprocess import preprocess
-    from inference.unet import UNet3D, UNetConfig
     from inference.volume import load_series
-    from model_store.card import CtClipScale, InferenceSettings, ModelCard, Preprocessing
+    from training.evaluate import load_package_model
 
     meter = PeakRss()
     figures: dict[str, object] = {"config": config}
@@ -172,61 +167,30 @@ def run_config(series_dir: Path, config: str, threads: int, device: str) -> dict
         figures["network"] = (time.perf_counter() - t0, meter.stage())
         figures["voxels_in_mask"] = int(mask.sum())
     else:
-        builtin = REPO / "model_store" / "builtin" / "hn-oar"
-        settings = InferenceSettings()
-        card_mirror_order: list[int] | None = None
-        prep = Preprocessing(
-            spacing_mm=(4.0, 4.0, 2.5),
-            normalization=CtClipScale(min_hu=-500, max_hu=500),
-            patch_size=(48, 80, 80),
-        )
-        if (builtin / "model.yaml").is_file():
-            card = ModelCard.model_validate(yaml.safe_load((builtin / "model.yaml").read_text()))
-            assert card.preprocessing is not None
-            prep, settings = card.preprocessing, card.inference
-            card_mirror_order = card.mirror_class_order()
+        model = load_package_model(REPO / "model_store" / "builtin" / "hn-oar")
+        card = model.card
+        if config.endswith("whole"):
+            whole = card.inference.model_copy(update={"strategy": "whole_volume"})
+            model.card = card = card.model_copy(update={"inference": whole})
+        assert card.preprocessing is not None and card.architecture is not None
         t0 = time.perf_counter()
-        prepared = preprocess(volume, prep)
+        prepared = preprocess(volume, card.preprocessing)
         figures["preprocess"] = (time.perf_counter() - t0, meter.stage())
-        unet_config = UNetConfig(**HN_OAR_ARCH)
-        if (builtin / "weights.safetensors").is_file():
-            from safetensors.torch import load_file
-
-            state = load_file(str(builtin / "weights.safetensors"))
-            figures["weights"] = "builtin hn-oar"
-        else:
-            torch.manual_seed(0)
-            state = UNet3D(unet_config).state_dict()
-            figures["weights"] = "random"
+        num_classes = card.architecture.num_classes
         precision: Precision = "fp32" if config.endswith("fp32") else "auto"
-        whole = config.endswith("whole") or settings.strategy == "whole_volume"
-        predictor = Predictor(
-            state,
-            unet_config,
-            device=device,
-            precision=precision,
-            patch_size_zyx=prep.patch_size,
-            overlap=settings.overlap,
-            max_whole_volume_voxels=settings.max_whole_volume_voxels if whole else 0,
-            crop_to_foreground=settings.crop_to_foreground,
-            crop_margin_voxels=settings.crop_margin_voxels,
-            mirror_class_order=card_mirror_order if settings.mirror_left_right else None,
-        )
+        predictor = Predictor.from_model(model, device=device, precision=precision)
+        figures["weights"] = f"builtin {card.name} {card.version}"
         figures["precision"] = predictor.precision_name
-        figures["strategy"] = (
-            ("whole volume" if whole else f"sliding window, overlap {settings.overlap}")
-            + (", cropped to the patient" if settings.crop_to_foreground else "")
-            + (", mirror TTA" if settings.mirror_left_right else "")
-        )
+        figures["strategy"] = card.inference.describe()
         figures["grid_zyx"] = list(prepared.array.shape)
         t0 = time.perf_counter()
         probs = predictor.predict_proba(prepared.array)
         figures["network"] = (time.perf_counter() - t0, meter.stage())
-        # Random weights give every class most of the body, which no trained model
-        # does; post-processing is timed on organ-sized probability maps instead.
-        probs = organ_like_probabilities(prepared.grid, unet_config.num_classes)
+        # The synthetic phantom has no organs for the network to find; post-processing
+        # is timed on organ-sized probability maps instead.
+        probs = organ_like_probabilities(prepared.grid, num_classes)
         t0 = time.perf_counter()
-        labels = list(range(1, unet_config.num_classes))
+        labels = list(range(1, num_classes))
         cleanups = {label: Cleanup(largest_component=True, fill_holes=True) for label in labels}
         masks = probabilities_to_masks(probs, prepared.grid, volume, labels, cleanups)
         figures["postprocess"] = (time.perf_counter() - t0, meter.stage())

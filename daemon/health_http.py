@@ -87,27 +87,28 @@ def read_heartbeat(data_dir: Path) -> dict[str, Any] | None:
     return dict(info)
 
 
-def instances_received(db_path: Path) -> int:
-    """Rows in the receive side's ``instances`` table (0 before it exists)."""
+def _count_read_only(db_path: Path, sql: str) -> int:
+    """``SELECT COUNT(*) ...`` on the receive side's tables (0 before they exist)."""
     try:
         with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as conn:
-            row = conn.execute("SELECT COUNT(*) FROM instances").fetchone()
+            row = conn.execute(sql).fetchone()
     except sqlite3.Error:
         return 0
     return int(row[0]) if row else 0
+
+
+def instances_received(db_path: Path) -> int:
+    """Rows in the receive side's ``instances`` table (0 before it exists)."""
+    return _count_read_only(db_path, "SELECT COUNT(*) FROM instances")
 
 
 def series_receiving(db_path: Path) -> int:
     """Series whose newest version is still arriving (``receiving``; no job yet)."""
-    try:
-        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as conn:
-            row = conn.execute(
-                "SELECT COUNT(*) FROM series s WHERE s.state = 'receiving' AND s.version = "
-                "(SELECT MAX(version) FROM series m WHERE m.series_uid = s.series_uid)"
-            ).fetchone()
-    except sqlite3.Error:
-        return 0
-    return int(row[0]) if row else 0
+    return _count_read_only(
+        db_path,
+        "SELECT COUNT(*) FROM series s WHERE s.state = 'receiving' AND s.version = "
+        "(SELECT MAX(version) FROM series m WHERE m.series_uid = s.series_uid)",
+    )
 
 
 def collect_status(queue: SqliteJobQueue) -> dict[str, Any]:

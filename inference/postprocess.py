@@ -93,7 +93,7 @@ def margin_to_source_mask(margin: np.ndarray, grid: ModelGrid, volume: ImageVolu
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """Keep the largest 26-connected 3D component (works inside the mask's bounding box)."""
-    box = _bbox_slices(mask)
+    box = mask_bounding_box(mask)
     if box is None:
         return mask
     sub = mask[box]
@@ -113,7 +113,7 @@ def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     Background components of a slice that do not touch that slice's border
     (within the mask's bounding box, grown by one voxel) are holes.
     """
-    box = _bbox_slices(mask)
+    box = mask_bounding_box(mask)
     if box is None:
         return mask
     grown = tuple(
@@ -135,7 +135,8 @@ def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _bbox_slices(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+def mask_bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """Tight ``[z, y, x]`` slices around the True voxels; ``None`` when there are none."""
     if not mask.any():
         return None
     bounds = []

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from contourd.errors import InferenceError
+from inference.postprocess import mask_bounding_box
 from inference.unet import UNet3D, UNetConfig
 
 log = logging.getLogger(__name__)
@@ -128,18 +129,36 @@ def foreground_box(image_zyx: np.ndarray, margin_voxels: int) -> tuple[slice, sl
     or when every voxel equals the minimum (a blank input: the network runs on
     all of it and the caller sees what it makes of that).
     """
-    above = image_zyx > image_zyx.min()
-    if not above.any():
+    tight = mask_bounding_box(image_zyx > image_zyx.min())
+    if tight is None:
         return None
-    box = []
-    for axis in range(3):
-        hits = np.flatnonzero(above.any(axis=tuple(a for a in range(3) if a != axis)))
-        start = max(int(hits[0]) - margin_voxels, 0)
-        stop = min(int(hits[-1]) + 1 + margin_voxels, image_zyx.shape[axis])
-        box.append(slice(start, stop))
+    box = [
+        slice(max(b.start - margin_voxels, 0), min(b.stop + margin_voxels, n))
+        for b, n in zip(tight, image_zyx.shape, strict=True)
+    ]
     if all(b.start == 0 and b.stop == n for b, n in zip(box, image_zyx.shape, strict=True)):
         return None
     return box[0], box[1], box[2]
+
+
+def predictor_options(card: Any) -> dict[str, Any]:
+    """The :class:`Predictor` keyword arguments a U-Net card fixes.
+
+    Patch size from ``preprocessing``; overlap, crop, mirror TTA and the
+    whole-volume limit (0, i.e. always the window, unless the strategy is
+    ``whole_volume``) from its ``inference`` section.
+    """
+    settings = card.inference
+    return {
+        "patch_size_zyx": tuple(card.preprocessing.patch_size),
+        "overlap": settings.overlap,
+        "crop_to_foreground": settings.crop_to_foreground,
+        "crop_margin_voxels": settings.crop_margin_voxels,
+        "mirror_class_order": card.mirror_class_order() if settings.mirror_left_right else None,
+        "max_whole_volume_voxels": (
+            settings.max_whole_volume_voxels if settings.strategy == "whole_volume" else 0
+        ),
+    }
 
 
 class Predictor:
@@ -233,17 +252,8 @@ class Predictor:
             raise InferenceError(
                 f"model {card.name} {card.version} is {card.model_type!r}, not a U-Net"
             )
-        kwargs.setdefault("patch_size_zyx", tuple(card.preprocessing.patch_size))
-        settings = card.inference
-        kwargs.setdefault("overlap", settings.overlap)
-        kwargs.setdefault("crop_to_foreground", settings.crop_to_foreground)
-        kwargs.setdefault("crop_margin_voxels", settings.crop_margin_voxels)
-        if settings.mirror_left_right:
-            kwargs.setdefault("mirror_class_order", card.mirror_class_order())
-        kwargs.setdefault(
-            "max_whole_volume_voxels",
-            settings.max_whole_volume_voxels if settings.strategy == "whole_volume" else 0,
-        )
+        for key, value in predictor_options(card).items():
+            kwargs.setdefault(key, value)
         return cls(model.load_state_dict(), card.architecture.to_unet_config(), **kwargs)
 
     @property

@@ -269,6 +269,16 @@ class InferenceSettings(StrictModel):
     crop_margin_voxels: int = Field(default=4, ge=0)
     mirror_left_right: bool = False
 
+    def describe(self) -> str:
+        """One line for people: how the network is run over a volume."""
+        text = (
+            "whole volume"
+            if self.strategy == "whole_volume"
+            else f"sliding window, overlap {self.overlap}"
+        )
+        text += ", cropped to the patient" if self.crop_to_foreground else ", whole grid"
+        return text + (", left-right mirror TTA" if self.mirror_left_right else "")
+
 
 class RoiPostprocessing(StrictModel):
     """Mask clean-up after thresholding the network output."""

@@ -248,16 +248,12 @@ def _readme(card: ModelCard, weights_note: str) -> str:
         lines += ["## Training", "", f"{counts} ({t.dataset}); {t.started} to {t.finished}.",
                   "", t.notes, ""]  # fmt: skip
     lines += ["## Weights", "", weights_note, ""]
-    inf = card.inference
-    strategy = (
-        "One whole-volume pass"
-        if inf.strategy == "whole_volume"
-        else f"Sliding window ({list(card.preprocessing.patch_size) if card.preprocessing else ''}"
-        f" voxels, overlap {inf.overlap}, Gaussian weights)"
+    windows = (
+        f"; windows of {list(card.preprocessing.patch_size)} voxels, Gaussian weights"
+        if card.preprocessing is not None
+        else ""
     )
-    crop = ", on the patient's bounding box only" if inf.crop_to_foreground else ""
-    mirror = ", averaged with a left-right mirrored pass" if inf.mirror_left_right else ""
-    ran = f"{strategy}{crop}{mirror}; the evaluation below ran the same."
+    ran = f"{card.inference.describe().capitalize()}{windows}; the evaluation below ran the same."
     lines += ["## Inference", "", ran, ""]
     if card.evaluation is not None and card.evaluation.per_roi:
         ev = card.evaluation

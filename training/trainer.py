@@ -227,6 +227,18 @@ class Trainer:
         self.model.load_state_dict({k: state[k].to(own[k].dtype) for k in own})
         log.info("warm start from %s", path)
 
+    def start(self, *, resume: bool) -> None:
+        """Pick the starting weights: this run's checkpoint, else ``init_weights``.
+
+        With ``resume`` and a checkpoint in ``run_dir`` the run continues from
+        it; otherwise, when the config names ``init_weights``, the model is
+        warm-started from them; otherwise it keeps its random initialisation.
+        """
+        if resume and self.try_resume():
+            return
+        if self.config.init_weights is not None:
+            self.load_initial_weights(self.config.init_weights)
+
     # -- training ------------------------------------------------------------------
     def learning_rate_at(self, step: int) -> float:
         """Polynomial decay over the run's progress.
@@ -418,8 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.datasets import load_training_data
 
     train, val = load_training_data(config, cache_dir=args.run_dir / "cache", limit=args.limit)
-    if not trainer.try_resume() and config.init_weights is not None:
-        trainer.load_initial_weights(config.init_weights)
+    trainer.start(resume=True)
     trainer.fit(train, val)
     return 0
 

@@ -111,14 +111,7 @@ def describe_inference(card: Any) -> str:
     """One line: how the network was run (for the printed table)."""
     if card.model_type != "unet":
         return f"{card.model_type} model"
-    inf = card.inference
-    text = (
-        "whole volume"
-        if inf.strategy == "whole_volume"
-        else f"sliding window, overlap {inf.overlap}"
-    )
-    text += ", cropped to the patient" if inf.crop_to_foreground else ", whole grid"
-    return text + (", left-right mirror TTA" if inf.mirror_left_right else "")
+    return str(card.inference.describe())
 
 
 def run(args: argparse.Namespace) -> int:

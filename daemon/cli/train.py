@@ -136,9 +136,7 @@ def run(args: argparse.Namespace) -> int:
     cache = run_dir / "cache"
     train, val = load_training_data(config, cache_dir=cache, limit=args.limit)
     trainer = Trainer(config, run_dir, args.device)
-    resumed = trainer.try_resume() if args.resume else False
-    if not resumed and config.init_weights is not None:
-        trainer.load_initial_weights(config.init_weights)
+    trainer.start(resume=args.resume)
     trainer.fit(train, val)
     name = args.name or out.name.lower()
     same = config.validation_dir.resolve() == config.train_dir.resolve()
