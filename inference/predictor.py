@@ -14,7 +14,7 @@ Inference strategy (the card's ``inference`` section,
 - ``whole_volume``: one forward pass when the input, padded up to a multiple
   of ``2 ** (levels - 1)``, has at most ``max_whole_volume_voxels`` voxels,
   the sliding window otherwise. Faster, but a network trained on patches
-  scores lower on whole volumes (hn-oar 1.0.0: mean Dice 0.632 vs 0.686).
+  scores lower on whole volumes (hn-oar 1.0.0: mean Dice 0.633 vs 0.686).
 
 With ``crop_to_foreground`` the network sees only the bounding box of the
 voxels above the input's minimum (after CT clipping: the patient and the

@@ -239,7 +239,7 @@ class InferenceSettings(StrictModel):
         blended with Gaussian weights, the input the network saw in training.
         ``"whole_volume"``: one forward pass over the whole padded volume when
         it has at most ``max_whole_volume_voxels`` voxels, the window otherwise.
-        For hn-oar 1.0.0 the window scored mean Dice 0.686 against 0.632 for
+        For hn-oar 1.0.0 the window scored mean Dice 0.686 against 0.633 for
         the whole volume on the OpenKBP validation cases (docs/benchmarks.md).
     overlap
         Fraction of a patch shared by neighbouring windows, ``0 <= overlap < 1``.
