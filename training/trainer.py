@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from contourd.errors import TrainingError
+from inference.predictor import resolve_precision
 from inference.unet import UNet3D, UNetConfig
 from training.augmentation import AugmentationConfig, sample_patch
 from training.losses import dice_ce_loss
@@ -77,6 +78,26 @@ class TrainingConfig(BaseModel):
     # Warm start: a safetensors file of UNet3D weights (a run's best.safetensors or a
     # package's weights) loaded before step 0 of a fresh run; ignored when resuming.
     init_weights: Path | None = None
+    # Left-right mirroring of training patches (patient x axis) with the labels
+    # of each ``*_L``/``*_R`` ROI pair swapped: probability per patch (0: off).
+    mirror_probability: float = Field(default=0.0, ge=0, le=1)
+    # Which validation figure picks ``best.safetensors``: the lowest Dice + CE
+    # loss, or the highest mean hard Dice over the ROIs (what evaluation reports).
+    select_best_by: Literal["val_loss", "mean_dice"] = "val_loss"
+
+    def mirror_class_order(self) -> list[int]:
+        """Class index -> its class after a left-right mirror (0 is background).
+
+        ROIs whose names differ only in a trailing ``_L``/``_R`` are swapped;
+        every other class maps to itself.
+        """
+        order = list(range(len(self.roi_names) + 1))
+        index = {name: i for i, name in enumerate(self.roi_names, start=1)}
+        for name, i in index.items():
+            if name.endswith("_L") and name[:-2] + "_R" in index:
+                j = index[name[:-2] + "_R"]
+                order[i], order[j] = j, i
+        return order
 
     def unet_config(self) -> UNetConfig:
         return UNetConfig(
@@ -108,8 +129,17 @@ def pad_to_multiple(
 
 
 def autocast_for(device: torch.device) -> torch.autocast:
-    """bf16 autocast (CPU and CUDA)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    """bf16 autocast where the hardware runs bf16 natively, else fp32 (disabled).
+
+    On a CPU without AVX512-BF16 or AMX (e.g. AVX2 only) bf16 convolutions are
+    emulated and measured ~50x slower than fp32, so autocast is switched off
+    there; CUDA uses bf16 when the GPU supports it. The choice is
+    :func:`inference.predictor.resolve_precision`'s ``"auto"``.
+    """
+    dtype = resolve_precision("auto", device)
+    if dtype != torch.bfloat16:  # no fp16 training: it would need a gradient scaler
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=dtype)
 
 
 class Trainer:
@@ -145,6 +175,8 @@ class Trainer:
         self.best_val_loss = math.inf
         self.evals_without_improvement = 0
         self.elapsed_s = 0.0
+        self.best_mean_dice = -math.inf
+        self._mirror_order = torch.tensor(config.mirror_class_order())
 
     # -- checkpoints ---------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -164,6 +196,7 @@ class Trainer:
             "step": self.step,
             "history": self.history,
             "best_val_loss": self.best_val_loss,
+            "best_mean_dice": self.best_mean_dice,
             "evals_without_improvement": self.evals_without_improvement,
             "elapsed_s": self.elapsed_s,
             "rng_state": self.rng.bit_generator.state,
@@ -193,6 +226,7 @@ class Trainer:
         self.step = int(meta["step"])
         self.history = meta["history"]
         self.best_val_loss = float(meta["best_val_loss"])
+        self.best_mean_dice = float(meta.get("best_mean_dice", -math.inf))
         self.evals_without_improvement = int(meta["evals_without_improvement"])
         self.elapsed_s = float(meta.get("elapsed_s", 0.0))
         self.rng.bit_generator.state = meta["rng_state"]
@@ -257,17 +291,21 @@ class Trainer:
 
     def train_step(self, batch: list[TrainingCase]) -> dict[str, float]:
         self.model.train()
-        imgs, labs = [], []
+        imgs, labs, knowns = [], [], []
         for case in batch:
             img, lab = self._tensors(case)
             pi, pl = sample_patch(
                 img, lab, self.config.patch_size, self.config.spacing_mm, self.rng, self.aug
             )
+            known = torch.from_numpy(case.known.copy())
+            if self.rng.random() < self.config.mirror_probability:
+                pi, pl, known = mirror_left_right(pi, pl, known, self._mirror_order)
             imgs.append(pi)
             labs.append(pl)
+            knowns.append(known)
         x = torch.stack(imgs).to(self.device)
         y = torch.stack(labs).to(self.device)
-        known = torch.from_numpy(np.stack([c.known for c in batch])).to(self.device)
+        known = torch.stack(knowns).to(self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate_at(self.step)
         with autocast_for(self.device):
@@ -334,8 +372,7 @@ class Trainer:
                 window = []
                 self.history.append(entry)
                 log.info("step %d %s", self.step, json.dumps(entry))
-                if metrics["val_loss"] < self.best_val_loss:
-                    self.best_val_loss = metrics["val_loss"]
+                if self.improved(metrics):
                     self.evals_without_improvement = 0
                     self.save_best()
                 else:
@@ -353,6 +390,23 @@ class Trainer:
                 break
         self.save_checkpoint()
         bar.close()
+
+    def improved(self, metrics: dict[str, float]) -> bool:
+        """Record ``metrics`` against the best so far; True when they beat it.
+
+        The criterion is ``select_best_by``: lowest validation loss, or highest
+        mean Dice over the ROIs with a reference in the validation cases.
+        """
+        mean_dice = mean_roi_dice(metrics)
+        metrics["mean_dice"] = mean_dice
+        if self.config.select_best_by == "mean_dice":
+            better = mean_dice > self.best_mean_dice
+        else:
+            better = metrics["val_loss"] < self.best_val_loss
+        if better:
+            self.best_val_loss = metrics["val_loss"]
+            self.best_mean_dice = mean_dice
+        return better
 
     def save_best(self) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
@@ -387,6 +441,35 @@ class Trainer:
         fig.savefig(out, dpi=80)
         plt.close(fig)
         return out
+
+
+def mean_roi_dice(metrics: dict[str, float]) -> float:
+    """Mean of the ``dice_<ROI>`` entries that are numbers (NaN: no reference)."""
+    values = [v for k, v in metrics.items() if k.startswith("dice_") and not math.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def mirror_left_right(
+    image: torch.Tensor, labels: torch.Tensor, known: torch.Tensor, class_order: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mirror a patch along x (the patient's left-right axis) and swap L/R labels.
+
+    Parameters
+    ----------
+    image
+        ``[1, z, y, x]`` patch.
+    labels
+        ``[z, y, x]`` int64 class labels.
+    known
+        ``[C]`` bool, which classes are labelled in the case.
+    class_order
+        ``[C]`` class -> class after mirroring (see
+        :meth:`TrainingConfig.mirror_class_order`).
+    """
+    mirrored_labels = class_order[labels.flip(-1)]
+    mirrored_known = torch.empty_like(known)
+    mirrored_known[class_order] = known
+    return image.flip(-1), mirrored_labels, mirrored_known
 
 
 def _json_default(obj: object) -> object:
