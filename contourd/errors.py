@@ -68,3 +68,7 @@ class JobError(ContourdError):
 
 class TrainingError(ContourdError):
     """A training dataset or run is invalid."""
+
+
+class DatabaseError(ContourdError):
+    """The database cannot be opened or its schema is not one this contourd can use."""

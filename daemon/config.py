@@ -13,9 +13,17 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from contourd.errors import ConfigError
+from contourd.database import Database
+from contourd.errors import ConfigError, DatabaseError
 from daemon.config_diagnostics import (
     ConfigIssue,
     MarkedYaml,
@@ -187,6 +195,12 @@ class HttpConfig(StrictModel):
 class ContourdConfig(StrictModel):
     """The whole configuration file."""
 
+    database: str | None = Field(
+        default=None,
+        description="Where jobs, series, models and audit rows live: absent for SQLite "
+        "in the data folder (one machine), or postgresql://USER:PASSWORD@HOST:PORT/DBNAME "
+        "shared by several receivers and workers (see docs/operations.md, Scaling out).",
+    )
     node: NodeConfig = Field(default_factory=NodeConfig)
     series: SeriesConfig = Field(default_factory=SeriesConfig)
     destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
@@ -205,6 +219,20 @@ class ContourdConfig(StrictModel):
     def data_dir(self) -> Path:
         """The data folder (spool, SQLite database, model store, results)."""
         return self.node.data_dir
+
+    def open_database(self) -> Database:
+        """The node's database: ``database`` when set, else SQLite in the data folder."""
+        return Database(self.node.data_dir, self.database)
+
+    @field_validator("database")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                Database(Path("."), value)
+            except DatabaseError as err:
+                raise ValueError(str(err)) from err
+        return value
 
 
 EMBEDDED_RULES: list[dict[str, object]] = [

@@ -25,17 +25,18 @@ Sending is tracked per destination in ``job_deliveries`` (pending -> sending
 -> sent | failed) with its own attempts, next attempt time and lease, so the
 dispatcher can retry one destination without resending to the others.
 
-:class:`JobQueue` is the protocol the daemon codes against; :class:`SqliteJobQueue`
-implements it on ``<data_dir>/contourd.db`` (tables ``jobs``, ``job_events``,
-``job_deliveries``) so that another backend (a server database shared by
-several machines) can be added without touching the workers.
+:class:`JobQueue` is the protocol the daemon codes against; :class:`DatabaseJobQueue`
+implements it on the node's database (tables ``jobs``, ``job_events``,
+``job_deliveries``, ``workers``): SQLite ``<data_dir>/contourd.db`` by default,
+or PostgreSQL shared by several receivers and workers (``database:`` setting,
+:mod:`contourd.database`).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
+import os
+import socket
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -45,11 +46,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-import sqlite_utils
-
+from contourd.database import Database, DbConnection, JobListener
 from contourd.errors import JobError
-
-DB_FILENAME = "contourd.db"
+from contourd.schema import jobs as schema_jobs
 
 
 class LeaseLostError(JobError):
@@ -214,7 +213,7 @@ class Delivery:
 
 
 class JobQueue(Protocol):
-    """The queue the daemon's stages share. See :class:`SqliteJobQueue`."""
+    """The queue the daemon's stages share. See :class:`DatabaseJobQueue`."""
 
     def submit_series(self, completion: SeriesCompletionLike) -> int:
         """Create the job for a completed series; idempotent per (series UID, version)."""
@@ -286,42 +285,11 @@ class JobQueue(Protocol):
         ...
 
 
-_JOB_COLUMNS: dict[str, type] = {
-    "id": int,
-    "study_uid": str,
-    "series_uid": str,
-    "version": int,
-    "rule_slot": int,
-    "pinned_rule": str,
-    "state": str,
-    "spool_dir": str,
-    "instance_paths": str,
-    "num_instances": int,
-    "calling_ae": str,
-    "called_ae": str,
-    "modality": str,
-    "series_description": str,
-    "priority": int,
-    "rule": str,
-    "models": str,
-    "destinations": str,
-    "outputs": str,
-    "label": str,
-    "shadow": int,
-    "not_before": float,
-    "attempts": int,
-    "error": str,
-    "warnings": str,
-    "timings_s": str,
-    "result_files": str,
-    "preview_file": str,
-    "lease_owner": str,
-    "lease_expires_at": float,
-    "created_at": float,
-    "updated_at": float,
-    "finished_at": float,
-    "images_deleted_at": float,
-}
+_CLAIMABLE_STATES = frozenset({JobState.COMPLETE, JobState.ROUTED, JobState.SCHEDULED})
+"""A worker may claim a job in these states (see :meth:`DatabaseJobQueue.claim`)."""
+
+_JOB_COLUMNS = frozenset(c.name for c in schema_jobs.columns)
+"""Columns of ``jobs`` (defined in :mod:`contourd.schema`)."""
 _JSON_COLUMNS = frozenset(
     {
         "instance_paths",
@@ -335,115 +303,91 @@ _JSON_COLUMNS = frozenset(
 )
 
 
-class SqliteJobQueue:
-    """:class:`JobQueue` on the data folder's SQLite database (WAL mode).
+class DatabaseJobQueue:
+    """:class:`JobQueue` on the node's database (SQLite in the data folder or PostgreSQL).
 
     Safe to share between threads of one process (one connection behind a
-    lock) and between processes (SQLite locking, ``BEGIN IMMEDIATE`` for every
-    read-modify-write, busy timeout ``busy_timeout_s``).
+    lock) and between processes and hosts: every read-modify-write runs in one
+    transaction (SQLite ``BEGIN IMMEDIATE``; PostgreSQL row locks, claims with
+    ``FOR UPDATE SKIP LOCKED``). On PostgreSQL a change that makes a job
+    claimable sends ``NOTIFY contourd_jobs`` so idle workers wake at once
+    (:meth:`listener`).
+
+    Paths under the data folder (spool, instances, results) are stored
+    relative to it, so hosts that mount the data folder at different places
+    share the rows; other paths are stored as they are.
 
     Parameters
     ----------
     data_dir
-        The node's data folder; the database is ``data_dir / "contourd.db"``.
+        The node's data folder (files; and ``contourd.db`` without ``database``).
     max_attempts
         Claims of one job before it is failed (a series that kills workers).
     busy_timeout_s
         How long a write waits for another process's lock before failing.
+    database
+        Where the rows live; default SQLite ``data_dir / "contourd.db"``.
     """
 
-    def __init__(self, data_dir: Path, *, max_attempts: int = 3, busy_timeout_s: float = 30.0):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        max_attempts: int = 3,
+        busy_timeout_s: float = 30.0,
+        database: Database | None = None,
+    ):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db_path = self.data_dir / DB_FILENAME
+        self.database = database or Database(self.data_dir, busy_timeout_s=busy_timeout_s)
+        self.db_path = self.database.sqlite_path
         self.max_attempts = max_attempts
-        conn = sqlite3.connect(
-            str(self.db_path),
-            timeout=busy_timeout_s,
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn = conn
-        self.db = sqlite_utils.Database(conn)
-        self._lock = threading.RLock()
-        self._create_tables()
+        self._conn = self.database.connect()
+        self._lock = self._conn.lock
 
-    # -- schema -----------------------------------------------------------------
-    def _create_tables(self) -> None:
-        with self._lock:
-            jobs = self.db.table("jobs")
-            if not jobs.exists():
-                jobs.create(_JOB_COLUMNS, pk="id", if_not_exists=True)
-                jobs.create_index(
-                    ["series_uid", "version", "rule_slot"], unique=True, if_not_exists=True
-                )
-                jobs.create_index(["state"], if_not_exists=True)
-            events = self.db.table("job_events")
-            if not events.exists():
-                events.create(
-                    {
-                        "id": int,
-                        "job_id": int,
-                        "state": str,
-                        "at": float,
-                        "at_utc": str,
-                        "worker": str,
-                        "message": str,
-                    },
-                    pk="id",
-                    if_not_exists=True,
-                )
-                events.create_index(["job_id"], if_not_exists=True)
-            deliveries = self.db.table("job_deliveries")
-            if not deliveries.exists():
-                deliveries.create(
-                    {
-                        "job_id": int,
-                        "destination": str,
-                        "state": str,
-                        "attempts": int,
-                        "next_attempt_at": float,
-                        "last_error": str,
-                        "sent_at": float,
-                        "sent_sop_instance_uids": str,
-                        "lease_owner": str,
-                        "lease_expires_at": float,
-                    },
-                    pk=("job_id", "destination"),
-                    if_not_exists=True,
-                )
+    @property
+    def conn(self) -> DbConnection:
+        """The queue's connection (read-only use by status and metrics)."""
+        return self._conn
+
+    def listener(self) -> JobListener:
+        """Something to wait on for new claimable jobs (NOTIFY on PostgreSQL)."""
+        return self.database.listener()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction, committed unless it raises."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+    def _write(self) -> Iterator[DbConnection]:
+        """One write transaction, committed unless it raises."""
+        with self._conn.transaction() as conn:
+            yield conn
 
     def close(self) -> None:
         """Close the database connection."""
-        with self._lock:
-            self._conn.close()
+        self._conn.close()
+
+    # -- paths relative to the data folder -------------------------------------
+    def _store_path(self, path: Path | str) -> str:
+        p = Path(path)
+        try:
+            return p.relative_to(self.data_dir).as_posix() if p.is_absolute() else p.as_posix()
+        except ValueError:
+            return str(p)
+
+    def _load_path(self, text: str) -> Path:
+        p = Path(text)
+        return p if p.is_absolute() or not text else self.data_dir / p
 
     # -- decoding ---------------------------------------------------------------
-    def _row(self, job_id: int) -> dict[str, Any]:
-        cursor = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
+    def _row(self, job_id: int, *, lock: bool = False) -> dict[str, Any]:
+        for_update = self._conn.for_update if lock else ""
+        cursor = self._conn.execute("SELECT * FROM jobs WHERE id = ?" + for_update, (job_id,))
         row = cursor.fetchone()
         if row is None:
             raise JobError(
-                f"no job with id {job_id} in {self.db_path}; list jobs with `contourd jobs`"
+                f"no job with id {job_id} in {self.database.label}; list jobs with `contourd jobs`"
             )
         return dict(zip([c[0] for c in cursor.description], row, strict=True))
 
-    @staticmethod
-    def _decode(row: dict[str, Any]) -> Job:
+    def _decode(self, row: dict[str, Any]) -> Job:
         def js(name: str, default: Any) -> Any:
             text = row.get(name)
             return json.loads(text) if text else default
@@ -454,8 +398,8 @@ class SqliteJobQueue:
             series_uid=row["series_uid"],
             version=int(row["version"]),
             state=JobState(row["state"]),
-            spool_dir=Path(row["spool_dir"] or ""),
-            instance_paths=[Path(p) for p in js("instance_paths", [])],
+            spool_dir=self._load_path(row["spool_dir"] or ""),
+            instance_paths=[self._load_path(p) for p in js("instance_paths", [])],
             num_instances=int(row["num_instances"] or 0),
             calling_ae=row["calling_ae"] or "",
             called_ae=row["called_ae"] or "",
@@ -473,8 +417,8 @@ class SqliteJobQueue:
             error=row["error"],
             warnings=list(js("warnings", [])),
             timings_s=dict(js("timings_s", {})),
-            result_files=[Path(p) for p in js("result_files", [])],
-            preview_file=Path(row["preview_file"]) if row["preview_file"] else None,
+            result_files=[self._load_path(p) for p in js("result_files", [])],
+            preview_file=self._load_path(row["preview_file"]) if row["preview_file"] else None,
             lease_owner=row["lease_owner"],
             lease_expires_at=row["lease_expires_at"],
             created_at=float(row["created_at"]),
@@ -485,8 +429,7 @@ class SqliteJobQueue:
             pinned_rule=row.get("pinned_rule"),
         )
 
-    @staticmethod
-    def _encode(fields: dict[str, Any]) -> dict[str, Any]:
+    def _encode(self, fields: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in fields.items():
             if key not in _JOB_COLUMNS or key == "id":
@@ -496,10 +439,10 @@ class SqliteJobQueue:
                 )
             if key in _JSON_COLUMNS:
                 if key in ("instance_paths", "result_files"):
-                    value = [str(p) for p in value]
+                    value = [self._store_path(p) for p in value]
                 value = json.dumps(value)
             elif isinstance(value, Path):
-                value = str(value)
+                value = self._store_path(value)
             elif isinstance(value, bool):
                 value = int(value)
             out[key] = value
@@ -507,7 +450,7 @@ class SqliteJobQueue:
 
     def _event(
         self,
-        conn: sqlite3.Connection,
+        conn: DbConnection,
         job_id: int,
         state: str,
         now: float,
@@ -522,7 +465,7 @@ class SqliteJobQueue:
 
     # -- submission -------------------------------------------------------------
     def _insert_complete_job(
-        self, conn: sqlite3.Connection, fields: dict[str, Any], now: float, message: str
+        self, conn: DbConnection, fields: dict[str, Any], now: float, message: str
     ) -> int:
         """Insert a job row in state ``complete`` with its first event; return its id."""
         row = self._encode(
@@ -538,9 +481,12 @@ class SqliteJobQueue:
         )
         names = ", ".join(row)
         marks = ", ".join("?" for _ in row)
-        cursor = conn.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", tuple(row.values()))
-        job_id = int(cursor.lastrowid or 0)
+        cursor = conn.execute(
+            f"INSERT INTO jobs ({names}) VALUES ({marks}) RETURNING id", tuple(row.values())
+        )
+        job_id = int(cursor.fetchone()[0])
         self._event(conn, job_id, JobState.COMPLETE.value, now, None, message)
+        conn.notify()
         return job_id
 
     def submit_series(self, completion: SeriesCompletionLike) -> int:
@@ -635,7 +581,7 @@ class SqliteJobQueue:
                     "OR (state = 'scheduled' AND (not_before IS NULL OR not_before <= ?) AND "
                     "  (lease_expires_at IS NULL OR lease_expires_at < ?)) "
                     "OR (state = 'running' AND lease_expires_at < ?) "
-                    "ORDER BY priority DESC, id ASC LIMIT 1",
+                    "ORDER BY priority DESC, id ASC LIMIT 1" + conn.skip_locked(),
                     (now, now, now, now),
                 ).fetchone()
                 if row is None:
@@ -717,7 +663,7 @@ class SqliteJobQueue:
         state = JobState(state)
         now = time.time()
         with self._write() as conn:
-            row = self._row(job_id)
+            row = self._row(job_id, lock=True)
             current = JobState(row["state"])
             if worker_id is not None and row["lease_owner"] != worker_id:
                 raise LeaseLostError(
@@ -744,13 +690,15 @@ class SqliteJobQueue:
             assignments = ", ".join(f"{k} = ?" for k in update)
             conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*update.values(), job_id))
             self._event(conn, job_id, state.value, now, worker_id, message)
+            if state in _CLAIMABLE_STATES or (release_lease and state not in FINISHED_STATES):
+                conn.notify()
             return self._decode(self._row(job_id))
 
     def update_fields(self, job_id: int, *, worker_id: str | None = None, **fields: Any) -> Job:
         """Set job columns without a state change (e.g. ``images_deleted_at``)."""
         now = time.time()
         with self._write() as conn:
-            row = self._row(job_id)
+            row = self._row(job_id, lock=True)
             if worker_id is not None and row["lease_owner"] != worker_id:
                 raise LeaseLostError(
                     f"worker {worker_id!r} cannot update job {job_id}: "
@@ -830,8 +778,9 @@ class SqliteJobQueue:
         with self._write() as conn:
             for name in destinations:
                 conn.execute(
-                    "INSERT OR IGNORE INTO job_deliveries (job_id, destination, state, "
-                    "attempts, next_attempt_at) VALUES (?, ?, 'pending', 0, ?)",
+                    "INSERT INTO job_deliveries (job_id, destination, state, "
+                    "attempts, next_attempt_at) VALUES (?, ?, 'pending', 0, ?) "
+                    "ON CONFLICT (job_id, destination) DO NOTHING",
                     (job_id, name, now),
                 )
 
@@ -883,7 +832,7 @@ class SqliteJobQueue:
                 "ON j.id = d.job_id WHERE j.state IN ('written', 'sending') AND ("
                 "(d.state = 'pending' AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= ?))"
                 " OR (d.state = 'sending' AND d.lease_expires_at < ?))" + only + " "
-                "ORDER BY j.priority DESC, d.next_attempt_at ASC LIMIT 1",
+                "ORDER BY j.priority DESC, d.next_attempt_at ASC LIMIT 1" + conn.skip_locked("d"),
                 params,
             ).fetchone()
             if row is None:
@@ -928,7 +877,8 @@ class SqliteJobQueue:
         now = time.time()
         with self._write() as conn:
             held = conn.execute(
-                "SELECT lease_owner FROM job_deliveries WHERE job_id = ? AND destination = ?",
+                "SELECT lease_owner FROM job_deliveries WHERE job_id = ? AND destination = ?"
+                + conn.for_update,
                 (job_id, destination),
             ).fetchone()
             if held is None or held[0] != owner:
@@ -998,7 +948,7 @@ class SqliteJobQueue:
         """
         now = time.time()
         with self._write() as conn:
-            row = self._row(job_id)
+            row = self._row(job_id, lock=True)
             state = JobState(row["state"])
             if not json.loads(row["result_files"] or "[]"):
                 raise JobError(
@@ -1032,6 +982,90 @@ class SqliteJobQueue:
                 f"resend requested to {', '.join(destinations)}",
             )
             return self._decode(self._row(job_id))
+
+    # -- workers ---------------------------------------------------------------------
+    def heartbeat(
+        self,
+        worker_id: str,
+        *,
+        current_job: int | None,
+        state: str = "idle",
+        host: str | None = None,
+        pid: int | None = None,
+    ) -> None:
+        """Record that ``worker_id`` is alive (``workers`` table), and its current job."""
+        now = time.time()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO workers (worker_id, host, pid, current_job, started_at, "
+                "last_heartbeat, state) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (worker_id) DO UPDATE SET host = excluded.host, "
+                "pid = excluded.pid, current_job = excluded.current_job, "
+                "last_heartbeat = excluded.last_heartbeat, state = excluded.state",
+                (
+                    worker_id,
+                    host or socket.gethostname(),
+                    os.getpid() if pid is None else pid,
+                    current_job,
+                    now,
+                    now,
+                    state,
+                ),
+            )
+
+    def remove_worker(self, worker_id: str) -> None:
+        """Drop a worker's row (it stopped cleanly)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
+
+    def workers(self) -> list[WorkerInfo]:
+        """Every worker that has reported, most recent heartbeat first."""
+        rows = self._conn.rows(
+            "SELECT worker_id, host, pid, current_job, started_at, last_heartbeat, state "
+            "FROM workers ORDER BY last_heartbeat DESC"
+        )
+        return [
+            WorkerInfo(
+                worker_id=r["worker_id"],
+                host=r["host"] or "",
+                pid=int(r["pid"] or 0),
+                current_job=None if r["current_job"] is None else int(r["current_job"]),
+                started_at=float(r["started_at"] or 0.0),
+                last_heartbeat=float(r["last_heartbeat"] or 0.0),
+                state=r["state"] or "",
+            )
+            for r in rows
+        ]
+
+    def waiting_by_priority(self) -> dict[int, int]:
+        """Jobs waiting for a worker (complete, routed, scheduled) per priority."""
+        rows = self._conn.rows(
+            "SELECT priority, COUNT(*) AS n FROM jobs WHERE state IN "
+            "('complete', 'routed', 'scheduled') GROUP BY priority ORDER BY priority DESC"
+        )
+        return {int(r["priority"] or 0): int(r["n"]) for r in rows}
+
+    def count_rows(self, sql: str) -> int:
+        """The single integer a ``SELECT COUNT(*) ...`` query returns (0 when none)."""
+        rows = self._conn.rows(sql)
+        return int(next(iter(rows[0].values())) or 0) if rows else 0
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One row of the ``workers`` table. Times are Unix seconds (UTC)."""
+
+    worker_id: str
+    host: str
+    pid: int
+    current_job: int | None
+    started_at: float
+    last_heartbeat: float
+    state: str
+
+
+SqliteJobQueue = DatabaseJobQueue
+"""The name the queue had before PostgreSQL; SQLite is still what it opens by default."""
 
 
 def stage_durations_s(events: Sequence[JobEvent]) -> dict[str, float]:
