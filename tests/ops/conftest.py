@@ -5,8 +5,10 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -14,6 +16,9 @@ from peer_tools import free_port as free_port
 from peer_tools import require_tool as require_tool
 from peer_tools import wait_for as wait_for
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from contourd.database import Database
+from daemon.job_queue import DatabaseJobQueue
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,6 +38,20 @@ class FakeCompletion:
     modality: str = "CT"
     completed_at: float = 0.0
     reason: str = "quiet_period"
+
+
+OpenQueue = Callable[..., DatabaseJobQueue]
+"""``open_queue(data_dir, **kwargs)``: a queue on the test's backend."""
+
+
+@pytest.fixture
+def open_queue(make_database: Callable[[Path], Database]) -> OpenQueue:
+    """Queues on the parametrised backend (SQLite, PostgreSQL) of the test."""
+
+    def factory(data_dir: Path, **kwargs: Any) -> DatabaseJobQueue:
+        return DatabaseJobQueue(data_dir, database=make_database(data_dir), **kwargs)
+
+    return factory
 
 
 wait_for_fixture = pytest.fixture(name="wait_for")(lambda: wait_for)

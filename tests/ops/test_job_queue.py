@@ -6,20 +6,19 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FakeCompletion, wait_for
+from conftest import FakeCompletion, OpenQueue, wait_for
 
 from contourd.errors import JobError
 from daemon.job_queue import (
     DeliveryState,
     JobState,
     LeaseLostError,
-    SqliteJobQueue,
     stage_durations_s,
 )
 
 
-def test_submitting_the_same_series_version_twice_gives_one_job(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path)
+def test_submitting_the_same_series_version_twice_gives_one_job(tmp_path: Path, open_queue: OpenQueue) -> None:
+    queue = open_queue(tmp_path)
     first = queue.submit_series(FakeCompletion())
     again = queue.submit_series(FakeCompletion())
     newer = queue.submit_series(FakeCompletion(version=2))
@@ -29,26 +28,26 @@ def test_submitting_the_same_series_version_twice_gives_one_job(tmp_path: Path) 
     assert queue.get(first).state == JobState.COMPLETE
 
 
-def test_jobs_survive_reopening_the_database(tmp_path: Path) -> None:
-    job_id = SqliteJobQueue(tmp_path).submit_series(FakeCompletion(num_instances=7))
-    reopened = SqliteJobQueue(tmp_path)
+def test_jobs_survive_reopening_the_database(tmp_path: Path, open_queue: OpenQueue) -> None:
+    job_id = open_queue(tmp_path).submit_series(FakeCompletion(num_instances=7))
+    reopened = open_queue(tmp_path)
     job = reopened.get(job_id)
     assert job.num_instances == 7
     assert [e.state for e in reopened.events(job_id)] == ["complete"]
 
 
-def test_a_claimed_job_is_not_given_to_a_second_worker(tmp_path: Path) -> None:
-    queue_a = SqliteJobQueue(tmp_path)
-    queue_b = SqliteJobQueue(tmp_path)
+def test_a_claimed_job_is_not_given_to_a_second_worker(tmp_path: Path, open_queue: OpenQueue) -> None:
+    queue_a = open_queue(tmp_path)
+    queue_b = open_queue(tmp_path)
     queue_a.submit_series(FakeCompletion())
     job = queue_a.claim("worker-a", lease_s=60)
     assert job is not None and job.lease_owner == "worker-a"
     assert queue_b.claim("worker-b", lease_s=60) is None
 
 
-def test_a_dead_workers_job_is_claimed_again_after_its_lease_expires(tmp_path: Path) -> None:
-    queue_a = SqliteJobQueue(tmp_path)
-    queue_b = SqliteJobQueue(tmp_path)
+def test_a_dead_workers_job_is_claimed_again_after_its_lease_expires(tmp_path: Path, open_queue: OpenQueue) -> None:
+    queue_a = open_queue(tmp_path)
+    queue_b = open_queue(tmp_path)
     job_id = queue_a.submit_series(FakeCompletion())
     job = queue_a.claim("worker-a", lease_s=0.3)
     assert job is not None
@@ -67,8 +66,8 @@ def test_a_dead_workers_job_is_claimed_again_after_its_lease_expires(tmp_path: P
     assert any("worker-a" in m and "expired" in m for m in messages)
 
 
-def test_a_renewed_lease_keeps_the_job(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path)
+def test_a_renewed_lease_keeps_the_job(tmp_path: Path, open_queue: OpenQueue) -> None:
+    queue = open_queue(tmp_path)
     job_id = queue.submit_series(FakeCompletion())
     assert queue.claim("worker-a", lease_s=0.5) is not None
     queue.renew_lease(job_id, "worker-a", 60)
@@ -76,8 +75,8 @@ def test_a_renewed_lease_keeps_the_job(tmp_path: Path) -> None:
     assert queue.claim("worker-b", lease_s=60) is None
 
 
-def test_a_job_that_keeps_killing_workers_ends_failed(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path, max_attempts=2)
+def test_a_job_that_keeps_killing_workers_ends_failed(tmp_path: Path, open_queue: OpenQueue) -> None:
+    queue = open_queue(tmp_path, max_attempts=2)
     job_id = queue.submit_series(FakeCompletion())
     for n in range(2):
         job = wait_for(lambda n=n: queue.claim(f"w{n}", lease_s=0.1), 5, "claim")
@@ -90,15 +89,15 @@ def test_a_job_that_keeps_killing_workers_ends_failed(tmp_path: Path) -> None:
     assert "claimed 2 times" in (job.error or "")
 
 
-def test_illegal_transition_is_refused_with_the_allowed_states(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path)
+def test_illegal_transition_is_refused_with_the_allowed_states(tmp_path: Path, open_queue: OpenQueue) -> None:
+    queue = open_queue(tmp_path)
     job_id = queue.submit_series(FakeCompletion())
     with pytest.raises(JobError, match="cannot go from complete to sent"):
         queue.transition(job_id, JobState.SENT)
 
 
-def test_failure_keeps_the_error_message_and_clears_the_lease(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path)
+def test_failure_keeps_the_error_message_and_clears_the_lease(tmp_path: Path, open_queue: OpenQueue) -> None:
+    queue = open_queue(tmp_path)
     job_id = queue.submit_series(FakeCompletion())
     queue.claim("w", lease_s=60)
     job = queue.transition(job_id, JobState.FAILED, worker_id="w", message="model 'x' not approved")
@@ -107,8 +106,8 @@ def test_failure_keeps_the_error_message_and_clears_the_lease(tmp_path: Path) ->
     assert queue.last_error() is not None and queue.last_error()[0] == job_id
 
 
-def test_scheduled_job_waits_until_its_window(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path)
+def test_scheduled_job_waits_until_its_window(tmp_path: Path, open_queue: OpenQueue) -> None:
+    queue = open_queue(tmp_path)
     job_id = queue.submit_series(FakeCompletion())
     queue.claim("w", lease_s=60)
     queue.transition(
@@ -123,8 +122,8 @@ def test_scheduled_job_waits_until_its_window(tmp_path: Path) -> None:
     assert job.id == job_id
 
 
-def test_higher_priority_job_is_claimed_first(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path)
+def test_higher_priority_job_is_claimed_first(tmp_path: Path, open_queue: OpenQueue) -> None:
+    queue = open_queue(tmp_path)
     low = queue.submit_series(FakeCompletion(series_uid="1.2.3.1"))
     high = queue.submit_series(FakeCompletion(series_uid="1.2.3.2"))
     queue.update_fields(high, priority=5)
@@ -150,8 +149,8 @@ def _written_job(queue: SqliteJobQueue, destinations: list[str]) -> int:
     return job_id
 
 
-def test_job_is_sent_only_when_every_destination_has_it(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path)
+def test_job_is_sent_only_when_every_destination_has_it(tmp_path: Path, open_queue: OpenQueue) -> None:
+    queue = open_queue(tmp_path)
     job_id = _written_job(queue, ["tps", "archive"])
     claimed = {}
     for _ in range(2):
@@ -168,8 +167,8 @@ def test_job_is_sent_only_when_every_destination_has_it(tmp_path: Path) -> None:
     assert stage_durations_s(queue.events(job_id)).keys() >= {"processing", "sending", "total"}
 
 
-def test_failed_attempt_with_retry_time_is_pending_until_then(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path)
+def test_failed_attempt_with_retry_time_is_pending_until_then(tmp_path: Path, open_queue: OpenQueue) -> None:
+    queue = open_queue(tmp_path)
     job_id = _written_job(queue, ["tps"])
     assert queue.claim_delivery("d", lease_s=60) is not None
     queue.finish_delivery(job_id, "tps", "d", ok=False, error="refused", retry_at=time.time() + 0.3)
@@ -181,8 +180,8 @@ def test_failed_attempt_with_retry_time_is_pending_until_then(tmp_path: Path) ->
     assert "after 2 attempts" in (job.error or "") and "resend" in (job.error or "")
 
 
-def test_resend_requeues_the_same_files_and_adds_a_new_destination(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path)
+def test_resend_requeues_the_same_files_and_adds_a_new_destination(tmp_path: Path, open_queue: OpenQueue) -> None:
+    queue = open_queue(tmp_path)
     job_id = _written_job(queue, ["tps"])
     queue.claim_delivery("d", lease_s=60)
     queue.finish_delivery(job_id, "tps", "d", ok=True)
@@ -193,8 +192,8 @@ def test_resend_requeues_the_same_files_and_adds_a_new_destination(tmp_path: Pat
     assert states == {"backup": DeliveryState.PENDING, "tps": DeliveryState.PENDING}
 
 
-def test_resend_of_a_job_without_results_is_refused(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path)
+def test_resend_of_a_job_without_results_is_refused(tmp_path: Path, open_queue: OpenQueue) -> None:
+    queue = open_queue(tmp_path)
     job_id = queue.submit_series(FakeCompletion())
     with pytest.raises(JobError, match="no result files"):
         queue.requeue_delivery(job_id, ["tps"])
