@@ -191,14 +191,14 @@ class Database:
         import psycopg
 
         try:
-            conn = psycopg.connect(self.url or "", autocommit=autocommit, connect_timeout=10)
+            pg = psycopg.connect(self.url or "", autocommit=autocommit, connect_timeout=10)
         except psycopg.Error as err:
             raise DatabaseError(
                 f"cannot connect to database {self.label}: {err}. Check the `database` "
                 "setting and that the PostgreSQL server is running and reachable"
             ) from err
-        conn.execute(f"SET lock_timeout = '{int(self.busy_timeout_s * 1000)}ms'")
-        return conn
+        pg.execute(f"SET lock_timeout = '{int(self.busy_timeout_s * 1000)}ms'")
+        return pg
 
     def connect(self) -> DbConnection:
         """A new connection, with the schema migrated to this version of contourd.

@@ -157,7 +157,21 @@ class WorkerConfig(StrictModel):
 
     processes: int = Field(default=1, ge=1)
     lease_s: float = Field(default=60.0, gt=0)
-    poll_interval_s: float = Field(default=0.5, gt=0)
+    poll_interval_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="SQLite: how often an idle worker looks for a job. PostgreSQL: "
+        "workers wake on NOTIFY and look again at least every listen_recheck_s.",
+    )
+    listen_recheck_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="PostgreSQL: an idle worker also looks for jobs this often (jobs "
+        "whose lease ran out or whose schedule opened send no notification).",
+    )
+    heartbeat_s: float = Field(
+        default=5.0, gt=0, description="How often an idle worker updates its workers row."
+    )
     max_attempts: int = Field(default=3, ge=1)
     device: str = "auto"
     uid_root: str | None = Field(

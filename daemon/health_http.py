@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,7 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from daemon.job_queue import FINISHED_STATES, SqliteJobQueue, stage_durations_s
+from daemon.job_queue import FINISHED_STATES, DatabaseJobQueue, stage_durations_s
 
 log = logging.getLogger(__name__)
 
@@ -87,31 +86,37 @@ def read_heartbeat(data_dir: Path) -> dict[str, Any] | None:
     return dict(info)
 
 
-def _count_read_only(db_path: Path, sql: str) -> int:
-    """``SELECT COUNT(*) ...`` on the receive side's tables (0 before they exist)."""
-    try:
-        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as conn:
-            row = conn.execute(sql).fetchone()
-    except sqlite3.Error:
-        return 0
-    return int(row[0]) if row else 0
+def instances_received(queue: DatabaseJobQueue) -> int:
+    """Rows in the receive side's ``instances`` table."""
+    return queue.count_rows("SELECT COUNT(*) FROM instances")
 
 
-def instances_received(db_path: Path) -> int:
-    """Rows in the receive side's ``instances`` table (0 before it exists)."""
-    return _count_read_only(db_path, "SELECT COUNT(*) FROM instances")
-
-
-def series_receiving(db_path: Path) -> int:
+def series_receiving(queue: DatabaseJobQueue) -> int:
     """Series whose newest version is still arriving (``receiving``; no job yet)."""
-    return _count_read_only(
-        db_path,
+    return queue.count_rows(
         "SELECT COUNT(*) FROM series s WHERE s.state = 'receiving' AND s.version = "
-        "(SELECT MAX(version) FROM series m WHERE m.series_uid = s.series_uid)",
+        "(SELECT MAX(version) FROM series m WHERE m.series_uid = s.series_uid)"
     )
 
 
-def collect_status(queue: SqliteJobQueue) -> dict[str, Any]:
+def worker_rows(queue: DatabaseJobQueue, now: float | None = None) -> list[dict[str, Any]]:
+    """Every worker in the ``workers`` table with the age of its heartbeat (s)."""
+    now = time.time() if now is None else now
+    return [
+        {
+            "worker_id": w.worker_id,
+            "host": w.host,
+            "pid": w.pid,
+            "state": w.state,
+            "current_job": w.current_job,
+            "last_heartbeat": w.last_heartbeat,
+            "heartbeat_age_s": round(max(0.0, now - w.last_heartbeat), 1),
+        }
+        for w in queue.workers()
+    ]
+
+
+def collect_status(queue: DatabaseJobQueue) -> dict[str, Any]:
     """What ``contourd status`` and ``/healthz`` report (no patient data)."""
     data_dir = queue.data_dir
     counts = queue.counts_by_state()
@@ -126,8 +131,11 @@ def collect_status(queue: SqliteJobQueue) -> dict[str, Any]:
         "jobs_by_state": counts,
         "disk_free_mb": round(usage.free / 2**20, 1),
         "disk_total_mb": round(usage.total / 2**20, 1),
-        "instances_received": instances_received(queue.db_path),
-        "series_receiving": series_receiving(queue.db_path),
+        "instances_received": instances_received(queue),
+        "series_receiving": series_receiving(queue),
+        "database": queue.database.label,
+        "workers": worker_rows(queue),
+        "waiting_by_priority": {str(p): n for p, n in queue.waiting_by_priority().items()},
         "last_error": None
         if last is None
         else {"job_id": last[0], "error": last[1], "at": last[2]},
@@ -138,7 +146,7 @@ def collect_status(queue: SqliteJobQueue) -> dict[str, Any]:
 class QueueCollector(Collector):
     """Prometheus collector reading the job queue at scrape time."""
 
-    def __init__(self, queue: SqliteJobQueue) -> None:
+    def __init__(self, queue: DatabaseJobQueue) -> None:
         self.queue = queue
 
     def collect(self) -> Iterator[Metric]:
@@ -149,12 +157,12 @@ class QueueCollector(Collector):
         received = GaugeMetricFamily(
             "contourd_instances_received_total", "Instances received and kept in the spool table"
         )
-        received.add_metric([], float(instances_received(self.queue.db_path)))
+        received.add_metric([], float(instances_received(self.queue)))
         yield received
         receiving = GaugeMetricFamily(
             "contourd_series_receiving", "Series still arriving (no job until they complete)"
         )
-        receiving.add_metric([], float(series_receiving(self.queue.db_path)))
+        receiving.add_metric([], float(series_receiving(self.queue)))
         yield receiving
         counts = self.queue.counts_by_state()
         jobs = GaugeMetricFamily("contourd_jobs", "Jobs by state", labels=["state"])
@@ -164,10 +172,37 @@ class QueueCollector(Collector):
         length = GaugeMetricFamily("contourd_queue_length", "Jobs not finished yet")
         length.add_metric([], float(sum(n for s, n in counts.items() if s not in FINISHED_STATES)))
         yield length
+        waiting = GaugeMetricFamily(
+            "contourd_jobs_waiting", "Jobs waiting for a worker, by priority", labels=["priority"]
+        )
+        for priority, n in self.queue.waiting_by_priority().items():
+            waiting.add_metric([str(priority)], float(n))
+        yield waiting
+        yield from self._workers()
         free = GaugeMetricFamily("contourd_disk_free_bytes", "Free space on the data disk")
         free.add_metric([], float(shutil.disk_usage(self.queue.data_dir).free))
         yield free
         yield self._latencies()
+
+    def _workers(self) -> Iterator[Metric]:
+        rows = worker_rows(self.queue)
+        labels = ["worker", "host", "pid"]
+        beat = GaugeMetricFamily(
+            "contourd_worker_last_heartbeat_seconds",
+            "Unix time of each worker's last heartbeat",
+            labels=labels,
+        )
+        job = GaugeMetricFamily(
+            "contourd_worker_current_job",
+            "Id of the job each worker runs (0 when idle)",
+            labels=labels,
+        )
+        for row in rows:
+            key = [row["worker_id"], row["host"], str(row["pid"])]
+            beat.add_metric(key, float(row["last_heartbeat"]))
+            job.add_metric(key, float(row["current_job"] or 0))
+        yield beat
+        yield job
 
     def _latencies(self) -> HistogramMetricFamily:
         samples: dict[str, list[float]] = {}
@@ -205,7 +240,7 @@ class HealthServer:
 
     def __init__(
         self,
-        queue: SqliteJobQueue,
+        queue: DatabaseJobQueue,
         host: str = "127.0.0.1",
         port: int = 0,
         *,

@@ -43,10 +43,11 @@ from typing import Any
 import numpy as np
 
 from contourd import __version__
+from contourd.database import POSTGRESQL
 from contourd.errors import ContourdError, ModelNotApprovedError, ModelNotFoundError
 from daemon.config import ContourdConfig
 from daemon.dispatch import Dispatcher
-from daemon.job_queue import Job, JobState, LeaseLostError, SqliteJobQueue
+from daemon.job_queue import DatabaseJobQueue, Job, JobState, LeaseLostError
 from inference.pipeline import SegmentationResult, segment_series
 from inference.predictor import PredictorCache
 from inference.roi_mask import AlgorithmInfo, RoiMask
@@ -70,7 +71,7 @@ def default_worker_id() -> str:
 class _LeaseKeeper:
     """Renews a job's lease every third of its length while the job runs."""
 
-    def __init__(self, queue: SqliteJobQueue, job_id: int, worker_id: str, lease_s: float):
+    def __init__(self, queue: DatabaseJobQueue, job_id: int, worker_id: str, lease_s: float):
         self.queue, self.job_id, self.worker_id, self.lease_s = queue, job_id, worker_id, lease_s
         self.lost = threading.Event()
         self._stop = threading.Event()
@@ -80,6 +81,7 @@ class _LeaseKeeper:
         while not self._stop.wait(self.lease_s / 3):
             try:
                 self.queue.renew_lease(self.job_id, self.worker_id, self.lease_s)
+                self.queue.heartbeat(self.worker_id, current_job=self.job_id, state="busy")
             except LeaseLostError:
                 if self.queue.get(self.job_id).state != JobState.RUNNING:
                     return  # this worker released the lease itself (results written)
@@ -158,7 +160,7 @@ class Worker:
     def __init__(
         self,
         config: ConfigSource,
-        queue: SqliteJobQueue,
+        queue: DatabaseJobQueue,
         *,
         worker_id: str | None = None,
     ) -> None:
@@ -177,13 +179,27 @@ class Worker:
         With ``once``, returns as soon as the queue has no claimable job.
         """
         done = 0
-        while not self.stop_requested.is_set():
-            if self.process_one():
-                done += 1
-                continue
-            if once:
-                break
-            self.stop_requested.wait(self.config().worker.poll_interval_s)
+        listener = self.queue.listener()
+        last_beat = 0.0
+        try:
+            while not self.stop_requested.is_set():
+                if time.monotonic() - last_beat >= self.config().worker.heartbeat_s:
+                    self.queue.heartbeat(self.worker_id, current_job=None, state="idle")
+                    last_beat = time.monotonic()
+                if self.process_one():
+                    done += 1
+                    last_beat = 0.0
+                    continue
+                if once:
+                    break
+                worker = self.config().worker
+                if self.queue.database.dialect == POSTGRESQL:
+                    listener.wait(worker.listen_recheck_s, self.stop_requested)
+                else:
+                    self.stop_requested.wait(worker.poll_interval_s)
+        finally:
+            listener.close()
+            self.queue.remove_worker(self.worker_id)
         return done
 
     def process_one(self) -> bool:
@@ -193,6 +209,7 @@ class Worker:
         if job is None:
             return False
         self.current_job = job.id
+        self.queue.heartbeat(self.worker_id, current_job=job.id, state="busy")
         try:
             with _LeaseKeeper(self.queue, job.id, self.worker_id, config.worker.lease_s):
                 self._process(job, config)
@@ -365,7 +382,7 @@ class Worker:
     def _resolve(self, match: RouteMatch, config: ContourdConfig) -> list[Any]:
         """Approved, hash-checked models of the rule (looked up for every job)."""
         if self._registry is None or self._registry.data_dir != Path(config.data_dir):
-            self._registry = ModelRegistry(config.data_dir)
+            self._registry = ModelRegistry(config.data_dir, database=self.queue.database)
         models = []
         for ref in match.models:
             try:

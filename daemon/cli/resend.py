@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Queue (and maybe send) the resend; 0 when queued or sent, 1 when sending failed."""
     config = load_config(args.config)
-    queue = SqliteJobQueue(config.data_dir)
+    queue = SqliteJobQueue(config.data_dir, database=config.open_database())
     job = queue.get(args.job_id)
     targets = list(args.to or job.destinations)
     if not targets:

@@ -13,6 +13,12 @@ and SQLite rows), so a crash in one never loses another's work:
   destinations, dispatch and retention settings);
 - a heartbeat file that ``contourd status`` reads.
 
+Roles (``--role``): ``both`` (default) runs all of it on one machine;
+``receive`` runs everything but the workers (a receiving node of a cluster);
+``work`` runs only the worker processes and ``/healthz`` + ``/metrics`` (a GPU
+server). Receivers and workers of one cluster share the ``database``
+(PostgreSQL) and the data folder (a network share), see docs/operations.md.
+
 Shutdown: the first SIGTERM (or Ctrl-C) stops accepting associations, lets
 each worker finish its running job and the dispatcher finish its send, then
 exits 0. A second one exits at once (workers killed; their jobs are
@@ -26,6 +32,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -50,6 +57,7 @@ from routing.series_attributes import SeriesAttributes
 log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 5.0
+ROLES = ("both", "receive", "work")
 WORKER_RESTART_DELAY_S = 1.0
 
 
@@ -66,6 +74,19 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--http-port", type=int, default=None, help="override http.port (0: any free port)"
+    )
+    parser.add_argument(
+        "--role",
+        choices=ROLES,
+        default="both",
+        help="both (default): receive and work on this host; receive: storage SCP, "
+        "dispatcher and retention without workers; work: worker processes only",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="override worker.processes (worker processes on this host)",
     )
     parser.set_defaults(func=run)
 
@@ -108,22 +129,27 @@ class WorkerPool:
         self.config_path = config_path
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.restarts = 0
+        self._generation = 0
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._supervise, name="workers", daemon=True)
 
-    def _spawn(self, name: str) -> None:
+    def _spawn(self, slot: str) -> None:
+        # A restarted worker gets a new id: the dead one's lease must run out and
+        # be taken over, never be "renewed" by its successor.
+        self._generation += 1
+        name = f"{slot}.{self._generation}"
         cmd = [sys.executable, "-m", "daemon", "worker", "--id", name]
         if self.config_path is not None:
             cmd += ["-c", str(self.config_path)]
-        self.procs[name] = subprocess.Popen(cmd)
-        log.info("worker %s started (pid %d)", name, self.procs[name].pid)
+        self.procs[slot] = subprocess.Popen(cmd)
+        log.info("worker %s started (pid %d)", name, self.procs[slot].pid)
 
     def start(self) -> None:
         """Start the workers and the supervising thread."""
         with self._lock:
             for i in range(self.count):
-                self._spawn(f"worker-{os.getpid()}-{i + 1}")
+                self._spawn(f"worker-{socket.gethostname()}-{os.getpid()}-{i + 1}")
         self._thread.start()
 
     def _supervise(self) -> None:
@@ -192,9 +218,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.port is not None:
         config.node.port = args.port
+    if args.workers is not None:
+        config.worker.processes = args.workers
     data_dir = Path(config.node.data_dir)
     _add_file_log(data_dir)
-    queue = SqliteJobQueue(data_dir, max_attempts=config.worker.max_attempts)
+    receives = args.role in ("both", "receive")
+    works = args.role in ("both", "work")
+    queue = SqliteJobQueue(
+        data_dir, max_attempts=config.worker.max_attempts, database=config.open_database()
+    )
 
     def on_complete(completion: SeriesCompletion) -> None:
         log_completion(completion)
@@ -203,8 +235,12 @@ def run(args: argparse.Namespace) -> int:
             "series %s version %d -> job %d", completion.series_uid, completion.version, job_id
         )
 
-    node = ReceiveNode(config, on_complete, complete_on_release=_release_hook(holder, config))
-    workers = WorkerPool(config.worker.processes, config_path)
+    node = (
+        ReceiveNode(config, on_complete, complete_on_release=_release_hook(holder, config))
+        if receives
+        else None
+    )
+    workers = WorkerPool(config.worker.processes if works else 0, config_path)
     dispatcher = Dispatcher(queue, lambda: current().destinations, config.dispatch)
     retention = Retention(queue, config.retention)
     watcher = ConfigWatcher(holder) if holder is not None else None
@@ -228,9 +264,11 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    node.start()
+    if node is not None:
+        node.start()
     workers.start()
-    dispatcher.start()
+    if receives:
+        dispatcher.start()
     if watcher is not None:
         watcher.start()
     http_port = args.http_port if args.http_port is not None else config.http.port
@@ -246,22 +284,21 @@ def run(args: argparse.Namespace) -> int:
                 "config_error": holder.last_error if holder is not None else None,
             },
         ).start()
-    # Tests and supervisors read these lines to learn the ports when 0 was asked for.
-    print(f"contourd listening on port {node.port}", flush=True)
-    host = config.node.host if config.node.host not in ("0.0.0.0", "::", "") else "THIS_HOST"
-    print(
-        f"contourd: AE title {config.node.ae_title}, port {node.port}, data folder "
-        f"{data_dir.resolve()}{' (embedded defaults)' if config_path is None else ''}\n"
-        f"  push a series:  storescu -aec {config.node.ae_title} {host} {node.port} "
-        "+sd /path/to/series   (DCMTK)\n"
-        f"  models:         contourd models list"
-        f"{'' if config_path is None else ' -c ' + str(config_path)}",
-        flush=True,
-    )
+    log.info("role %s, database %s", args.role, queue.database.label)
+    if node is None:
+        print(
+            f"contourd: worker host, {workers.count} worker process(es), data folder "
+            f"{data_dir.resolve()}, database {queue.database.label}",
+            flush=True,
+        )
+    else:
+        _print_receive_banner(config, config_path, node.port, data_dir)
     if http is not None:
         print(f"contourd http on port {http.port}", flush=True)
 
     def heartbeat() -> None:
+        if node is None:
+            return  # the heartbeat file describes the receiving node of this data folder
         write_heartbeat(
             data_dir,
             {
@@ -276,6 +313,8 @@ def run(args: argparse.Namespace) -> int:
         heartbeat()
         while not stop.wait(1.0):
             heartbeat()
+            if not receives:
+                continue
             dispatcher.config = current().dispatch
             if time.monotonic() >= next_retention:
                 retention.config = current().retention
@@ -288,13 +327,33 @@ def run(args: argparse.Namespace) -> int:
                 next_retention = time.monotonic() + current().retention.check_interval_s
     finally:
         log.info("stopping: no new associations; waiting for running jobs")
-        node.stop()
+        if node is not None:
+            node.stop()
         workers.stop(graceful=True)
-        dispatcher.stop(wait=True)
+        if receives:
+            dispatcher.stop(wait=True)
         if watcher is not None:
             watcher.stop()
         if http is not None:
             http.stop()
-        clear_heartbeat(data_dir)
+        if node is not None:
+            clear_heartbeat(data_dir)
     log.info("contourd stopped")
     return 0
+
+
+def _print_receive_banner(
+    config: ContourdConfig, config_path: Path | None, port: int, data_dir: Path
+) -> None:
+    # Tests and supervisors read these lines to learn the ports when 0 was asked for.
+    print(f"contourd listening on port {port}", flush=True)
+    host = config.node.host if config.node.host not in ("0.0.0.0", "::", "") else "THIS_HOST"
+    print(
+        f"contourd: AE title {config.node.ae_title}, port {port}, data folder "
+        f"{data_dir.resolve()}{' (embedded defaults)' if config_path is None else ''}\n"
+        f"  push a series:  storescu -aec {config.node.ae_title} {host} {port} "
+        "+sd /path/to/series   (DCMTK)\n"
+        f"  models:         contourd models list"
+        f"{'' if config_path is None else ' -c ' + str(config_path)}",
+        flush=True,
+    )

@@ -1,4 +1,9 @@
-"""``contourd status``: node up, queue length, disk free, last error (``--json``)."""
+"""``contourd status``: node up, queue, workers, disk free, last error (``--json``).
+
+Workers are read from the database, so on a shared PostgreSQL every host's
+workers show (host, pid, current job, age of the last heartbeat), and the
+queue is shown per priority.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the status; exit code 0 when the node is up, 3 when it is not."""
     config = load_config(args.config)
-    status = collect_status(SqliteJobQueue(config.data_dir))
+    status = collect_status(SqliteJobQueue(config.data_dir, database=config.open_database()))
     status["disk_floor_mb"] = config.node.min_free_disk_mb
     if args.json:
         print(json.dumps(status, indent=2))
@@ -48,6 +53,19 @@ def run(args: argparse.Namespace) -> int:
         f"received:    {status['instances_received']} instance(s); "
         f"{status['series_receiving']} series still arriving"
     )
+    waiting = status["waiting_by_priority"]
+    print(
+        "waiting:     "
+        + (", ".join(f"priority {p}: {n}" for p, n in waiting.items()) or "none")
+        + f"   (database {status['database']})"
+    )
+    print(f"workers:     {len(status['workers'])}")
+    for w in status["workers"]:
+        job = f"job {w['current_job']}" if w["current_job"] is not None else "idle"
+        print(
+            f"  {w['worker_id']}  host {w['host']}  pid {w['pid']}  {job}  "
+            f"heartbeat {w['heartbeat_age_s']:.0f} s ago"
+        )
     print(
         f"disk free:   {status['disk_free_mb']:.0f} MiB of {status['disk_total_mb']:.0f} MiB "
         f"(floor {config.node.min_free_disk_mb} MiB)"
