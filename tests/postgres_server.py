@@ -69,7 +69,14 @@ class PostgresServer:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
         options += " -c max_connections=200"
         self._run(
-            self.bindir / "pg_ctl", "-D", self.data, "-o", options, "-l", self.root / "log", "-w",
+            self.bindir / "pg_ctl",
+            "-D",
+            self.data,
+            "-o",
+            options,
+            "-l",
+            self.root / "log",
+            "-w",
             "start",
         )
         wait_for(self._accepts, 30, "PostgreSQL accepting connections")

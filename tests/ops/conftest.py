@@ -137,11 +137,11 @@ def make_result_file(path: Path, sop_uid: str | None = None) -> Path:
     return path
 
 
-def approve_body_model(data_dir: Path) -> None:
-    """Approve the built-in ``body`` model in a throwaway data folder."""
+def approve_body_model(data_dir: Path, database_url: str | None = None) -> None:
+    """Approve the built-in ``body`` model in a throwaway data folder (and database)."""
     from model_store.registry import ModelRegistry
 
-    registry = ModelRegistry(data_dir)
+    registry = ModelRegistry(data_dir, database=Database(data_dir, database_url))
     try:
         registry.approve("body", "1.0.0", by="ops-test", note="test data folder")
     finally:
@@ -174,9 +174,10 @@ def body_rule_config(data_dir: Path, destinations: dict[str, dict[str, object]],
 class RunningNode:
     """``contourd serve`` in a subprocess on free ports, with its data folder."""
 
-    def __init__(self, config_path: Path, data_dir: Path) -> None:
+    def __init__(self, config_path: Path, data_dir: Path, *extra_args: str) -> None:
         self.config_path = config_path
         self.data_dir = data_dir
+        self.extra_args = list(extra_args)
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.http_port = 0
@@ -198,6 +199,7 @@ class RunningNode:
                 "0",
                 "--http-port",
                 "0",
+                *self.extra_args,
             ],
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -261,6 +263,7 @@ def node_config_file(
     max_attempts: int = 20,
     workers: int = 1,
     outputs: tuple[str, ...] = ("rtstruct",),
+    database: str | None = None,
 ) -> Path:
     """A config for an end-to-end node: CT -> body model -> ``outputs`` -> storescp 'tps'."""
     import yaml
@@ -269,6 +272,7 @@ def node_config_file(
     path.write_text(
         yaml.safe_dump(
             {
+                **({"database": database} if database else {}),
                 "node": {"data_dir": "data", "fsync": False, "min_free_disk_mb": 0},
                 "series": {"complete_on": "association_release", "complete_after_s": 30},
                 "destinations": {"tps": {"ae_title": "TPS", "host": "127.0.0.1", "port": tps_port}},

@@ -17,7 +17,9 @@ from daemon.job_queue import (
 )
 
 
-def test_submitting_the_same_series_version_twice_gives_one_job(tmp_path: Path, open_queue: OpenQueue) -> None:
+def test_submitting_the_same_series_version_twice_gives_one_job(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
     queue = open_queue(tmp_path)
     first = queue.submit_series(FakeCompletion())
     again = queue.submit_series(FakeCompletion())
@@ -36,7 +38,9 @@ def test_jobs_survive_reopening_the_database(tmp_path: Path, open_queue: OpenQue
     assert [e.state for e in reopened.events(job_id)] == ["complete"]
 
 
-def test_a_claimed_job_is_not_given_to_a_second_worker(tmp_path: Path, open_queue: OpenQueue) -> None:
+def test_a_claimed_job_is_not_given_to_a_second_worker(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
     queue_a = open_queue(tmp_path)
     queue_b = open_queue(tmp_path)
     queue_a.submit_series(FakeCompletion())
@@ -45,7 +49,9 @@ def test_a_claimed_job_is_not_given_to_a_second_worker(tmp_path: Path, open_queu
     assert queue_b.claim("worker-b", lease_s=60) is None
 
 
-def test_a_dead_workers_job_is_claimed_again_after_its_lease_expires(tmp_path: Path, open_queue: OpenQueue) -> None:
+def test_a_dead_workers_job_is_claimed_again_after_its_lease_expires(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
     queue_a = open_queue(tmp_path)
     queue_b = open_queue(tmp_path)
     job_id = queue_a.submit_series(FakeCompletion())
@@ -75,7 +81,9 @@ def test_a_renewed_lease_keeps_the_job(tmp_path: Path, open_queue: OpenQueue) ->
     assert queue.claim("worker-b", lease_s=60) is None
 
 
-def test_a_job_that_keeps_killing_workers_ends_failed(tmp_path: Path, open_queue: OpenQueue) -> None:
+def test_a_job_that_keeps_killing_workers_ends_failed(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
     queue = open_queue(tmp_path, max_attempts=2)
     job_id = queue.submit_series(FakeCompletion())
     for n in range(2):
@@ -89,14 +97,18 @@ def test_a_job_that_keeps_killing_workers_ends_failed(tmp_path: Path, open_queue
     assert "claimed 2 times" in (job.error or "")
 
 
-def test_illegal_transition_is_refused_with_the_allowed_states(tmp_path: Path, open_queue: OpenQueue) -> None:
+def test_illegal_transition_is_refused_with_the_allowed_states(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
     queue = open_queue(tmp_path)
     job_id = queue.submit_series(FakeCompletion())
     with pytest.raises(JobError, match="cannot go from complete to sent"):
         queue.transition(job_id, JobState.SENT)
 
 
-def test_failure_keeps_the_error_message_and_clears_the_lease(tmp_path: Path, open_queue: OpenQueue) -> None:
+def test_failure_keeps_the_error_message_and_clears_the_lease(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
     queue = open_queue(tmp_path)
     job_id = queue.submit_series(FakeCompletion())
     queue.claim("w", lease_s=60)
@@ -149,7 +161,9 @@ def _written_job(queue: SqliteJobQueue, destinations: list[str]) -> int:
     return job_id
 
 
-def test_job_is_sent_only_when_every_destination_has_it(tmp_path: Path, open_queue: OpenQueue) -> None:
+def test_job_is_sent_only_when_every_destination_has_it(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
     queue = open_queue(tmp_path)
     job_id = _written_job(queue, ["tps", "archive"])
     claimed = {}
@@ -167,7 +181,9 @@ def test_job_is_sent_only_when_every_destination_has_it(tmp_path: Path, open_que
     assert stage_durations_s(queue.events(job_id)).keys() >= {"processing", "sending", "total"}
 
 
-def test_failed_attempt_with_retry_time_is_pending_until_then(tmp_path: Path, open_queue: OpenQueue) -> None:
+def test_failed_attempt_with_retry_time_is_pending_until_then(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
     queue = open_queue(tmp_path)
     job_id = _written_job(queue, ["tps"])
     assert queue.claim_delivery("d", lease_s=60) is not None
@@ -180,7 +196,9 @@ def test_failed_attempt_with_retry_time_is_pending_until_then(tmp_path: Path, op
     assert "after 2 attempts" in (job.error or "") and "resend" in (job.error or "")
 
 
-def test_resend_requeues_the_same_files_and_adds_a_new_destination(tmp_path: Path, open_queue: OpenQueue) -> None:
+def test_resend_requeues_the_same_files_and_adds_a_new_destination(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
     queue = open_queue(tmp_path)
     job_id = _written_job(queue, ["tps"])
     queue.claim_delivery("d", lease_s=60)
