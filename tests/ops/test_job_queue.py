@@ -10,6 +10,7 @@ from conftest import FakeCompletion, OpenQueue, wait_for
 
 from contourd.errors import JobError
 from daemon.job_queue import (
+    DatabaseJobQueue,
     DeliveryState,
     JobState,
     LeaseLostError,
@@ -145,7 +146,7 @@ def test_higher_priority_job_is_claimed_first(tmp_path: Path, open_queue: OpenQu
     assert second is not None and second.id == low
 
 
-def _written_job(queue: SqliteJobQueue, destinations: list[str]) -> int:
+def _written_job(queue: DatabaseJobQueue, destinations: list[str]) -> int:
     job_id = queue.submit_series(FakeCompletion())
     queue.claim("w", lease_s=60)
     queue.transition(job_id, JobState.ROUTED, worker_id="w", destinations=destinations)
