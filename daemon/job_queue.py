@@ -314,8 +314,8 @@ class DatabaseJobQueue:
     (:meth:`listener`).
 
     Paths under the data folder (spool, instances, results) are stored
-    relative to it, so hosts that mount the data folder at different places
-    share the rows; other paths are stored as they are.
+    relative to it (``./spool/...``), so hosts that mount the data folder at
+    different places share the rows; other paths are stored as they are.
 
     Parameters
     ----------
@@ -366,15 +366,22 @@ class DatabaseJobQueue:
 
     # -- paths relative to the data folder -------------------------------------
     def _store_path(self, path: Path | str) -> str:
+        """``./<relative>`` for a path inside the data folder, else the path as given.
+
+        The ``./`` marks "relative to the data folder", so rows written before
+        (plain relative paths, relative to the working folder) still read back
+        as they were.
+        """
         p = Path(path)
         try:
-            return p.relative_to(self.data_dir).as_posix() if p.is_absolute() else p.as_posix()
+            return "./" + p.absolute().relative_to(self.data_dir.absolute()).as_posix()
         except ValueError:
             return str(p)
 
     def _load_path(self, text: str) -> Path:
-        p = Path(text)
-        return p if p.is_absolute() or not text else self.data_dir / p
+        if text.startswith("./"):
+            return self.data_dir / text[2:]
+        return Path(text)
 
     # -- decoding ---------------------------------------------------------------
     def _row(self, job_id: int, *, lock: bool = False) -> dict[str, Any]:

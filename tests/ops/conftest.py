@@ -119,6 +119,15 @@ class StoreScp:
         self.stop()
 
 
+def referenced_uids(rs: pydicom.Dataset) -> set[str]:
+    """SOP Instance UIDs of the images an RTSTRUCT's contours reference."""
+    series = rs.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+    return {
+        c.ReferencedSOPInstanceUID
+        for c in series.RTReferencedSeriesSequence[0].ContourImageSequence
+    }
+
+
 def make_result_file(path: Path, sop_uid: str | None = None) -> Path:
     """A small valid RT Structure Set file (no contours) for dispatch tests."""
     ds = pydicom.Dataset()

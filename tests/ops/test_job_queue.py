@@ -216,3 +216,29 @@ def test_resend_of_a_job_without_results_is_refused(tmp_path: Path, open_queue: 
     job_id = queue.submit_series(FakeCompletion())
     with pytest.raises(JobError, match="no result files"):
         queue.requeue_delivery(job_id, ["tps"])
+
+
+def test_paths_in_the_data_folder_are_stored_relative_to_it(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
+    """A host that mounts the data folder elsewhere reads the same files."""
+    data = tmp_path / "here"
+    spool = data / "spool" / "1.2" / "3.4"
+    outside = tmp_path / "elsewhere" / "x.dcm"
+    queue = open_queue(data)
+    job_id = queue.submit_series(
+        FakeCompletion(spool_dir=spool, instance_paths=[spool / "a.dcm", outside])
+    )
+    stored = queue.conn.rows("SELECT spool_dir, instance_paths FROM jobs WHERE id = ?", (job_id,))
+    assert stored[0]["spool_dir"] == "./spool/1.2/3.4"
+    assert str(outside) in stored[0]["instance_paths"]
+    mounted = tmp_path / "mounted-elsewhere"
+    if queue.database.dialect == "sqlite":  # the database lives in the folder: move both
+        queue.close()
+        data.rename(mounted)
+        other_host = open_queue(mounted)
+    else:  # PostgreSQL: the same database, the data folder mounted at another path
+        other_host = DatabaseJobQueue(mounted, database=queue.database)
+    job = other_host.get(job_id)
+    assert job.spool_dir == mounted / "spool" / "1.2" / "3.4"
+    assert job.instance_paths == [mounted / "spool" / "1.2" / "3.4" / "a.dcm", outside]

@@ -15,13 +15,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pydicom
 import pytest
 from conftest import (
     RunningNode,
     StoreScp,
     approve_body_model,
     node_config_file,
+    referenced_uids,
     require_tool,
     storescu_push,
     wait_for,
@@ -35,16 +35,6 @@ pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
 SERIES = 20
 WORKERS = 3
-
-
-def _referenced_uids(rs: pydicom.Dataset) -> tuple[str, ...]:
-    series = rs.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
-    return tuple(
-        sorted(
-            c.ReferencedSOPInstanceUID
-            for c in series.RTReferencedSeriesSequence[0].ContourImageSequence
-        )
-    )
 
 
 def _kill_a_worker_mid_job(
@@ -119,7 +109,7 @@ def test_one_receiver_three_workers_on_postgresql_survive_a_killed_worker(
         received = tps.received()
         assert len(received) == SERIES, [rs.SOPInstanceUID for rs in received]
         expected = sorted(tuple(sorted(h.SOPInstanceUID for h in s.headers)) for s in all_series)
-        assert sorted(_referenced_uids(rs) for rs in received) == expected
+        assert sorted(tuple(sorted(referenced_uids(rs))) for rs in received) == expected
         jobs = queue.recent(100)
         assert len(jobs) == SERIES and {j.state for j in jobs} == {JobState.SENT}
         taken_over = queue.get(killed_job)
