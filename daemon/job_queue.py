@@ -1045,10 +1045,13 @@ class DatabaseJobQueue:
         ]
 
     def waiting_by_priority(self) -> dict[int, int]:
-        """Jobs waiting for a worker (complete, routed, scheduled) per priority."""
+        """Jobs waiting for a worker (complete, routed, scheduled; no live lease) per priority."""
         rows = self._conn.rows(
             "SELECT priority, COUNT(*) AS n FROM jobs WHERE state IN "
-            "('complete', 'routed', 'scheduled') GROUP BY priority ORDER BY priority DESC"
+            "('complete', 'routed', 'scheduled') AND "
+            "(lease_expires_at IS NULL OR lease_expires_at < ?) "
+            "GROUP BY priority ORDER BY priority DESC",
+            (time.time(),),
         )
         return {int(r["priority"] or 0): int(r["n"]) for r in rows}
 
