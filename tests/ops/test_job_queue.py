@@ -242,3 +242,28 @@ def test_paths_in_the_data_folder_are_stored_relative_to_it(
     job = other_host.get(job_id)
     assert job.spool_dir == mounted / "spool" / "1.2" / "3.4"
     assert job.instance_paths == [mounted / "spool" / "1.2" / "3.4" / "a.dcm", outside]
+
+
+def test_an_idle_worker_is_woken_by_a_new_job_on_postgresql(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
+    """PostgreSQL: NOTIFY at commit wakes the listener; SQLite: the wait just polls."""
+    import threading
+
+    receiver, worker = open_queue(tmp_path), open_queue(tmp_path)
+    listener = worker.listener()
+    stop = threading.Event()
+    woken: list[bool] = []
+    postgresql = worker.database.dialect == "postgresql"
+    try:
+        waiting = threading.Thread(
+            target=lambda: woken.append(listener.wait(60.0 if postgresql else 0.2, stop))
+        )
+        waiting.start()
+        receiver.submit_series(FakeCompletion())
+        waiting.join(timeout=90)
+        assert woken == [postgresql]  # True only when a notification arrived
+        assert worker.claim("worker-a", lease_s=60) is not None
+    finally:
+        stop.set()
+        listener.close()
