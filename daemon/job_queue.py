@@ -46,6 +46,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+from contourd.database import DB_FILENAME as DB_FILENAME  # re-exported for older callers
 from contourd.database import Database, DbConnection, JobListener
 from contourd.errors import JobError
 from contourd.schema import jobs as schema_jobs

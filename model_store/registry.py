@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from contourd.database import Database, DbConnection, integrity_errors
+from contourd.database import DB_FILENAME, Database, DbConnection, integrity_errors
 from contourd.errors import (
     ModelIntegrityError,
     ModelNotApprovedError,
@@ -52,6 +52,9 @@ from model_store.package import CARD_FILE, WEIGHTS_FILE, open_package, sha256_fi
 from model_store.tg263 import name_warning
 
 log = logging.getLogger(__name__)
+
+DB_FILE = DB_FILENAME
+"""The SQLite file name in the data folder (kept for older callers)."""
 
 MODELS_DIR = "models"
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
