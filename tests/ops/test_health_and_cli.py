@@ -59,17 +59,22 @@ def _get(url: str) -> tuple[int, bytes]:
         return err.code, err.read()
 
 
-def test_metrics_report_jobs_by_state_and_stage_latencies(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path / "data")
-    _sent_job(queue, tmp_path)
-    queue.submit_series(FakeCompletion(series_uid="1.2.3.99"))
+def _scrape_metrics(queue: SqliteJobQueue) -> str:
+    """``GET /metrics`` from a HealthServer on ``queue``; the text (status 200 checked)."""
     server = HealthServer(queue, port=0).start()
     try:
         code, body = _get(f"http://127.0.0.1:{server.port}/metrics")
     finally:
         server.stop()
-    text = body.decode()
     assert code == 200
+    return body.decode()
+
+
+def test_metrics_report_jobs_by_state_and_stage_latencies(tmp_path: Path) -> None:
+    queue = SqliteJobQueue(tmp_path / "data")
+    _sent_job(queue, tmp_path)
+    queue.submit_series(FakeCompletion(series_uid="1.2.3.99"))
+    text = _scrape_metrics(queue)
     assert 'contourd_jobs{state="complete"} 1.0' in text
     assert 'contourd_jobs{state="sent"} 1.0' in text
     assert "contourd_queue_length 1.0" in text
@@ -188,13 +193,7 @@ def test_status_and_metrics_show_every_worker_and_the_queue_per_priority(
     assert claimed is not None and claimed.id == urgent
     queue.heartbeat("gpu-a", current_job=urgent, state="busy", host="gpu-host-a", pid=4242)
     queue.heartbeat("gpu-b", current_job=None, host="gpu-host-b", pid=4343)
-    server = HealthServer(queue, port=0).start()
-    try:
-        code, body = _get(f"http://127.0.0.1:{server.port}/metrics")
-    finally:
-        server.stop()
-    text = body.decode()
-    assert code == 200
+    text = _scrape_metrics(queue)
     assert 'contourd_jobs_waiting{priority="0"} 2.0' in text
     assert 'contourd_jobs_waiting{priority="5"}' not in text  # claimed: no longer waiting
     assert (
