@@ -45,6 +45,28 @@ def redact_url(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
+def store_path(path: Path | str, data_dir: Path) -> str:
+    """How a file path is kept in the database: ``./<relative>`` inside ``data_dir``.
+
+    Hosts that mount the shared data folder at different places then read the
+    same rows. A path outside the data folder is kept as given. The ``./``
+    marks "relative to the data folder", so rows written before (plain paths)
+    read back as they were.
+    """
+    p = Path(path)
+    try:
+        return "./" + p.absolute().relative_to(Path(data_dir).absolute()).as_posix()
+    except ValueError:
+        return str(p)
+
+
+def load_path(text: str, data_dir: Path) -> Path:
+    """The inverse of :func:`store_path` for this host's ``data_dir``."""
+    if text.startswith("./"):
+        return Path(data_dir) / text[2:]
+    return Path(text)
+
+
 def integrity_errors() -> tuple[type[Exception], ...]:
     """The exceptions both drivers raise for a violated key (to catch a lost race)."""
     import psycopg

@@ -7,7 +7,8 @@ modules read these tables but never write them.
 its row). ``series``: one row per series *version*: version 1 is the first
 batch; images that arrive after a version was completed open version 2, and so
 on. ``state`` is ``receiving`` or ``complete``; ``handed_off`` is 1 once the
-completion callback returned normally. Times are ISO 8601 UTC strings.
+completion callback returned normally. Times are ISO 8601 UTC strings. File
+paths inside the data folder are stored relative to it (``./spool/...``).
 
 The spool folder is the source of truth: rows lost in a crash (SQLite runs in
 WAL mode with ``synchronous=NORMAL``) are rebuilt from the files at start by
@@ -22,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from contourd.database import DB_FILENAME, Database
+from contourd.database import DB_FILENAME, Database, load_path, store_path
 from contourd.schema import instances, series
 
 __all__ = ["DB_FILENAME", "INSTANCE_COLUMNS", "SERIES_COLUMNS", "InstanceDB"]
@@ -40,6 +41,9 @@ def _upsert_sql(table: str, columns: list[str], key: tuple[str, ...]) -> str:
         f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
     )
 
+
+_PATH_COLUMNS = ("path", "first_instance_path")
+"""Kept relative to the data folder (:func:`contourd.database.store_path`)."""
 
 _INSERT_INSTANCE = _upsert_sql("instances", INSTANCE_COLUMNS, ("sop_instance_uid",))
 _INSERT_SERIES = _upsert_sql("series", SERIES_COLUMNS, ("series_uid", "version"))
@@ -59,6 +63,7 @@ class InstanceDB:
         if not isinstance(database, Database):
             database = Database(Path(database).parent)
         self.database = database
+        self.data_dir = database.data_dir
         self.path = database.sqlite_path
         self.conn = database.connect()
         self._lock = self.conn.lock
@@ -77,8 +82,14 @@ class InstanceDB:
     def record_instance(self, instance: dict[str, Any], series: dict[str, Any]) -> None:
         """Upsert one instance row and its series-version row in one transaction."""
         with self.transaction():
-            self.conn.execute(_INSERT_INSTANCE, [instance.get(c) for c in INSTANCE_COLUMNS])
-            self.conn.execute(_INSERT_SERIES, [series.get(c) for c in SERIES_COLUMNS])
+            self.conn.execute(_INSERT_INSTANCE, self._values(instance, INSTANCE_COLUMNS))
+            self.conn.execute(_INSERT_SERIES, self._values(series, SERIES_COLUMNS))
+
+    def _values(self, row: dict[str, Any], columns: list[str]) -> list[Any]:
+        return [
+            store_path(row[c], self.data_dir) if c in _PATH_COLUMNS and row.get(c) else row.get(c)
+            for c in columns
+        ]
 
     def mark_complete(
         self, series_uid: str, version: int, *, completed_at: str, reason: str
@@ -101,7 +112,12 @@ class InstanceDB:
 
     # -- reads ----------------------------------------------------------
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        return self.conn.rows(sql, params)
+        rows = self.conn.rows(sql, params)
+        for row in rows:
+            for column in _PATH_COLUMNS:
+                if row.get(column):
+                    row[column] = str(load_path(row[column], self.data_dir))
+        return rows
 
     def series_rows(self, series_uid: str | None = None) -> list[dict[str, Any]]:
         """Every series-version row (of one series when given), oldest first."""

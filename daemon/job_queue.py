@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from contourd.database import DB_FILENAME as DB_FILENAME  # re-exported for older callers
-from contourd.database import Database, DbConnection, JobListener
+from contourd.database import Database, DbConnection, JobListener, load_path, store_path
 from contourd.errors import JobError
 from contourd.schema import jobs as schema_jobs
 
@@ -367,22 +367,10 @@ class DatabaseJobQueue:
 
     # -- paths relative to the data folder -------------------------------------
     def _store_path(self, path: Path | str) -> str:
-        """``./<relative>`` for a path inside the data folder, else the path as given.
-
-        The ``./`` marks "relative to the data folder", so rows written before
-        (plain relative paths, relative to the working folder) still read back
-        as they were.
-        """
-        p = Path(path)
-        try:
-            return "./" + p.absolute().relative_to(self.data_dir.absolute()).as_posix()
-        except ValueError:
-            return str(p)
+        return store_path(path, self.data_dir)
 
     def _load_path(self, text: str) -> Path:
-        if text.startswith("./"):
-            return self.data_dir / text[2:]
-        return Path(text)
+        return load_path(text, self.data_dir)
 
     # -- decoding ---------------------------------------------------------------
     def _row(self, job_id: int, *, lock: bool = False) -> dict[str, Any]:

@@ -98,3 +98,22 @@ def test_a_data_folder_from_before_versioning_is_migrated_in_place(tmp_path: Pat
         assert version == LATEST_VERSION
     finally:
         db.close()
+
+
+def test_spool_paths_are_stored_relative_to_the_data_folder(
+    tmp_path: Path, make_database: Callable[[Path], Database]
+) -> None:
+    database = make_database(tmp_path)
+    db = InstanceDB(database)
+    try:
+        inside = tmp_path / "spool" / "1.2.3" / "9.9" / "1.1.dcm"
+        db.record_instance(
+            _instance("1.1", "9.9", 1, str(inside)),
+            {**_series("9.9", 1, 1), "first_instance_path": str(inside)},
+        )
+        stored = db.conn.rows("SELECT path FROM instances")[0]["path"]
+        assert stored == "./spool/1.2.3/9.9/1.1.dcm"
+        assert db.instance_rows("9.9")[0]["path"] == str(inside)
+        assert db.series_rows("9.9")[0]["first_instance_path"] == str(inside)
+    finally:
+        db.close()
