@@ -78,11 +78,15 @@ class SeriesConfig(StrictModel):
     ``association_release``, or when ``expected_count_attribute`` (a DICOM
     keyword in the first instance giving the number of instances) is reached.
     A completion whose hand-off raised is retried after ``handoff_retry_s``.
+    A series that is not whole (its association was aborted, or its headers
+    show gaps; see daemon/series_completeness.py) waits for the rest and is
+    ended as ``failed`` ``incomplete_wait_s`` seconds after its last image.
     """
 
     complete_after_s: float = Field(default=10.0, gt=0)
     complete_on: Literal["quiet_period", "association_release"] = "quiet_period"
     expected_count_attribute: str | None = None
+    incomplete_wait_s: float = Field(default=600.0, gt=0)
     handoff_retry_s: float = Field(default=30.0, gt=0)
 
 

@@ -60,7 +60,15 @@ SERIES_COLUMNS: dict[str, Any] = {
     "last_received_at": str,
     "completed_at": str,
     "reason": str,
+    "associations_open": int,
+    "interrupted": str,
+    "completeness": str,
 }
+"""``associations_open``: associations sending this version that had not ended
+(a non-zero value at start means the node stopped mid-push);
+``interrupted``: why an association of this version ended abnormally;
+``completeness``: the completeness verdict at completion and its signal
+(see daemon/series_completeness.py)."""
 
 
 def _replace_sql(table: str, columns: dict[str, Any]) -> str:
@@ -103,6 +111,11 @@ class InstanceDB:
             if not series.exists():
                 series.create(SERIES_COLUMNS, pk=("series_uid", "version"))
                 series.create_index(["state", "handed_off"])
+            else:  # a data folder from an older release: add the newer columns
+                present = set(series.columns_dict)
+                for name, kind in SERIES_COLUMNS.items():
+                    if name not in present:
+                        series.add_column(name, kind)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -124,6 +137,11 @@ class InstanceDB:
         """
         with self.transaction():
             self.db.conn.execute(_INSERT_INSTANCE, [instance.get(c) for c in INSTANCE_COLUMNS])
+            self.db.conn.execute(_INSERT_SERIES, [series.get(c) for c in SERIES_COLUMNS])
+
+    def save_series(self, series: dict[str, Any]) -> None:
+        """Upsert one series-version row (every column)."""
+        with self.transaction():
             self.db.conn.execute(_INSERT_SERIES, [series.get(c) for c in SERIES_COLUMNS])
 
     def mark_complete(

@@ -558,7 +558,7 @@ class SqliteJobQueue:
             if existing is not None:
                 return int(existing[0])
             reason = getattr(completion, "reason", None)
-            return self._insert_complete_job(
+            job_id = self._insert_complete_job(
                 conn,
                 {
                     "study_uid": completion.study_uid,
@@ -578,6 +578,16 @@ class SqliteJobQueue:
                 + (f", {reason}" if reason else "")
                 + ")",
             )
+            incomplete = getattr(completion, "incomplete", None)
+            if incomplete:
+                # Never contoured: half a series must not reach the planning system.
+                conn.execute(
+                    "UPDATE jobs SET state = 'failed', error = ?, finished_at = ?, "
+                    "updated_at = ? WHERE id = ?",
+                    (incomplete, now, now, job_id),
+                )
+                self._event(conn, job_id, JobState.FAILED.value, now, None, incomplete)
+            return job_id
 
     def spawn_rule_job(self, job_id: int, rule_slot: int, rule_name: str) -> int:
         """A sibling job for the same series that runs only rule ``rule_name``.
