@@ -63,12 +63,16 @@ SERIES_COLUMNS: dict[str, Any] = {
     "associations_open": int,
     "interrupted": str,
     "completeness": str,
+    "content_sha256": str,
+    "uids_sha256": str,
+    "content_count": int,
 }
 """``associations_open``: associations sending this version that had not ended
 (a non-zero value at start means the node stopped mid-push);
 ``interrupted``: why an association of this version ended abnormally;
 ``completeness``: the completeness verdict at completion and its signal
-(see daemon/series_completeness.py)."""
+(see daemon/series_completeness.py); ``content_sha256``, ``uids_sha256``,
+``content_count``: what the series held at completion (daemon/series_content.py)."""
 
 
 def _replace_sql(table: str, columns: dict[str, Any]) -> str:

@@ -50,6 +50,7 @@ from pydicom.dataset import Dataset
 
 from daemon.instance_db import InstanceDB
 from daemon.series_completeness import CompletenessVerdict, SliceFacts, assess
+from daemon.series_content import ContentDigest, content_digest, describe_change
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,12 @@ class SeriesCompletion:
     incomplete : str or None
         Set when the version was given up as incomplete: the message for the
         job record (what is missing, which signal said so, what to do).
+    same_content_as : list of int
+        Earlier versions (oldest first) that held exactly the same instances
+        with the same content: this version is a re-push, not a change.
+    change : str or None
+        For a changed series, how it differs from the newest earlier version
+        ("200 instances, version 1 had 198 (2 new)"); None for version 1.
     """
 
     study_uid: str
@@ -117,6 +124,8 @@ class SeriesCompletion:
     reason: CompletionReason
     completeness: str = ""
     incomplete: str | None = None
+    same_content_as: list[int] = field(default_factory=list)
+    change: str | None = None
 
 
 @dataclass(frozen=True)
@@ -482,10 +491,23 @@ class SeriesAssembler:
             facts.append(fact)
         return assess(facts, interruption=interruption)
 
+    def _digest(self, series_uid: str) -> ContentDigest | None:
+        paths = {
+            str(r["sop_instance_uid"]): Path(r["path"])
+            for r in self.db.instance_rows(series_uid)
+            if Path(r["path"]).exists()
+        }
+        try:
+            return content_digest(paths)
+        except OSError as err:  # boundary: a file vanished; re-push detection is skipped
+            log.warning("series %s: cannot digest its instances (%s)", series_uid, err)
+            return None
+
     def _complete(self, series_uid: str, version: int, reason: CompletionReason) -> None:
         verdict = self._assess(series_uid, version)
         if verdict is None:
             return  # already completed by another trigger
+        digest = self._digest(series_uid) if verdict.complete else None
         with self._lock:
             st = self._open.get(series_uid)
             if st is None or st.version != version:
@@ -502,6 +524,12 @@ class SeriesAssembler:
             if not verdict.complete:
                 reason = "incomplete"
             st.row["completeness"] = verdict.describe()
+            if digest is not None:
+                st.row.update(
+                    content_sha256=digest.content_sha256,
+                    uids_sha256=digest.uids_sha256,
+                    content_count=digest.count,
+                )
             st.row.update(state="complete", completed_at=completed_at.isoformat(), reason=reason)
             self.db.save_series(dict(st.row))
             row = dict(st.row)
@@ -590,7 +618,30 @@ class SeriesAssembler:
             reason=reason,
             completeness=str(row.get("completeness") or ""),
             incomplete=self._incomplete_message(row),
+            **self._compare_with_earlier(row),
         )
+
+    def _compare_with_earlier(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``same_content_as`` and ``change`` of a version against the earlier ones."""
+        content = row.get("content_sha256")
+        if not content:
+            return {}
+        earlier = [
+            r
+            for r in self.db.series_rows(str(row["series_uid"]))
+            if int(r["version"]) < int(row["version"]) and r.get("content_sha256")
+        ]
+        same = [int(r["version"]) for r in earlier if r["content_sha256"] == content]
+        change = None
+        if earlier and not same:
+            digest = ContentDigest(
+                str(content), str(row.get("uids_sha256")), int(row.get("content_count") or 0)
+            )
+            # Name the first version that held this content (later ones were re-pushes).
+            newest = earlier[-1]
+            base = next(r for r in earlier if r["content_sha256"] == newest["content_sha256"])
+            change = describe_change(base, digest)
+        return {"same_content_as": same, "change": change}
 
     def _incomplete_message(self, row: dict[str, Any]) -> str | None:
         """The job's error for a version completed as ``incomplete``, else None."""

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -61,3 +64,41 @@ def require_shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"needs ../shared/data/{'/'.join(parts)} (shared test data not present)")
     return path
+
+
+def push_and_kill_after(port: int, files: Sequence[Path], acks: int) -> int:
+    """Push ``files`` with DCMTK storescu and SIGKILL it after ``acks`` successes.
+
+    The connection drops without an A-RELEASE or A-ABORT (what a scanner that
+    crashes or loses its network does). Returns the acknowledgements storescu
+    logged before it died (``acks`` or a few more: it keeps sending while the
+    kill is on its way).
+    """
+    binary = require_tool("storescu", "dcmtk")
+    push = subprocess.Popen(
+        [binary, "-v", "-aet", "SCANNER", "-aec", "CONTOURD", "127.0.0.1", str(port)]
+        + [str(p) for p in files],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=dict(os.environ, TCP_NODELAY="1"),
+    )
+    seen = {"acks": 0}
+    killed = threading.Event()
+
+    def read_and_kill() -> None:
+        assert push.stderr is not None
+        for line in push.stderr:
+            if "Received Store Response (Success)" in line:
+                seen["acks"] += 1
+            if seen["acks"] >= acks and not killed.is_set():
+                push.send_signal(signal.SIGKILL)
+                killed.set()
+
+    reader = threading.Thread(target=read_and_kill)
+    reader.start()
+    push.wait(timeout=120)
+    reader.join(timeout=30)
+    assert killed.is_set(), "storescu finished before it could be killed; send more files"
+    assert push.returncode == -signal.SIGKILL
+    return seen["acks"]

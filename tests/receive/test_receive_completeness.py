@@ -8,51 +8,17 @@ sends the rest completes it. Gaps in the headers hold a series the same way.
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from receive_helpers import dcmtk_env, make_ct_series, require_tool, storescu, wait_for
+from peer_tools import push_and_kill_after
+from receive_helpers import make_ct_series, storescu, wait_for
 
 from daemon.series_completeness import SliceFacts, assess
 
 pytestmark = pytest.mark.interop
-
-
-def push_and_kill_after(port: int, files: list[Path], acks: int) -> int:
-    """Push ``files`` with storescu and SIGKILL it after ``acks`` successes; return them."""
-    binary = require_tool("storescu", "dcmtk")
-    push = subprocess.Popen(
-        [binary, "-v", "-aet", "SCANNER", "-aec", "CONTOURD", "127.0.0.1", str(port)]
-        + [str(p) for p in files],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env=dcmtk_env(),
-    )
-    seen = {"acks": 0}
-    killed = threading.Event()
-
-    def read_and_kill() -> None:
-        assert push.stderr is not None
-        for line in push.stderr:
-            if "Received Store Response (Success)" in line:
-                seen["acks"] += 1
-            if seen["acks"] >= acks and not killed.is_set():
-                push.send_signal(signal.SIGKILL)
-                killed.set()
-
-    reader = threading.Thread(target=read_and_kill)
-    reader.start()
-    push.wait(timeout=120)
-    reader.join(timeout=30)
-    assert killed.is_set(), "storescu finished before it could be killed"
-    assert push.returncode == -signal.SIGKILL
-    return seen["acks"]
 
 
 def _series_uid(files: list[Path]) -> str:

@@ -1,0 +1,157 @@
+"""Scanner faults end to end: storescu -> contourd serve -> DCMTK storescp (the TPS).
+
+- a push cut short (storescu SIGKILLed after N acknowledgements) is never
+  contoured: its job fails as incomplete; the sender's retry is contoured;
+- the same series pushed twice gives the TPS exactly one RTSTRUCT; a changed
+  series gives a new one that names the one it supersedes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+import yaml
+from conftest import (
+    RunningNode,
+    StoreScp,
+    approve_body_model,
+    node_config_file,
+    require_tool,
+    storescu_push,
+    wait_for,
+)
+from peer_tools import push_and_kill_after
+
+from daemon.job_queue import SqliteJobQueue
+from inference.phantom import make_phantom_series
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+
+def _config(tmp_path: Path, tps_port: int, series: dict, **rule: object) -> Path:
+    path = node_config_file(tmp_path, tps_port)
+    config = yaml.safe_load(path.read_text())
+    config["series"] = series
+    config["rules"][0].update(rule)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def tps_and_node(tmp_path: Path):
+    require_tool("storescu", "dcmtk")
+    tps = StoreScp(tmp_path / "tps").start()
+    approve_body_model(tmp_path / "data")
+    started: list[RunningNode] = []
+
+    def start(series: dict, **rule: object) -> RunningNode:
+        node = RunningNode(_config(tmp_path, tps.port, series, **rule), tmp_path / "data")
+        started.append(node.start())
+        return node
+
+    yield tps, start
+    for node in started:
+        node.stop()
+    tps.stop()
+
+
+def _referenced(rs: pydicom.Dataset) -> set[str]:
+    study = rs.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+    return {c.ReferencedSOPInstanceUID for c in study.RTReferencedSeriesSequence[0].ContourImageSequence}
+
+
+def test_push_cut_short_fails_incomplete_without_rtstruct_and_the_retry_is_contoured(
+    tmp_path: Path, tps_and_node
+) -> None:
+    tps, start = tps_and_node
+    node = start({"complete_after_s": 1.0, "incomplete_wait_s": 4.0})
+    series = make_phantom_series(tmp_path / "ct", shape_zyx=(48, 64, 64))
+    push_and_kill_after(node.port, series.paths, 10)
+    queue = SqliteJobQueue(node.data_dir)
+    job = wait_for(lambda: queue.recent(1), 60, f"a job; log: {node.log_text()[-3000:]}")[0]
+    assert job.state.value == "failed", job
+    on_disk = sorted((node.data_dir / "spool").rglob("*.dcm"))
+    assert job.error is not None
+    assert job.error.startswith(
+        f"incomplete: the sender's association was aborted after {len(on_disk)} images "
+        "(signal: association); nothing more arrived within series.incomplete_wait_s = 4 s"
+    ), job.error
+    assert tps.received() == []
+
+    # The sender retries with the whole series: a new version, whole, contoured once.
+    storescu_push(node.port, series.paths)
+    [rs] = wait_for(tps.received, 90, f"RTSTRUCT after the retry; log: {node.log_text()[-3000:]}")
+    assert _referenced(rs) == {h.SOPInstanceUID for h in series.headers}
+    series_uid = series.headers[0].SeriesInstanceUID
+
+    def versions() -> list[tuple[int, str]]:
+        return [(j.version, j.state.value) for j in queue.jobs_for_series(series_uid)]
+
+    wait_for(lambda: versions() == [(1, "failed"), (2, "sent")], 30, f"states {versions()}")
+
+
+def test_same_series_pushed_twice_gives_one_rtstruct_and_a_change_supersedes_it(
+    tmp_path: Path, tps_and_node
+) -> None:
+    tps, start = tps_and_node
+    node = start({"complete_on": "association_release", "complete_after_s": 30})
+    series = make_phantom_series(tmp_path / "ct", shape_zyx=(14, 64, 64))
+    first_twelve = series.paths[:12]
+    storescu_push(node.port, first_twelve)
+    [first] = wait_for(tps.received, 90, f"first RTSTRUCT; log: {node.log_text()[-3000:]}")
+    queue = SqliteJobQueue(node.data_dir)
+    series_uid = series.headers[0].SeriesInstanceUID
+
+    storescu_push(node.port, first_twelve)  # the PACS re-sends it unchanged
+    wait_for(
+        lambda: any(e.state == "resent_unchanged" for e in queue.events(queue.recent(1)[0].id)),
+        60,
+        f"re-push recorded; log: {node.log_text()[-3000:]}",
+    )
+    [job] = queue.jobs_for_series(series_uid)
+    note = next(e.message for e in queue.events(job.id) if e.state == "resent_unchanged")
+    assert note == (
+        "series re-sent unchanged as version 2 (12 instances, same content as version 1) "
+        "from SCANNER: no new structure set (rule 'ct-body' on_resend: ignore)"
+    )
+    assert [ds.SOPInstanceUID for ds in tps.received()] == [first.SOPInstanceUID]
+
+    storescu_push(node.port, series.paths)  # two more slices: the series changed
+    received = wait_for(
+        lambda: len(tps.received()) == 2 and tps.received(), 90, "RTSTRUCT of the changed series"
+    )
+    [second] = [ds for ds in received if ds.SOPInstanceUID != first.SOPInstanceUID]
+    [predecessor] = second.PredecessorStructureSetSequence
+    assert predecessor.ReferencedSOPInstanceUID == first.SOPInstanceUID
+    assert (
+        f"Supersedes structure set {first.SOPInstanceUID} (job {job.id}, series version 1): "
+        "14 instances, version 1 had 12 (2 new)"
+    ) in second.StructureSetDescription
+    assert _referenced(second) == {h.SOPInstanceUID for h in series.headers}
+
+    def versions() -> list[tuple[int, str]]:
+        return [(j.version, j.state.value) for j in queue.jobs_for_series(series_uid)]
+
+    wait_for(lambda: versions() == [(1, "sent"), (3, "sent")], 30, f"states {versions()}")
+
+
+def test_rule_on_resend_redeliver_sends_the_same_rtstruct_again(
+    tmp_path: Path, tps_and_node
+) -> None:
+    tps, start = tps_and_node
+    node = start({"complete_on": "association_release", "complete_after_s": 30}, on_resend="redeliver")
+    series = make_phantom_series(tmp_path / "ct", shape_zyx=(10, 64, 64))
+    storescu_push(node.port, series.paths)
+    [first] = wait_for(tps.received, 90, f"first RTSTRUCT; log: {node.log_text()[-3000:]}")
+    queue = SqliteJobQueue(node.data_dir)
+    job = queue.recent(1)[0]
+    storescu_push(node.port, series.paths)
+
+    def delivered() -> int:
+        return sum(e.state == "delivered" for e in queue.events(job.id))
+
+    wait_for(lambda: delivered() == 2, 60, f"second delivery; log: {node.log_text()[-3000:]}")
+    assert [j.id for j in queue.jobs_for_series(job.series_uid)] == [job.id]
+    assert {ds.SOPInstanceUID for ds in tps.received()} == {first.SOPInstanceUID}
