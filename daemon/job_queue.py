@@ -33,6 +33,7 @@ several machines) can be added without touching the workers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -390,10 +391,9 @@ class SqliteJobQueue:
             else:  # a data folder from an older release: add the newer columns
                 for name, kind in _JOB_COLUMNS.items():
                     if name not in jobs.columns_dict:
-                        try:
+                        # Another process may add it first.
+                        with contextlib.suppress(sqlite3.OperationalError):
                             jobs.add_column(name, kind)
-                        except sqlite3.OperationalError:  # another process added it first
-                            pass
             events = self.db.table("job_events")
             if not events.exists():
                 events.create(

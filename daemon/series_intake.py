@@ -65,16 +65,15 @@ def _record_repush(
     if own:  # re-emitted after a restart and already a job
         return own[0].id
     earlier = set(completion.same_content_as)
-    makers = [
-        j for j in jobs if j.version in earlier and (j.result_files or j.state in _MAKING)
-    ]
+    makers = [j for j in jobs if j.version in earlier and (j.result_files or j.state in _MAKING)]
     if not makers:
         return None  # nothing was made from this content yet: process it
     newest = max(j.version for j in makers)
     by_name = {r.name: r for r in rules}
     marker = f"as version {completion.version} "
     for job in (j for j in makers if j.version == newest):
-        if any(e.state == RESENT_EVENT and marker in (e.message or "") for e in queue.events(job.id)):
+        events = queue.events(job.id)
+        if any(e.state == RESENT_EVENT and marker in (e.message or "") for e in events):
             continue  # this re-push was recorded before a restart
         rule = by_name.get(job.rule or "")
         redeliver = (

@@ -33,9 +33,7 @@ def _predecessor(queue: SqliteJobQueue, job: Job, rule: str) -> tuple[Job, str] 
     return None
 
 
-def mark_predecessor(
-    rtstruct: Dataset, queue: SqliteJobQueue, job: Job, rule: str
-) -> str | None:
+def mark_predecessor(rtstruct: Dataset, queue: SqliteJobQueue, job: Job, rule: str) -> str | None:
     """Record in ``rtstruct`` which structure set it supersedes; return a note, or None.
 
     ``rule`` is the rule the job runs. Does nothing for a job that supersedes

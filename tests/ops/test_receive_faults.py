@@ -59,7 +59,8 @@ def tps_and_node(tmp_path: Path):
 
 def _referenced(rs: pydicom.Dataset) -> set[str]:
     study = rs.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
-    return {c.ReferencedSOPInstanceUID for c in study.RTReferencedSeriesSequence[0].ContourImageSequence}
+    images = study.RTReferencedSeriesSequence[0].ContourImageSequence
+    return {c.ReferencedSOPInstanceUID for c in images}
 
 
 def test_push_cut_short_fails_incomplete_without_rtstruct_and_the_retry_is_contoured(
@@ -141,7 +142,9 @@ def test_rule_on_resend_redeliver_sends_the_same_rtstruct_again(
     tmp_path: Path, tps_and_node
 ) -> None:
     tps, start = tps_and_node
-    node = start({"complete_on": "association_release", "complete_after_s": 30}, on_resend="redeliver")
+    node = start(
+        {"complete_on": "association_release", "complete_after_s": 30}, on_resend="redeliver"
+    )
     series = make_phantom_series(tmp_path / "ct", shape_zyx=(10, 64, 64))
     storescu_push(node.port, series.paths)
     [first] = wait_for(tps.received, 90, f"first RTSTRUCT; log: {node.log_text()[-3000:]}")

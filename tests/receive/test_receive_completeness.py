@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from peer_tools import push_and_kill_after
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from peer_tools import push_and_kill_after
 from receive_helpers import make_ct_series, storescu, wait_for
 
 from daemon.series_completeness import SliceFacts, assess
@@ -29,9 +29,7 @@ def _on_disk(node, series_uid: str) -> set[str]:
     return {r["sop_instance_uid"] for r in node.db.instance_rows(series_uid)}
 
 
-def test_killed_storescu_series_ends_incomplete_and_a_later_retry_is_complete(
-    start_node, tmp_path
-):
+def test_killed_storescu_series_ends_incomplete_and_a_later_retry_is_complete(start_node, tmp_path):
     node, completions = start_node(series={"complete_after_s": 0.5, "incomplete_wait_s": 3.0})
     files = make_ct_series(tmp_path / "in", 80)
     series_uid = _series_uid(files)
