@@ -75,6 +75,16 @@ SERIES_COLUMNS: dict[str, Any] = {
 ``content_count``: what the series held at completion (daemon/series_content.py)."""
 
 
+IGNORED_COLUMNS: dict[str, Any] = {
+    "sop_class_uid": str,
+    "count": int,
+    "last_received_at": str,
+    "last_calling_ae": str,
+}
+"""``ignored_instances``: per SOP class the node does not contour, how many
+instances were received, answered with success and not stored."""
+
+
 def _replace_sql(table: str, columns: dict[str, Any]) -> str:
     names = ", ".join(columns)
     marks = ", ".join("?" for _ in columns)
@@ -120,6 +130,9 @@ class InstanceDB:
                 for name, kind in SERIES_COLUMNS.items():
                     if name not in present:
                         series.add_column(name, kind)
+            ignored = self.db.table("ignored_instances")
+            if not ignored.exists():
+                ignored.create(IGNORED_COLUMNS, pk="sop_class_uid")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -142,6 +155,22 @@ class InstanceDB:
         with self.transaction():
             self.db.conn.execute(_INSERT_INSTANCE, [instance.get(c) for c in INSTANCE_COLUMNS])
             self.db.conn.execute(_INSERT_SERIES, [series.get(c) for c in SERIES_COLUMNS])
+
+    def record_ignored(self, sop_class_uid: str, calling_ae: str, received_at: str) -> None:
+        """Count one instance of a SOP class the node does not contour."""
+        with self.transaction():
+            self.db.conn.execute(
+                "INSERT INTO ignored_instances (sop_class_uid, count, last_received_at, "
+                "last_calling_ae) VALUES (?, 1, ?, ?) ON CONFLICT(sop_class_uid) DO UPDATE "
+                "SET count = count + 1, last_received_at = excluded.last_received_at, "
+                "last_calling_ae = excluded.last_calling_ae",
+                (sop_class_uid, received_at, calling_ae),
+            )
+
+    def ignored_counts(self) -> dict[str, int]:
+        """``{SOP Class UID: instances received and ignored}``."""
+        rows = self._rows("SELECT sop_class_uid, count FROM ignored_instances")
+        return {str(r["sop_class_uid"]): int(r["count"]) for r in rows}
 
     def save_series(self, series: dict[str, Any]) -> None:
         """Upsert one series-version row (every column)."""

@@ -102,3 +102,48 @@ def push_and_kill_after(port: int, files: Sequence[Path], acks: int) -> int:
     assert killed.is_set(), "storescu finished before it could be killed; send more files"
     assert push.returncode == -signal.SIGKILL
     return seen["acks"]
+
+
+def make_sr_file(path: Path, *, study_uid: str) -> Path:
+    """A small Comprehensive SR document (a dose report stand-in) for study pushes."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ComprehensiveSRStorage, ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ComprehensiveSRStorage
+    ds.SOPClassUID = ComprehensiveSRStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "SR"
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def make_secondary_capture(path: Path, template: Path) -> Path:
+    """A Secondary Capture image (an exam summary stand-in) made from ``template``.
+
+    Same study as the template image, its own series and SOP Instance UID.
+    """
+    from pydicom import dcmread
+    from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+
+    ds = dcmread(template)
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "OT"
+    ds.ConversionType = "WSD"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -3,11 +3,16 @@
 - a push cut short (storescu SIGKILLed after N acknowledgements) is never
   contoured: its job fails as incomplete; the sender's retry is contoured;
 - the same series pushed twice gives the TPS exactly one RTSTRUCT; a changed
-  series gives a new one that names the one it supersedes.
+  series gives a new one that names the one it supersedes;
+- a study push with an SR and a Secondary Capture succeeds (storescu exits 0),
+  the CT is contoured and the others are counted as ignored.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import pydicom
@@ -22,7 +27,7 @@ from conftest import (
     storescu_push,
     wait_for,
 )
-from peer_tools import push_and_kill_after
+from peer_tools import make_secondary_capture, make_sr_file, push_and_kill_after
 
 from daemon.job_queue import SqliteJobQueue
 from inference.phantom import make_phantom_series
@@ -55,6 +60,15 @@ def tps_and_node(tmp_path: Path):
     for node in started:
         node.stop()
     tps.stop()
+
+
+ON_RELEASE = {"complete_on": "association_release", "complete_after_s": 30}
+
+
+def _node_and_series(start, tmp_path: Path, slices: int, **rule: object):
+    """A node completing on association release, and a phantom CT of ``slices``."""
+    node = start(ON_RELEASE, **rule)
+    return node, make_phantom_series(tmp_path / "ct", shape_zyx=(slices, 64, 64))
 
 
 def _referenced(rs: pydicom.Dataset) -> set[str]:
@@ -97,8 +111,7 @@ def test_same_series_pushed_twice_gives_one_rtstruct_and_a_change_supersedes_it(
     tmp_path: Path, tps_and_node
 ) -> None:
     tps, start = tps_and_node
-    node = start({"complete_on": "association_release", "complete_after_s": 30})
-    series = make_phantom_series(tmp_path / "ct", shape_zyx=(14, 64, 64))
+    node, series = _node_and_series(start, tmp_path, 14)
     first_twelve = series.paths[:12]
     storescu_push(node.port, first_twelve)
     [first] = wait_for(tps.received, 90, f"first RTSTRUCT; log: {node.log_text()[-3000:]}")
@@ -142,10 +155,7 @@ def test_rule_on_resend_redeliver_sends_the_same_rtstruct_again(
     tmp_path: Path, tps_and_node
 ) -> None:
     tps, start = tps_and_node
-    node = start(
-        {"complete_on": "association_release", "complete_after_s": 30}, on_resend="redeliver"
-    )
-    series = make_phantom_series(tmp_path / "ct", shape_zyx=(10, 64, 64))
+    node, series = _node_and_series(start, tmp_path, 10, on_resend="redeliver")
     storescu_push(node.port, series.paths)
     [first] = wait_for(tps.received, 90, f"first RTSTRUCT; log: {node.log_text()[-3000:]}")
     queue = SqliteJobQueue(node.data_dir)
@@ -158,3 +168,31 @@ def test_rule_on_resend_redeliver_sends_the_same_rtstruct_again(
     wait_for(lambda: delivered() == 2, 60, f"second delivery; log: {node.log_text()[-3000:]}")
     assert [j.id for j in queue.jobs_for_series(job.series_uid)] == [job.id]
     assert {ds.SOPInstanceUID for ds in tps.received()} == {first.SOPInstanceUID}
+
+
+def test_study_push_with_sr_and_secondary_capture_succeeds_and_the_ct_is_contoured(
+    tmp_path: Path, tps_and_node
+) -> None:
+    tps, start = tps_and_node
+    node, series = _node_and_series(start, tmp_path, 10)
+    study_uid = series.headers[0].StudyInstanceUID
+    sc = make_secondary_capture(tmp_path / "other" / "sc.dcm", series.paths[0])
+    sr = make_sr_file(tmp_path / "other" / "sr.dcm", study_uid=study_uid)
+    storescu_push(node.port, [sc, *series.paths, sr])  # raises unless storescu exits 0
+    [rs] = wait_for(tps.received, 90, f"RTSTRUCT; log: {node.log_text()[-3000:]}")
+    assert _referenced(rs) == {h.SOPInstanceUID for h in series.headers}
+    assert len(SqliteJobQueue(node.data_dir).recent(10)) == 1
+
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/metrics").read()
+    for name in ("Secondary Capture Image Storage", "Comprehensive SR Storage"):
+        assert f'contourd_instances_ignored_total{{sop_class="{name}"}} 1.0'.encode() in metrics
+    status = subprocess.run(
+        [sys.executable, "-m", "daemon", "status", "-c", str(node.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        "ignored:     2 instance(s) of classes not contoured here "
+        "(Comprehensive SR Storage 1, Secondary Capture Image Storage 1)"
+    ) in status.stdout, status.stdout
