@@ -9,8 +9,10 @@ signals, in the order they decide:
 2. ``images_in_acquisition``: (0020,1002) Images in Acquisition, where the
    vendor sends it, says more images than arrived for that acquisition;
 3. ``instance_number``: Instance Numbers have holes (for example 1-57 and
-   59-120: 58 is missing);
-4. ``slice_position``: in the largest stack of one orientation, a step
+   59-120: 58 is missing) inside the range of one stack (image type and
+   orientation), so that a vendor's extra stack numbered from 100 is not a
+   hole, and stacks whose numbers interleave are not either;
+4. ``slice_position``: in the largest stack (image type and orientation), a step
    between neighbouring slices is a whole multiple (2x, 3x, ...) of the usual
    step, i.e. slices are missing there.
 
@@ -73,6 +75,13 @@ class SliceFacts:
     images_in_acquisition: int | None
     position_mm: tuple[float, ...] | None
     orientation: tuple[float, ...] | None
+    image_type: tuple[str, ...] = ()
+
+    @property
+    def stack(self) -> tuple[object, ...]:
+        """Image type and (rounded) orientation: which stack the image belongs to."""
+        orientation = tuple(round(c, 3) for c in self.orientation or ())
+        return (self.image_type, orientation)
 
     @classmethod
     def from_header(cls, ds: Dataset) -> SliceFacts:
@@ -84,6 +93,7 @@ class SliceFacts:
             images_in_acquisition=_int_or_none(ds.get("ImagesInAcquisition")),
             position_mm=_floats(ds.get("ImagePositionPatient"), 3),
             orientation=_floats(ds.get("ImageOrientationPatient"), 6),
+            image_type=tuple(str(v).strip().upper() for v in (ds.get("ImageType") or [])),
         )
 
 
@@ -149,13 +159,23 @@ def _count_signal(facts: Sequence[SliceFacts]) -> str | None:
     return None
 
 
+def _holes(numbers: set[int]) -> set[int]:
+    return set(range(min(numbers), max(numbers) + 1)) - numbers if numbers else set()
+
+
 def _instance_number_signal(facts: Sequence[SliceFacts]) -> str | None:
-    numbers = sorted({f.instance_number for f in facts if f.instance_number is not None})
-    if len(numbers) < 2:
+    present = {f.instance_number for f in facts if f.instance_number is not None}
+    if len(present) < 2 or not _holes(present):
         return None
-    missing = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
+    per_stack: dict[tuple[object, ...], set[int]] = defaultdict(set)
+    for f in facts:
+        if f.instance_number is not None:
+            per_stack[f.stack].add(f.instance_number)
+    # A hole counts only inside one stack's own range and where no stack has the number.
+    missing = sorted(set().union(*(_holes(n) for n in per_stack.values())) - present)
     if not missing:
         return None
+    numbers = sorted(present)
     return (
         f"instance numbers {_ranges(numbers)} arrived; {_ranges(missing)} "
         f"({len(missing)} instance{'s' if len(missing) != 1 else ''}) missing"
@@ -163,14 +183,16 @@ def _instance_number_signal(facts: Sequence[SliceFacts]) -> str | None:
 
 
 def _largest_stack_positions_mm(facts: Sequence[SliceFacts]) -> np.ndarray:
-    """Sorted distinct positions (mm along the normal) of the largest orientation group."""
-    groups: dict[tuple[float, ...], list[tuple[float, ...]]] = defaultdict(list)
+    """Sorted distinct positions (mm along the normal) of the largest stack."""
+    groups: dict[tuple[object, ...], list[SliceFacts]] = defaultdict(list)
     for f in facts:
         if f.orientation is not None and f.position_mm is not None:
-            groups[tuple(round(c, 3) for c in f.orientation)].append(f.position_mm)
+            groups[f.stack].append(f)
     if not groups:
         return np.zeros(0)
-    orientation, positions = max(groups.items(), key=lambda kv: len(kv[1]))
+    stack = max(groups.values(), key=len)
+    orientation = stack[0].orientation or ()
+    positions = [f.position_mm for f in stack]
     row, col = np.array(orientation[:3]), np.array(orientation[3:])
     normal = np.cross(row, col)
     along = np.array(positions) @ normal

@@ -147,3 +147,30 @@ def make_secondary_capture(path: Path, template: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def make_add_images(
+    sources: Sequence[Path], out_dir: Path, *, offset_mm: float = 2.0
+) -> list[Path]:
+    """Copies of ``sources`` as a vendor's extra ``ORIGINAL\\PRIMARY\\AXIAL\\ADD`` stack.
+
+    Same series, new SOP Instance UIDs, Instance Numbers from 100, each moved
+    ``offset_mm`` along z: what a GE head series holds besides its axial stack.
+    """
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    made = []
+    for k, source in enumerate(sources):
+        ds = dcmread(source)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "ADD"]
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = 100 + k
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y, z + offset_mm]
+        target = out_dir / f"ADD{k}.dcm"
+        ds.save_as(target)
+        made.append(target)
+    return made

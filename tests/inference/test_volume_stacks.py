@@ -8,7 +8,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from inference_helpers import shared_data, write_ct_series
-from pydicom.uid import generate_uid
+from peer_tools import make_add_images
 
 from contourd.errors import SeriesGeometryError
 from inference.volume import load_series
@@ -33,19 +33,7 @@ def test_tilted_series_with_add_images_contours_the_primary_stack_and_names_the_
 ) -> None:
     primary = _tilted_copy(tmp_path)
     # The vendor's ADD images under the same Series Instance UID, between the slices.
-    added = []
-    for k, source in enumerate(primary[:2]):
-        ds = pydicom.dcmread(source)
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "ADD"]
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.InstanceNumber = 100 + k
-        ds.ImagePositionPatient = [float(v) for v in ds.ImagePositionPatient[:2]] + [
-            float(ds.ImagePositionPatient[2]) + 2.0
-        ]
-        target = tmp_path / f"ADD{k}.dcm"
-        ds.save_as(target)
-        added.append(target)
+    added = make_add_images(primary[:2], tmp_path / "add")
     volume = load_series(primary + added)
     assert volume.shape == (4, 512, 512)
     assert {h.SOPInstanceUID for h in volume.headers} == {

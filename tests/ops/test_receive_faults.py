@@ -5,7 +5,10 @@
 - the same series pushed twice gives the TPS exactly one RTSTRUCT; a changed
   series gives a new one that names the one it supersedes;
 - a study push with an SR and a Secondary Capture succeeds (storescu exits 0),
-  the CT is contoured and the others are counted as ignored.
+  the CT is contoured and the others are counted as ignored;
+- a real gantry-tilted CT with a vendor's ADD stack is contoured on its
+  primary stack (the rest named in the job's warnings); a slice without pixel
+  data fails the job with its name, not "missing slices".
 """
 
 from __future__ import annotations
@@ -27,7 +30,13 @@ from conftest import (
     storescu_push,
     wait_for,
 )
-from peer_tools import make_secondary_capture, make_sr_file, push_and_kill_after
+from peer_tools import (
+    make_add_images,
+    make_secondary_capture,
+    make_sr_file,
+    push_and_kill_after,
+    require_shared,
+)
 
 from daemon.job_queue import SqliteJobQueue
 from inference.phantom import make_phantom_series
@@ -196,3 +205,72 @@ def test_study_push_with_sr_and_secondary_capture_succeeds_and_the_ct_is_contour
         "ignored:     2 instance(s) of classes not contoured here "
         "(Comprehensive SR Storage 1, Secondary Capture Image Storage 1)"
     ) in status.stdout, status.stdout
+
+
+TILTED_CT = ("dicom", "dicom2nifti-testdata", "tests", "data", "failing", "gantrytilting", "001")
+
+
+def test_series_with_an_add_stack_is_contoured_on_its_primary_stack_with_a_warning(
+    tmp_path: Path, tps_and_node
+) -> None:
+    tps, start = tps_and_node
+    node, series = _node_and_series(start, tmp_path, 12)
+    added = make_add_images(series.paths[3:5], tmp_path / "add", offset_mm=1.0)
+    storescu_push(node.port, series.paths + added)
+    [rs] = wait_for(tps.received, 90, f"RTSTRUCT; log: {node.log_text()[-3000:]}")
+    assert _referenced(rs) == {h.SOPInstanceUID for h in series.headers}
+    job = _finished_job(node)
+    [note] = [w for w in job.warnings if "stacks" in w]
+    assert note.startswith(
+        "the series holds 2 stacks; contoured the primary axial stack of 12 image(s)"
+    ), note
+    assert note.endswith("set aside 2 image(s) with ImageType ORIGINAL\\PRIMARY\\AXIAL\\ADD")
+
+
+def _finished_job(node: RunningNode):
+    queue = SqliteJobQueue(node.data_dir)
+    wait_for(
+        lambda: queue.recent(1) and queue.recent(1)[0].finished, 120, f"{node.log_text()[-3000:]}"
+    )
+    return queue.recent(1)[0]
+
+
+@pytest.mark.shared_data
+def test_tilted_ct_with_an_add_stack_is_segmented_on_its_primary_stack(
+    tmp_path: Path, tps_and_node
+) -> None:
+    tps, start = tps_and_node
+    primary = sorted(require_shared(*TILTED_CT).glob("*.dcm"))
+    added = make_add_images(primary[:2], tmp_path / "add")
+    node = start(ON_RELEASE)
+    storescu_push(node.port, primary + added)
+    job = _finished_job(node)
+    # The stacks are split and named; this anonymised excerpt has no Frame of Reference
+    # UID, so no RTSTRUCT can be written, and the job says exactly that.
+    assert job.state.value == "failed"
+    assert job.error is not None and "uneven slice spacing" not in job.error
+    assert "4 of the 4 source images have no Frame of Reference UID (0020,0052)" in job.error
+    assert tps.received() == []
+    log = node.log_text()
+    assert "the series holds 2 stacks; contoured the primary axial stack of 4 image(s)" in log
+    assert "set aside 2 image(s) with ImageType ORIGINAL\\PRIMARY\\AXIAL\\ADD" in log
+
+
+@pytest.mark.shared_data
+def test_slice_without_pixel_data_fails_the_job_naming_it(tmp_path: Path, tps_and_node) -> None:
+    tps, start = tps_and_node
+    paths = []
+    for source in sorted(require_shared(*TILTED_CT).glob("*.dcm")):
+        ds = pydicom.dcmread(source)
+        if int(ds.InstanceNumber) == 3:
+            del ds.PixelData
+        paths.append(tmp_path / source.name)
+        ds.save_as(paths[-1])
+    node = start(ON_RELEASE)
+    storescu_push(node.port, paths)
+    job = _finished_job(node)
+    assert job.state.value == "failed"
+    assert job.error is not None and "missing slices" not in job.error
+    assert "1 slice(s) have a header but no Pixel Data (7FE0,0010): " in job.error, job.error
+    assert "(instance 3, position [-106.79, -256.62, -51.95] mm)" in job.error
+    assert tps.received() == []

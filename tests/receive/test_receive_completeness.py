@@ -121,3 +121,19 @@ def test_uneven_but_not_missing_steps_are_not_called_incomplete():
     verdict = assess(facts, interruption=None)
     assert verdict.complete and verdict.signal == "none"
     assert verdict.describe().startswith("complete (5 instances; checked instance numbers of 5")
+
+
+def test_an_extra_stack_numbered_apart_or_interleaved_stacks_are_not_holes():
+    axial = [_facts(n, n * 2.0) for n in range(1, 5)]
+    add = [
+        _facts(n, n * 2.0 + 1.0, ImageType=["ORIGINAL", "PRIMARY", "AXIAL", "ADD"])
+        for n in (100, 101)
+    ]
+    assert assess(axial + add, interruption=None).complete
+    odd = [_facts(n, n * 1.0) for n in (1, 3, 5, 7)]
+    even = [_facts(n, n * 1.0, ImageType=["DERIVED"]) for n in (2, 4, 6, 8)]
+    assert assess(odd + even, interruption=None).complete
+    gap_in_a_stack = [_facts(n, n * 2.0) for n in (1, 2, 4, 5)] + add
+    verdict = assess(gap_in_a_stack, interruption=None)
+    assert (verdict.complete, verdict.signal) == (False, "instance_number")
+    assert verdict.detail == "instance numbers 1-2, 4-5, 100-101 arrived; 3 (1 instance) missing"
