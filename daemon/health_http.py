@@ -125,6 +125,16 @@ def series_receiving(db_path: Path) -> int:
     )
 
 
+def series_held(db_path: Path) -> list[str]:
+    """Why each series still receiving is held back as incomplete (newest first)."""
+    rows = _rows_read_only(
+        db_path,
+        "SELECT series_uid, version, completeness FROM series WHERE state = 'receiving' "
+        "AND completeness LIKE 'incomplete%' ORDER BY last_received_at DESC",
+    )
+    return [f"series {uid} version {v}: {why}" for uid, v, why in rows]
+
+
 def collect_status(queue: SqliteJobQueue) -> dict[str, Any]:
     """What ``contourd status`` and ``/healthz`` report (no patient data)."""
     data_dir = queue.data_dir
@@ -143,6 +153,7 @@ def collect_status(queue: SqliteJobQueue) -> dict[str, Any]:
         "instances_received": instances_received(queue.db_path),
         "instances_ignored": instances_ignored(queue.db_path),
         "series_receiving": series_receiving(queue.db_path),
+        "series_held": series_held(queue.db_path),
         "last_error": None
         if last is None
         else {"job_id": last[0], "error": last[1], "at": last[2]},

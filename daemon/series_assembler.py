@@ -550,6 +550,8 @@ class SeriesAssembler:
         described = verdict.describe()
         if st.held != described:
             st.held = described
+            st.row["completeness"] = described  # `contourd status` shows held series
+            self._save_row(st)
             log.warning(
                 "series %s version %d held back, %s; waiting up to %.0f s more for the rest",
                 st.series_uid,

@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         f"received:    {status['instances_received']} instance(s); "
         f"{status['series_receiving']} series still arriving"
     )
+    for held in status["series_held"][:5]:
+        print(f"held:        {held}; waiting for the rest (series.incomplete_wait_s)")
     ignored = status["instances_ignored"]
     print(
         f"ignored:     {sum(ignored.values())} instance(s) of classes not contoured here"

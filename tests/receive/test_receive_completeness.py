@@ -16,6 +16,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from receive_helpers import make_ct_series, storescu, wait_for
 
+from daemon.health_http import series_held
 from daemon.series_completeness import SliceFacts, assess
 
 pytestmark = pytest.mark.interop
@@ -65,6 +66,9 @@ def test_retry_within_the_wait_completes_the_same_version_once(start_node, tmp_p
     # Two quiet periods pass: the aborted series is held, not completed.
     with pytest.raises(AssertionError):
         wait_for(lambda: completions.for_series(series_uid), 1.5, "no completion while held")
+    [held] = series_held(node.db.path)
+    assert held.startswith(f"series {series_uid} version 1: incomplete: the sender's association")
+    assert held.endswith("(signal: association)")
     assert storescu(node.port, files).returncode == 0  # the sender re-sends everything
     [done] = wait_for(lambda: completions.for_series(series_uid), 20, "completion after retry")
     assert (done.version, done.reason, done.num_instances) == (1, "quiet_period", 60)
