@@ -1,6 +1,6 @@
 """The database schema (SQLAlchemy Core) and its versioned migrations.
 
-Tables and owners: ``instances``, ``series`` (daemon/spool + assembler),
+Tables and owners: ``instances``, ``series``, ``ignored_instances`` (daemon/spool + assembler),
 ``jobs``, ``job_events``, ``job_deliveries``, ``workers`` (daemon/job_queue),
 ``models``, ``roi_overrides``, ``audit`` (model_store). ``schema_version``
 holds one row per applied migration.
@@ -68,7 +68,22 @@ series = Table(
     Column("last_received_at", Text),
     Column("completed_at", Text),
     Column("reason", Text),
+    Column("associations_open", Integer),
+    Column("interrupted", Text),
+    Column("completeness", Text),
+    Column("content_sha256", Text),
+    Column("uids_sha256", Text),
+    Column("content_count", Integer),
     Index("idx_series_state_handed_off", "state", "handed_off"),
+)
+
+ignored_instances = Table(
+    "ignored_instances",
+    metadata,
+    Column("sop_class_uid", Text, primary_key=True),
+    Column("count", Integer),
+    Column("last_received_at", Text),
+    Column("last_calling_ae", Text),
 )
 
 jobs = Table(
@@ -108,6 +123,7 @@ jobs = Table(
     Column("updated_at", Float),
     Column("finished_at", Float),
     Column("images_deleted_at", Float),
+    Column("supersedes", Text),  # JSON: the earlier job a changed series replaces
     Index(
         "idx_jobs_series_uid_version_rule_slot", "series_uid", "version", "rule_slot", unique=True
     ),
@@ -235,11 +251,51 @@ def _v2_workers(conn: DbConnection) -> None:
     _create(conn, workers)
 
 
+def _columns_of(conn: DbConnection, table: str) -> set[str]:
+    if conn.postgresql:
+        rows = conn.rows(
+            "SELECT column_name AS name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = ?",
+            (table,),
+        )
+    else:
+        rows = conn.rows(f"PRAGMA table_info({table})")
+    return {str(r["name"]) for r in rows}
+
+
+def _add_missing_columns(conn: DbConnection, table: Table) -> None:
+    """ALTER TABLE ADD COLUMN for each column of ``table`` the database lacks."""
+    dialect = postgresql.dialect() if conn.postgresql else sqlite.dialect()
+    present = _columns_of(conn, str(table.name))
+    for column in table.columns:
+        if column.name not in present:
+            kind = column.type.compile(dialect=dialect)
+            conn.execute(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
+
+
+def _v3_series_checks(conn: DbConnection) -> None:
+    # Series completeness and content digests, superseded structure sets,
+    # ignored SOP classes. A data folder opened by the release that added them
+    # without versioning already has some: only the missing ones are added.
+    _create(conn, ignored_instances)
+    _add_missing_columns(conn, series)
+    _add_missing_columns(conn, jobs)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[DbConnection], None]]] = [
     (1, "baseline: receive, job, registry and audit tables", _v1_baseline),
     (2, "workers table (host, pid, current job, heartbeat)", _v2_workers),
+    (
+        3,
+        "series completeness/content columns, jobs.supersedes, ignored_instances",
+        _v3_series_checks,
+    ),
 ]
-"""(version, what it does, function), in order. Append; never edit an applied one."""
+"""(version, what it does, function), in order. Append; never edit an applied one.
+
+Version 1 creates the tables as :data:`metadata` describes them now, so a new
+database gets later columns at once; the later migrations then add only what
+an older database lacks (they check before they alter)."""
 
 LATEST_VERSION = MIGRATIONS[-1][0]
 

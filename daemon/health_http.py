@@ -10,6 +10,8 @@ Metrics are read from the database at scrape time, so figures from the
 worker processes (a separate process) are included without any shared memory:
 
 - ``contourd_instances_received_total`` instances in the spool table
+- ``contourd_instances_ignored_total{sop_class}`` instances of SOP classes the
+  node does not contour, answered with success and not stored
 - ``contourd_series_receiving`` series still arriving (not complete yet, so
   no job exists for them)
 - ``contourd_jobs`` (gauge, label ``state``) jobs by state
@@ -32,12 +34,14 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from pydicom.uid import UID
 
+from contourd.database import DbConnection
 from daemon.job_queue import FINISHED_STATES, DatabaseJobQueue, stage_durations_s
 
 log = logging.getLogger(__name__)
@@ -86,9 +90,22 @@ def read_heartbeat(data_dir: Path) -> dict[str, Any] | None:
     return dict(info)
 
 
+class HasConnection(Protocol):
+    """Anything holding a database connection (the job queue, the instance tables)."""
+
+    @property
+    def conn(self) -> DbConnection: ...
+
+
 def instances_received(queue: DatabaseJobQueue) -> int:
     """Rows in the receive side's ``instances`` table."""
     return queue.count_rows("SELECT COUNT(*) FROM instances")
+
+
+def instances_ignored(queue: HasConnection) -> dict[str, int]:
+    """``{SOP class name: instances received and ignored}`` (empty before any)."""
+    rows = queue.conn.rows("SELECT sop_class_uid, count FROM ignored_instances")
+    return {UID(str(r["sop_class_uid"])).name: int(r["count"]) for r in rows}
 
 
 def series_receiving(queue: DatabaseJobQueue) -> int:
@@ -97,6 +114,15 @@ def series_receiving(queue: DatabaseJobQueue) -> int:
         "SELECT COUNT(*) FROM series s WHERE s.state = 'receiving' AND s.version = "
         "(SELECT MAX(version) FROM series m WHERE m.series_uid = s.series_uid)"
     )
+
+
+def series_held(queue: HasConnection) -> list[str]:
+    """Why each series still receiving is held back as incomplete (newest first)."""
+    rows = queue.conn.rows(
+        "SELECT series_uid, version, completeness FROM series WHERE state = 'receiving' "
+        "AND completeness LIKE 'incomplete%' ORDER BY last_received_at DESC"
+    )
+    return [f"series {r['series_uid']} version {r['version']}: {r['completeness']}" for r in rows]
 
 
 def worker_rows(queue: DatabaseJobQueue, now: float | None = None) -> list[dict[str, Any]]:
@@ -132,7 +158,9 @@ def collect_status(queue: DatabaseJobQueue) -> dict[str, Any]:
         "disk_free_mb": round(usage.free / 2**20, 1),
         "disk_total_mb": round(usage.total / 2**20, 1),
         "instances_received": instances_received(queue),
+        "instances_ignored": instances_ignored(queue),
         "series_receiving": series_receiving(queue),
+        "series_held": series_held(queue),
         "database": queue.database.label,
         "workers": worker_rows(queue),
         "waiting_by_priority": {str(p): n for p, n in queue.waiting_by_priority().items()},
@@ -159,6 +187,14 @@ class QueueCollector(Collector):
         )
         received.add_metric([], float(instances_received(self.queue)))
         yield received
+        ignored = GaugeMetricFamily(
+            "contourd_instances_ignored_total",
+            "Instances of SOP classes the node does not contour: answered success, not stored",
+            labels=["sop_class"],
+        )
+        for name, n in sorted(instances_ignored(self.queue).items()):
+            ignored.add_metric([name], float(n))
+        yield ignored
         receiving = GaugeMetricFamily(
             "contourd_series_receiving", "Series still arriving (no job until they complete)"
         )

@@ -30,6 +30,15 @@ __all__ = ["DB_FILENAME", "INSTANCE_COLUMNS", "SERIES_COLUMNS", "InstanceDB"]
 
 INSTANCE_COLUMNS: list[str] = [c.name for c in instances.columns]
 SERIES_COLUMNS: list[str] = [c.name for c in series.columns]
+"""The columns are defined in :mod:`contourd.schema`. Of ``series``:
+``associations_open``: associations sending this version that had not ended
+(a non-zero value at start means the node stopped mid-push);
+``interrupted``: why an association of this version ended abnormally;
+``completeness``: the completeness verdict at completion and its signal
+(see daemon/series_completeness.py); ``content_sha256``, ``uids_sha256``,
+``content_count``: what the series held at completion (daemon/series_content.py).
+``ignored_instances``: per SOP class the node does not contour, how many
+instances were received, answered with success and not stored."""
 
 
 def _upsert_sql(table: str, columns: list[str], key: tuple[str, ...]) -> str:
@@ -90,6 +99,27 @@ class InstanceDB:
             store_path(row[c], self.data_dir) if c in _PATH_COLUMNS and row.get(c) else row.get(c)
             for c in columns
         ]
+
+    def record_ignored(self, sop_class_uid: str, calling_ae: str, received_at: str) -> None:
+        """Count one instance of a SOP class the node does not contour."""
+        with self.transaction():
+            self.conn.execute(
+                "INSERT INTO ignored_instances (sop_class_uid, count, last_received_at, "
+                "last_calling_ae) VALUES (?, 1, ?, ?) ON CONFLICT(sop_class_uid) DO UPDATE "
+                "SET count = count + 1, last_received_at = excluded.last_received_at, "
+                "last_calling_ae = excluded.last_calling_ae",
+                (sop_class_uid, received_at, calling_ae),
+            )
+
+    def ignored_counts(self) -> dict[str, int]:
+        """``{SOP Class UID: instances received and ignored}``."""
+        rows = self._rows("SELECT sop_class_uid, count FROM ignored_instances")
+        return {str(r["sop_class_uid"]): int(r["count"]) for r in rows}
+
+    def save_series(self, series: dict[str, Any]) -> None:
+        """Upsert one series-version row (every column)."""
+        with self.transaction():
+            self.conn.execute(_INSERT_SERIES, self._values(series, SERIES_COLUMNS))
 
     def mark_complete(
         self, series_uid: str, version: int, *, completed_at: str, reason: str

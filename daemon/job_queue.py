@@ -181,6 +181,9 @@ class Job:
     images_deleted_at: float | None
     rule_slot: int = 0
     pinned_rule: str | None = None
+    supersedes: dict[str, Any] | None = None
+    """For a changed series: the earlier job whose structure set this one
+    replaces (``job_id``, ``version``, ``sop_instance_uids``, ``change``)."""
 
     @property
     def finished(self) -> bool:
@@ -216,7 +219,9 @@ class Delivery:
 class JobQueue(Protocol):
     """The queue the daemon's stages share. See :class:`DatabaseJobQueue`."""
 
-    def submit_series(self, completion: SeriesCompletionLike) -> int:
+    def submit_series(
+        self, completion: SeriesCompletionLike, *, supersedes: dict[str, Any] | None = None
+    ) -> int:
         """Create the job for a completed series; idempotent per (series UID, version)."""
         ...
 
@@ -293,6 +298,7 @@ _JOB_COLUMNS = frozenset(c.name for c in schema_jobs.columns)
 """Columns of ``jobs`` (defined in :mod:`contourd.schema`)."""
 _JSON_COLUMNS = frozenset(
     {
+        "supersedes",
         "instance_paths",
         "models",
         "destinations",
@@ -423,6 +429,7 @@ class DatabaseJobQueue:
             images_deleted_at=row["images_deleted_at"],
             rule_slot=int(row.get("rule_slot") or 0),
             pinned_rule=row.get("pinned_rule"),
+            supersedes=js("supersedes", None),
         )
 
     def _encode(self, fields: dict[str, Any]) -> dict[str, Any]:
@@ -485,11 +492,16 @@ class DatabaseJobQueue:
         conn.notify()
         return job_id
 
-    def submit_series(self, completion: SeriesCompletionLike) -> int:
+    def submit_series(
+        self, completion: SeriesCompletionLike, *, supersedes: dict[str, Any] | None = None
+    ) -> int:
         """Create the job for a completed series, state ``complete``.
 
         Idempotent: submitting the same (series UID, version) again returns the
-        existing job's id and changes nothing.
+        existing job's id and changes nothing. A completion whose
+        ``incomplete`` is set becomes a ``failed`` job with that message at
+        once (never contoured). ``supersedes`` names the earlier job whose
+        structure set the new one replaces (a changed series).
         """
         now = time.time()
         with self._write() as conn:
@@ -500,7 +512,7 @@ class DatabaseJobQueue:
             if existing is not None:
                 return int(existing[0])
             reason = getattr(completion, "reason", None)
-            return self._insert_complete_job(
+            job_id = self._insert_complete_job(
                 conn,
                 {
                     "study_uid": completion.study_uid,
@@ -514,12 +526,30 @@ class DatabaseJobQueue:
                     "called_ae": completion.called_ae,
                     "modality": completion.modality or "",
                     "series_description": "",
+                    "supersedes": supersedes,
                 },
                 now,
                 f"series complete ({completion.num_instances} instances"
                 + (f", {reason}" if reason else "")
                 + ")",
             )
+            incomplete = getattr(completion, "incomplete", None)
+            if incomplete:
+                # Never contoured: half a series must not reach the planning system.
+                conn.execute(
+                    "UPDATE jobs SET state = 'failed', error = ?, finished_at = ?, "
+                    "updated_at = ? WHERE id = ?",
+                    (incomplete, now, now, job_id),
+                )
+                self._event(conn, job_id, JobState.FAILED.value, now, None, incomplete)
+            return job_id
+
+    def note(self, job_id: int, what: str, message: str) -> None:
+        """Record an event on a job without changing its state (e.g. a re-push)."""
+        now = time.time()
+        with self._write() as conn:
+            self._row(job_id)
+            self._event(conn, job_id, what, now, None, message)
 
     def spawn_rule_job(self, job_id: int, rule_slot: int, rule_name: str) -> int:
         """A sibling job for the same series that runs only rule ``rule_name``.
