@@ -106,7 +106,8 @@ class InstanceDB:
             self.conn.execute(
                 "INSERT INTO ignored_instances (sop_class_uid, count, last_received_at, "
                 "last_calling_ae) VALUES (?, 1, ?, ?) ON CONFLICT(sop_class_uid) DO UPDATE "
-                "SET count = count + 1, last_received_at = excluded.last_received_at, "
+                "SET count = ignored_instances.count + 1, "
+                "last_received_at = excluded.last_received_at, "
                 "last_calling_ae = excluded.last_calling_ae",
                 (sop_class_uid, received_at, calling_ae),
             )

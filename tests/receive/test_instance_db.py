@@ -94,6 +94,7 @@ def test_a_data_folder_from_before_versioning_is_migrated_in_place(tmp_path: Pat
     db = InstanceDB(path)
     try:
         assert [r["series_uid"] for r in db.series_rows()] == ["7.7"]
+        assert db.series_rows()[0]["completeness"] is None  # column added by migration 3
         version = db.conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
         assert version == LATEST_VERSION
     finally:
@@ -115,5 +116,35 @@ def test_spool_paths_are_stored_relative_to_the_data_folder(
         assert stored == "./spool/1.2.3/9.9/1.1.dcm"
         assert db.instance_rows("9.9")[0]["path"] == str(inside)
         assert db.series_rows("9.9")[0]["first_instance_path"] == str(inside)
+    finally:
+        db.close()
+
+
+def test_ignored_sop_classes_are_counted(
+    tmp_path: Path, make_database: Callable[[Path], Database]
+) -> None:
+    db = InstanceDB(make_database(tmp_path))
+    try:
+        for _ in range(3):
+            db.record_ignored("1.2.840.10008.5.1.4.1.1.481.5", "TPS", "2026-01-01T00:00:00+00:00")
+        db.record_ignored("1.2.840.10008.5.1.4.1.1.7", "PACS", "2026-01-01T00:00:01+00:00")
+        assert db.ignored_counts() == {
+            "1.2.840.10008.5.1.4.1.1.481.5": 3,
+            "1.2.840.10008.5.1.4.1.1.7": 1,
+        }
+    finally:
+        db.close()
+
+
+def test_series_held_as_incomplete_are_listed(
+    tmp_path: Path, make_database: Callable[[Path], Database]
+) -> None:
+    from daemon.health_http import series_held
+
+    db = InstanceDB(make_database(tmp_path))
+    try:
+        db.save_series({**_series("9.9", 1, 10), "completeness": "incomplete: 10 of 40"})
+        db.save_series({**_series("8.8", 1, 5), "completeness": "complete: count"})
+        assert series_held(db) == ["series 9.9 version 1: incomplete: 10 of 40"]
     finally:
         db.close()
