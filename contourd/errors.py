@@ -68,3 +68,7 @@ class JobError(ContourdError):
 
 class TrainingError(ContourdError):
     """A training dataset or run is invalid."""
+
+
+class WebAuthError(ContourdError):
+    """A web or API user is unknown, gave a wrong password, or lacks the role for an action."""

@@ -177,11 +177,42 @@ class RetentionConfig(StrictModel):
 
 
 class HttpConfig(StrictModel):
-    """``/healthz`` and Prometheus ``/metrics`` (owner: daemon/health_http.py)."""
+    """The node's one HTTP server (owner: daemon/web): ``/healthz``, ``/metrics``,
+    the pages, the REST API (``/api``) and DICOMweb STOW-RS (``/dicomweb``).
+
+    ``/healthz`` and ``/metrics`` need no login; everything else does: a user
+    of ``contourd users`` (password, or HTTP Basic for scripts) or, with
+    ``auth: proxy_header``, the user a reverse proxy authenticated and names in
+    ``proxy_user_header`` (the user must still exist in ``contourd users`` for
+    its role; only set this behind a proxy that strips the header from clients).
+    """
 
     enabled: bool = True
-    host: str = "127.0.0.1"
+    host: str = Field(
+        default="127.0.0.1",
+        description="Listen address; 127.0.0.1 keeps the pages on this machine",
+    )
     port: int = Field(default=8080, ge=0, le=65535)
+    auth: Literal["password", "proxy_header"] = "password"
+    proxy_user_header: str = "X-Remote-User"
+    tls_certificate: Path | None = Field(
+        default=None, description="PEM certificate: serve HTTPS (with tls_private_key)"
+    )
+    tls_private_key: Path | None = None
+    session_max_age_s: int = Field(default=8 * 3600, gt=0)
+    show_patient_identifiers: bool = Field(
+        default=False,
+        description="Show patient name, ID and birth date to logged-in users on job pages "
+        "and in /api/jobs/{id}; off: never shown anywhere",
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HttpConfig:
+        if (self.tls_certificate is None) != (self.tls_private_key is None):
+            raise ValueError(
+                "http.tls_certificate and http.tls_private_key go together; set both or neither"
+            )
+        return self
 
 
 class ContourdConfig(StrictModel):

@@ -99,17 +99,52 @@ _ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.RUNNING: frozenset({JobState.WRITTEN, JobState.SHADOW, JobState.FAILED}),
     JobState.WRITTEN: frozenset({JobState.SENDING, JobState.SENT, JobState.FAILED}),
     JobState.SENDING: frozenset({JobState.SENDING, JobState.SENT, JobState.FAILED}),
-    JobState.SENT: frozenset({JobState.WRITTEN}),
-    JobState.FAILED: frozenset({JobState.WRITTEN}),
-    JobState.NOT_ROUTED: frozenset(),
-    JobState.SHADOW: frozenset({JobState.WRITTEN}),
+    JobState.SENT: frozenset({JobState.WRITTEN, JobState.COMPLETE}),
+    JobState.FAILED: frozenset({JobState.WRITTEN, JobState.COMPLETE}),
+    JobState.NOT_ROUTED: frozenset({JobState.COMPLETE}),
+    JobState.SHADOW: frozenset({JobState.WRITTEN, JobState.COMPLETE}),
 }
-"""Legal transitions; finished states go back to ``written`` only by a resend."""
+"""Legal transitions; finished states go back to ``written`` only by a resend, and
+any finished state back to ``complete`` only by a retry (:meth:`SqliteJobQueue.retry`)."""
+
+RETRYABLE_STATES = frozenset({JobState.FAILED, JobState.NOT_ROUTED})
+"""States a job can be run again from once its cause is fixed."""
 
 
 def utc_iso(epoch_s: float) -> str:
     """ISO 8601 UTC text (millisecond precision) for Unix seconds."""
     return datetime.fromtimestamp(epoch_s, tz=UTC).isoformat(timespec="milliseconds")
+
+
+_SINCE_UNITS_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_since(text: str, now_s: float | None = None) -> float:
+    """Unix seconds of ``text``: an age (``30m``, ``12h``, ``2d``) or an ISO 8601 time (UTC if
+    no zone is given).
+
+    Raises
+    ------
+    JobError
+        When ``text`` is neither.
+    """
+    value = text.strip()
+    now = time.time() if now_s is None else now_s
+    if value[-1:].lower() in _SINCE_UNITS_S:
+        try:
+            return now - float(value[:-1]) * _SINCE_UNITS_S[value[-1].lower()]
+        except ValueError:
+            pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as err:
+        raise JobError(
+            f"--since {text!r} is neither an age (30m, 12h, 2d) nor an ISO 8601 time "
+            f"(2026-12-03 or 2026-12-03T08:00); give one of those"
+        ) from err
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 class SeriesCompletionLike(Protocol):
@@ -989,6 +1024,65 @@ class SqliteJobQueue:
                 self._event(conn, job_id, new_state.value, now, owner, message)
             return self._decode(self._row(job_id))
 
+    def retry(self, job_id: int, by: str, *, any_finished: bool = False) -> Job:
+        """Run a failed (or not routed) job again from routing, once its cause is fixed.
+
+        The job goes back to ``complete`` with its attempts, error, lease and
+        earlier results cleared, so the next worker routes it with the rules
+        and models in force now (a model approved since, a config mended).
+        The earlier deliveries are dropped (their outcome is kept in the
+        event's message): the new result has new UIDs and goes to the
+        destinations of the rule that matches now. ``by`` names who asked
+        (kept in the job's history). ``any_finished``: a sent or shadow job
+        too (segment a received series again).
+
+        Raises
+        ------
+        JobError
+            When the job is not failed or not routed, or its images are gone.
+        """
+        now = time.time()
+        with self._write() as conn:
+            row = self._row(job_id)
+            refusal = _retry_refusal(job_id, row, any_finished)
+            if refusal is not None:
+                raise JobError(refusal)
+            previous = row["error"] or row["state"]
+            conn.execute(
+                "UPDATE jobs SET state = 'complete', attempts = 0, error = NULL, "
+                "warnings = '[]', result_files = '[]', preview_file = NULL, timings_s = '{}', "
+                "not_before = NULL, lease_owner = NULL, lease_expires_at = NULL, "
+                "finished_at = NULL, updated_at = ? WHERE id = ?",
+                (now, job_id),
+            )
+            earlier = conn.execute(
+                "SELECT destination, state FROM job_deliveries WHERE job_id = ? "
+                "ORDER BY destination",
+                (job_id,),
+            ).fetchall()
+            conn.execute("DELETE FROM job_deliveries WHERE job_id = ?", (job_id,))
+            delivered = ", ".join(f"{d} {s}" for d, s in earlier)
+            self._event(
+                conn,
+                job_id,
+                JobState.COMPLETE.value,
+                now,
+                None,
+                f"retry requested by {by} (was: {str(previous)[:300]}"
+                + (f"; earlier deliveries: {delivered}" if delivered else "")
+                + ")",
+            )
+            return self._decode(self._row(job_id))
+
+    def retryable_since(self, since_s: float) -> list[Job]:
+        """Failed jobs whose failure is at or after ``since_s`` (Unix seconds), oldest first."""
+        return self._select(
+            "state = 'failed' AND images_deleted_at IS NULL AND finished_at >= ?",
+            (since_s,),
+            "id ASC",
+            1_000_000,
+        )
+
     def requeue_delivery(self, job_id: int, destinations: Sequence[str]) -> Job:
         """Queue the job's existing result files for sending again.
 
@@ -1032,6 +1126,22 @@ class SqliteJobQueue:
                 f"resend requested to {', '.join(destinations)}",
             )
             return self._decode(self._row(job_id))
+
+
+def _retry_refusal(job_id: int, row: dict[str, Any], any_finished: bool) -> str | None:
+    """Why job ``row`` cannot be retried, or ``None`` when it can."""
+    state = JobState(row["state"])
+    if state not in (FINISHED_STATES if any_finished else RETRYABLE_STATES):
+        return (
+            f"job {job_id} is {state.value}; only failed or not routed jobs are retried "
+            f"(a sent job is sent again with `contourd resend {job_id}`)"
+        )
+    if row["images_deleted_at"] is not None:
+        return (
+            f"job {job_id}'s images were deleted by retention at "
+            f"{utc_iso(float(row['images_deleted_at']))}; push the series again from the scanner"
+        )
+    return None
 
 
 def stage_durations_s(events: Sequence[JobEvent]) -> dict[str, float]:

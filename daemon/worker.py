@@ -47,6 +47,7 @@ from contourd.errors import ContourdError, ModelNotApprovedError, ModelNotFoundE
 from daemon.config import ContourdConfig
 from daemon.dispatch import Dispatcher
 from daemon.job_queue import Job, JobState, LeaseLostError, SqliteJobQueue
+from daemon.preview import draw_slice
 from inference.pipeline import SegmentationResult, segment_series
 from inference.predictor import PredictorCache
 from inference.roi_mask import AlgorithmInfo, RoiMask
@@ -102,8 +103,7 @@ def write_preview(
     """Save a PNG montage: slices (``[slice, row, column]``) with ROI contours drawn.
 
     Slices are spread evenly over the extent that holds any ROI; each ROI is
-    drawn as its mask's outline in its display colour. Image display window:
-    W 400 / L 40 HU (soft tissue).
+    drawn as its mask's outline in its display colour (:func:`daemon.preview.draw_slice`).
     """
     import matplotlib
 
@@ -125,11 +125,7 @@ def write_preview(
     for ax in axes.ravel():
         ax.axis("off")
     for ax, k in zip(axes.ravel(), picks, strict=False):
-        ax.imshow(volume_hu[k], cmap="gray", vmin=40 - 200, vmax=40 + 200)
-        for roi in rois:
-            if roi.mask[k].any():
-                color = tuple(c / 255 for c in roi.color_rgb)
-                ax.contour(roi.mask[k].astype(np.uint8), levels=[0.5], colors=[color], linewidths=1)
+        draw_slice(ax, volume_hu, rois, k)
         ax.set_title(f"slice {k + 1}/{volume_hu.shape[0]}", fontsize=8)
     names = ", ".join(r.name for r in rois) or "no ROI"
     fig.suptitle(f"AUTOMATIC, UNAPPROVED: {names}", fontsize=9)

@@ -27,6 +27,8 @@ SUBCOMMAND_MODULES = [
     "worker",
     "status",
     "resend",
+    "retry",
+    "users",
     "train",
     "evaluate",
     "demo",

@@ -8,8 +8,8 @@ and SQLite rows), so a crash in one never loses another's work:
   idempotent, so a completion re-emitted after a restart is harmless);
 - ``worker.processes`` worker processes (``contourd worker``), restarted when
   one dies; a dead worker's job is re-claimed when its lease runs out;
-- the dispatcher (retries with backoff), retention, the ``/healthz`` and
-  ``/metrics`` endpoint, and the config watcher (hot reload of rules,
+- the dispatcher (retries with backoff), retention, the web server (pages,
+  REST API, STOW-RS, ``/healthz``, ``/metrics``), and the config watcher (hot reload of rules,
   destinations, dispatch and retention settings);
 - a heartbeat file that ``contourd status`` reads.
 
@@ -39,11 +39,14 @@ from pydicom import Dataset
 from daemon.config import ContourdConfig, load_config
 from daemon.config_watcher import ConfigHolder, ConfigWatcher
 from daemon.dispatch import Dispatcher
-from daemon.health_http import HealthServer, clear_heartbeat, write_heartbeat
+from daemon.health_http import clear_heartbeat, write_heartbeat
 from daemon.job_queue import SqliteJobQueue
 from daemon.node import ReceiveNode
 from daemon.retention import Retention
 from daemon.series_assembler import SeriesCompletion
+from daemon.web.app import WebContext
+from daemon.web.server import WebServer
+from daemon.web.stow import StowReceiver
 from routing.engine import route
 from routing.series_attributes import SeriesAttributes
 
@@ -208,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
     dispatcher = Dispatcher(queue, lambda: current().destinations, config.dispatch)
     retention = Retention(queue, config.retention)
     watcher = ConfigWatcher(holder) if holder is not None else None
-    http: HealthServer | None = None
+    http: WebServer | None = None
 
     stop = threading.Event()
     signals = {"count": 0}
@@ -235,17 +238,23 @@ def run(args: argparse.Namespace) -> int:
         watcher.start()
     http_port = args.http_port if args.http_port is not None else config.http.port
     if config.http.enabled:
-        http = HealthServer(
-            queue,
-            config.http.host,
-            http_port,
+        web = WebContext(
+            queue=queue,
+            config=current,
             extra_checks=lambda: {
                 "healthy": workers.alive(),
                 "workers_alive": workers.alive(),
                 "worker_restarts": workers.restarts,
                 "config_error": holder.last_error if holder is not None else None,
             },
-        ).start()
+            stow=StowReceiver(
+                node.spool,
+                node.assembler,
+                called_ae=config.node.ae_title,
+                min_free_disk_mb=config.node.min_free_disk_mb,
+            ),
+        )
+        http = WebServer(queue, config.http.host, http_port, context=web).start()
     # Tests and supervisors read these lines to learn the ports when 0 was asked for.
     print(f"contourd listening on port {node.port}", flush=True)
     host = config.node.host if config.node.host not in ("0.0.0.0", "::", "") else "THIS_HOST"
@@ -260,6 +269,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if http is not None:
         print(f"contourd http on port {http.port}", flush=True)
+        scheme = "https" if config.http.tls_certificate is not None else "http"
+        web_host = "localhost" if config.http.host in ("127.0.0.1", "::1") else config.http.host
+        print(
+            f"  web pages:      {scheme}://{web_host}:{http.port}/  (users: contourd users add)",
+            flush=True,
+        )
 
     def heartbeat() -> None:
         write_heartbeat(
