@@ -33,6 +33,7 @@ from daemon.job_queue import DB_FILENAME, SqliteJobQueue
 from daemon.web.slices import JobImageCache
 from daemon.web.stow import StowReceiver
 from daemon.web.users import User, UserStore
+from model_store.registry import ModelRegistry
 
 SESSION_KEY_FILENAME = "web_session.key"
 
@@ -171,6 +172,7 @@ def create_app(context: WebContext) -> FastAPI:
         openapi_url="/api/openapi.json",
     )
     app.state.context = context
+    ModelRegistry(context.data_dir).close()  # registers the built-in models once
     http = context.config().http
     app.add_middleware(
         SessionMiddleware,

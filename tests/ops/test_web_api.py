@@ -1,0 +1,190 @@
+"""The web application's REST API on a real data folder: OpenAPI, login, roles, retry."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from conftest import FakeCompletion, make_result_file
+from openapi_spec_validator import validate
+
+from daemon.cli import main
+from daemon.job_queue import DB_FILENAME, JobState, SqliteJobQueue
+from daemon.web.app import WebContext
+from daemon.web.server import WebServer
+from daemon.web.users import UserStore
+from model_store.registry import ModelRegistry
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> Iterator[tuple[str, SqliteJobQueue]]:
+    data = tmp_path / "data"
+    queue = SqliteJobQueue(data)
+    users = UserStore(data / DB_FILENAME)
+    for name in ("viewer", "operator", "physicist"):
+        users.set_user(f"{name}1", name, PASSWORD)
+    server = WebServer(queue, port=0, context=WebContext.for_queue(queue)).start()
+    try:
+        yield f"http://127.0.0.1:{server.port}", queue
+    finally:
+        server.stop()
+
+
+def _as(name: str) -> requests.Session:
+    session = requests.Session()
+    session.auth = (name, PASSWORD)
+    return session
+
+
+def _failed_job(queue: SqliteJobQueue, tmp_path: Path) -> int:
+    job_id = queue.submit_series(FakeCompletion())
+    queue.claim("w", 60)
+    queue.transition(job_id, JobState.ROUTED, worker_id="w", rule="ct-body", models=["body 1.0.0"])
+    queue.transition(job_id, JobState.RUNNING, worker_id="w")
+    queue.transition(
+        job_id,
+        JobState.FAILED,
+        worker_id="w",
+        message="model body 1.0.0 is not approved; run `contourd models approve body 1.0.0`",
+    )
+    return job_id
+
+
+def test_openapi_document_is_served_and_valid(web: tuple[str, SqliteJobQueue]) -> None:
+    base, _ = web
+    response = requests.get(f"{base}/api/openapi.json", timeout=10)
+    assert response.status_code == 200
+    spec = response.json()
+    validate(spec)  # raises on an invalid OpenAPI document
+    paths = spec["paths"]
+    for path in (
+        "/api/jobs",
+        "/api/jobs/{job_id}",
+        "/api/jobs/{job_id}/resend",
+        "/api/jobs/{job_id}/retry",
+        "/api/models",
+        "/api/models/{name}/{version}",
+        "/api/series/{series_uid}/segment",
+        "/api/status",
+        "/dicomweb/studies",
+    ):
+        assert path in paths, path
+
+
+def test_login_is_needed_except_for_health_and_metrics(web: tuple[str, SqliteJobQueue]) -> None:
+    base, _ = web
+    assert requests.get(f"{base}/healthz", timeout=10).status_code == 200
+    assert requests.get(f"{base}/metrics", timeout=10).status_code == 200
+    assert requests.get(f"{base}/api/jobs", timeout=10).status_code == 401
+    wrong = requests.get(f"{base}/api/jobs", auth=("viewer1", "not it at all"), timeout=10)
+    assert wrong.status_code == 401
+    page = requests.get(f"{base}/", timeout=10, allow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"].startswith("/login")
+    assert _as("viewer1").get(f"{base}/api/jobs", timeout=10).json() == []
+
+
+def test_viewer_reads_operator_retries_and_the_audit_trail_records_it(
+    web: tuple[str, SqliteJobQueue], tmp_path: Path
+) -> None:
+    base, queue = web
+    job_id = _failed_job(queue, tmp_path)
+    [listed] = _as("viewer1").get(f"{base}/api/jobs?state=failed", timeout=10).json()
+    assert listed["id"] == job_id and "not approved" in listed["error"]
+    refused = _as("viewer1").post(f"{base}/api/jobs/{job_id}/retry", timeout=10)
+    assert refused.status_code == 403 and "operator" in refused.json()["detail"]
+    done = _as("operator1").post(f"{base}/api/jobs/{job_id}/retry", timeout=10)
+    assert done.status_code == 200 and done.json()["state"] == "complete"
+    job = queue.get(job_id)
+    assert job.state == JobState.COMPLETE and job.error is None and job.attempts == 0
+    assert "retry requested by operator1" in (queue.events(job_id)[-1].message or "")
+    again = _as("operator1").post(f"{base}/api/jobs/{job_id}/retry", timeout=10)
+    assert again.status_code == 409 and "only failed or not routed" in again.json()["detail"]
+    with ModelRegistry(queue.data_dir, builtin_dir=None) as registry:
+        [entry] = [e for e in registry.audit_trail() if e.action == "job-retry"]
+    assert entry.by == "operator1" and entry.name == f"job {job_id}"
+
+
+def test_physicist_approves_a_model_and_a_viewer_is_refused(
+    web: tuple[str, SqliteJobQueue],
+) -> None:
+    base, _ = web
+    models = _as("viewer1").get(f"{base}/api/models", timeout=10).json()
+    assert {(m["name"], m["status"]) for m in models} >= {("body", "imported")}
+    url = f"{base}/api/models/body/1.0.0/approve"
+    assert _as("operator1").post(url, json={"note": "x"}, timeout=10).status_code == 403
+    approved = _as("physicist1").post(url, json={"note": "commissioned"}, timeout=10)
+    assert approved.status_code == 200 and approved.json()["status"] == "approved"
+    history = _as("viewer1").get(f"{base}/api/models/body/1.0.0", timeout=10).json()["history"]
+    assert [h["action"] for h in history][-1] == "approve"
+    assert history[-1]["by"] == "physicist1"
+
+
+def test_resend_queues_the_result_for_the_jobs_destination(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    queue = SqliteJobQueue(data)
+    UserStore(data / DB_FILENAME).set_user("op", "operator", PASSWORD)
+    context = WebContext.for_queue(queue)
+    config = context.config()
+    config.destinations = {}
+    job_id = queue.submit_series(FakeCompletion())
+    queue.claim("w", 60)
+    queue.transition(job_id, JobState.ROUTED, worker_id="w", rule="r", models=["body 1.0.0"])
+    queue.transition(job_id, JobState.RUNNING, worker_id="w")
+    result = make_result_file(data / "results" / str(job_id) / "rs.dcm")
+    queue.transition(
+        job_id, JobState.WRITTEN, worker_id="w", release_lease=True, result_files=[result]
+    )
+    server = WebServer(queue, port=0, context=context).start()
+    try:
+        session = requests.Session()
+        session.auth = ("op", PASSWORD)
+        response = session.post(f"http://127.0.0.1:{server.port}/api/jobs/{job_id}/resend")
+    finally:
+        server.stop()
+    assert response.status_code == 409 and "no destinations" in response.json()["detail"]
+
+
+def test_cli_retry_all_failed_since(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "contourd.yaml"
+    config.write_text(yaml.safe_dump({"node": {"data_dir": "data"}}))
+    queue = SqliteJobQueue(tmp_path / "data")
+    job_id = _failed_job(queue, tmp_path)
+    assert main(["retry", "-c", str(config), "--all-failed", "--since", "1h"]) == 0
+    assert f"job {job_id}: queued again" in capsys.readouterr().out
+    assert queue.get(job_id).state == JobState.COMPLETE
+    assert main(["retry", "-c", str(config), str(job_id)]) == 1
+    assert "only failed or not routed" in capsys.readouterr().err
+    future = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() + 3600))
+    assert main(["retry", "-c", str(config), "--all-failed", "--since", future]) == 0
+    assert "no failed jobs" in capsys.readouterr().out
+
+
+def test_users_cli_adds_a_user_with_a_hashed_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+    import sqlite3
+
+    config = tmp_path / "contourd.yaml"
+    config.write_text(yaml.safe_dump({"node": {"data_dir": "data"}}))
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    assert main(["users", "add", "alice", "--role", "physicist", "--password-stdin",
+                 "-c", str(config), "--by", "admin"]) == 0
+    with sqlite3.connect(tmp_path / "data" / DB_FILENAME) as conn:
+        [(stored,)] = conn.execute("SELECT password_hash FROM web_users").fetchall()
+    assert stored.startswith("$argon2id$") and PASSWORD not in stored
+    assert UserStore(tmp_path / "data" / DB_FILENAME).authenticate("alice", PASSWORD).role == (
+        "physicist"
+    )
+    assert main(["models", "audit", "--json", "-c", str(config)]) == 0
+    audit = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert any(e["action"] == "user-set" and e["name"] == "user alice" for e in audit)
