@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DEBIAN_TOOLS := dcmtk plastimatch dicom3tools orthanc
+DEBIAN_TOOLS := dcmtk plastimatch dicom3tools orthanc orthanc-dicomweb chromium chromium-driver
 PY_DIRS := contourd daemon routing inference model_store training tests benchmarks
 
 .PHONY: demo test lint venv debian-tools clean

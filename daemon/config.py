@@ -100,10 +100,15 @@ class DestinationTlsConfig(StrictModel):
 
 
 class DestinationConfig(StrictModel):
-    """A C-STORE peer or a folder that results are sent to (owner: dispatch).
+    """A C-STORE peer, a folder or a DICOMweb STOW-RS service that results are sent to
+    (owner: dispatch).
 
-    Either ``ae_title`` + ``host`` + ``port`` (DICOM C-STORE) or ``folder``
-    (files are written there for planning systems that import from a share).
+    Either ``ae_title`` + ``host`` + ``port`` (DICOM C-STORE), or ``folder``
+    (files are written there for planning systems that import from a share),
+    or ``stow_url`` (the DICOMweb service root, e.g.
+    ``https://pacs.example/dicom-web``; results are POSTed to
+    ``{stow_url}/studies``), with ``stow_username`` and ``stow_password_file``
+    (a file holding the password) when it needs HTTP Basic.
     """
 
     ae_title: str | None = None
@@ -111,17 +116,27 @@ class DestinationConfig(StrictModel):
     port: int | None = Field(default=None, ge=1, le=65535)
     folder: Path | None = None
     tls: DestinationTlsConfig | None = None
+    stow_url: str | None = Field(default=None, pattern=r"^https?://")
+    stow_username: str | None = None
+    stow_password_file: Path | None = None
 
     @model_validator(mode="after")
     def _network_or_folder(self) -> DestinationConfig:
         network = [self.ae_title, self.host, self.port]
-        if self.folder is None and any(v is None for v in network):
+        kinds = sum(
+            [any(v is not None for v in network), self.folder is not None, self.stow_url is not None]
+        )
+        if kinds > 1:
             raise ValueError(
-                "a destination needs either ae_title, host and port (C-STORE) or folder; "
-                f"got ae_title={self.ae_title!r}, host={self.host!r}, port={self.port!r}"
+                "a destination is one of a C-STORE peer, a folder or a stow_url, not several"
             )
-        if self.folder is not None and any(v is not None for v in network):
-            raise ValueError("a destination is either a C-STORE peer or a folder, not both")
+        if self.folder is None and self.stow_url is None and any(v is None for v in network):
+            raise ValueError(
+                "a destination needs either ae_title, host and port (C-STORE), folder, or "
+                f"stow_url; got ae_title={self.ae_title!r}, host={self.host!r}, port={self.port!r}"
+            )
+        if (self.stow_username is None) != (self.stow_password_file is None):
+            raise ValueError("stow_username and stow_password_file go together; set both or neither")
         return self
 
 
