@@ -23,7 +23,7 @@ demo: venv
 # Installs DCMTK, plastimatch and dicom3tools when we may (root or passwordless
 # sudo); otherwise the tests that need them skip and say how to install them.
 debian-tools:
-	@if command -v storescu >/dev/null && command -v plastimatch >/dev/null && command -v dciodvfy >/dev/null && command -v Orthanc >/dev/null; then \
+	@if command -v storescu >/dev/null && command -v plastimatch >/dev/null && command -v dciodvfy >/dev/null && command -v Orthanc >/dev/null && command -v chromedriver >/dev/null && test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so; then \
 	  true; \
 	elif [ "$$(id -u)" = 0 ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_TOOLS); \

@@ -188,3 +188,77 @@ def test_users_cli_adds_a_user_with_a_hashed_password(
     assert main(["models", "audit", "--json", "-c", str(config)]) == 0
     audit = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert any(e["action"] == "user-set" and e["name"] == "user alice" for e in audit)
+
+
+def _received_phantom(queue: SqliteJobQueue, tmp_path: Path) -> tuple[int, list[Path]]:
+    from inference.phantom import make_phantom_series
+
+    series = make_phantom_series(tmp_path / "ct", shape_zyx=(4, 32, 32))
+    completion = FakeCompletion(
+        study_uid=series.headers[0].StudyInstanceUID,
+        series_uid=series.headers[0].SeriesInstanceUID,
+        instance_paths=list(series.paths),
+        num_instances=len(series.paths),
+    )
+    return queue.submit_series(completion), list(series.paths)
+
+
+def test_rule_tester_explains_each_rule_for_a_received_series_and_for_uploads(
+    web: tuple[str, SqliteJobQueue], tmp_path: Path
+) -> None:
+    base, queue = web
+    _, paths = _received_phantom(queue, tmp_path)
+    import pydicom
+
+    series_uid = str(pydicom.dcmread(paths[0]).SeriesInstanceUID)
+    viewer = _as("viewer1")
+    answer = viewer.post(f"{base}/api/rules/test", params={"series_uid": series_uid}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    report = answer.json()
+    lines = [line.strip() for line in report["text"].splitlines()]
+    assert any(
+        line.startswith("1. head and neck CT") and "no match: match.body_part" in line
+        for line in lines
+    ), lines
+    assert any(line.startswith("2. every CT") and "MATCHED -> models body" in line for line in lines)
+    assert report["routed"] == 1 and report["series"][0]["series_instance_uid"] == series_uid
+    files = [("files", (p.name, p.read_bytes(), "application/dicom")) for p in paths]
+    uploaded = viewer.post(f"{base}/api/rules/test", files=files, timeout=60).json()
+    rules_part = [line for line in lines if line[:2] in ("1.", "2.", "=>")]
+    assert [
+        line.strip()
+        for line in uploaded["text"].splitlines()
+        if line.strip()[:2] in ("1.", "2.", "=>")
+    ] == rules_part
+    page = viewer.post(f"{base}/rules/test", data={"series_uid": series_uid}, timeout=60)
+    assert page.status_code == 200 and "MATCHED -&gt; models body" in page.text
+
+
+def test_patient_identifiers_only_with_the_setting(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    queue = SqliteJobQueue(data)
+    UserStore(data / DB_FILENAME).set_user("v", "viewer", PASSWORD)
+    job_id, paths = _received_phantom(queue, tmp_path)
+    import pydicom
+
+    ds = pydicom.dcmread(paths[0])
+    name, patient_id = str(ds.PatientName), str(ds.PatientID)
+    assert name and patient_id
+    for allowed in (False, True):
+        context = WebContext.for_queue(queue)
+        context.config().http.show_patient_identifiers = allowed
+        server = WebServer(queue, port=0, context=context).start()
+        try:
+            session = requests.Session()
+            session.auth = ("v", PASSWORD)
+            base = f"http://127.0.0.1:{server.port}"
+            texts = [
+                session.get(f"{base}/api/jobs/{job_id}", timeout=30).text,
+                session.get(f"{base}/api/jobs", timeout=30).text,
+                session.get(f"{base}/jobs/{job_id}", timeout=60).text,
+                session.get(f"{base}/", timeout=30).text,
+            ]
+        finally:
+            server.stop()
+        assert (name in texts[0]) is allowed and (patient_id in texts[2]) is allowed
+        assert name not in texts[1] and name not in texts[3]
