@@ -124,7 +124,11 @@ class DestinationConfig(StrictModel):
     def _network_or_folder(self) -> DestinationConfig:
         network = [self.ae_title, self.host, self.port]
         kinds = sum(
-            [any(v is not None for v in network), self.folder is not None, self.stow_url is not None]
+            [
+                any(v is not None for v in network),
+                self.folder is not None,
+                self.stow_url is not None,
+            ]
         )
         if kinds > 1:
             raise ValueError(
@@ -136,7 +140,9 @@ class DestinationConfig(StrictModel):
                 f"stow_url; got ae_title={self.ae_title!r}, host={self.host!r}, port={self.port!r}"
             )
         if (self.stow_username is None) != (self.stow_password_file is None):
-            raise ValueError("stow_username and stow_password_file go together; set both or neither")
+            raise ValueError(
+                "stow_username and stow_password_file go together; set both or neither"
+            )
         return self
 
 

@@ -246,8 +246,7 @@ def send_stow(files: Sequence[Path], dest: DestinationConfig, config: DispatchCo
     failed = answer.get("FailedSOPSequence") or []
     if failed:
         reasons = ", ".join(
-            f"{item.get('ReferencedSOPInstanceUID', '?')} (reason "
-            f"{item.get('FailureReason', '?')})"
+            f"{item.get('ReferencedSOPInstanceUID', '?')} (reason {item.get('FailureReason', '?')})"
             for item in failed
         )
         raise DispatchError(f"STOW-RS to {dest.stow_url} refused {reasons}")

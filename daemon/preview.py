@@ -32,7 +32,9 @@ def draw_slice(ax: Any, volume_hu: np.ndarray, rois: Sequence[RoiMask], k: int) 
             ax.contour(roi.mask[k].astype(np.uint8), levels=[0.5], colors=[color], linewidths=1)
 
 
-def slice_png(volume_hu: np.ndarray, rois: Sequence[RoiMask], k: int, *, size_px: int = 512) -> bytes:
+def slice_png(
+    volume_hu: np.ndarray, rois: Sequence[RoiMask], k: int, *, size_px: int = 512
+) -> bytes:
     """One slice with contours as PNG bytes (thread-safe: no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

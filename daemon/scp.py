@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -443,7 +443,7 @@ def store_instance(
     sop_class_uid: str,
     transfer_syntax: UID,
     stream: bytes,
-    file_meta: Dataset,
+    file_meta: FileMetaDataset,
     calling_ae: str,
     called_ae: str,
     peer: str,

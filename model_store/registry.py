@@ -312,8 +312,14 @@ class ModelRegistry:
         who = _check_by(by)
         with self._transaction() as conn:
             self._audit(
-                conn, by=who, action=action, name=subject, version="", before=None,
-                after=after, note=note,
+                conn,
+                by=who,
+                action=action,
+                name=subject,
+                version="",
+                before=None,
+                after=after,
+                note=note,
             )
 
     # -- reading -------------------------------------------------------------------

@@ -72,7 +72,9 @@ def run_add(args: argparse.Namespace) -> int:
         if getpass.getpass("again: ") != password:
             raise WebAuthError("the two passwords differ; nothing changed")
     user = store.set_user(args.name, args.role, password)
-    _audit(data_dir, args, "user-set", {"role": user.role, "password_changed": password is not None})
+    _audit(
+        data_dir, args, "user-set", {"role": user.role, "password_changed": password is not None}
+    )
     print(f"user {user.name}: {user.role}")
     return 0
 

@@ -34,7 +34,7 @@ from model_store.registry import ModelRecord, ModelRegistry
 
 router = APIRouter()
 UserDep = Annotated[User, Depends(current_user)]
-PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate")
+PATIENT_KEYWORDS = ["PatientName", "PatientID", "PatientBirthDate"]
 
 
 def context_of(request: Request) -> WebContext:
@@ -239,9 +239,7 @@ def model_view(registry: ModelRegistry, record: ModelRecord) -> dict[str, Any]:
     out["evaluation"] = (
         record.card.evaluation.model_dump(mode="json") if record.card.evaluation else None
     )
-    out["history"] = [
-        e.to_dict() for e in registry.audit_trail(record.name, record.version)
-    ]
+    out["history"] = [e.to_dict() for e in registry.audit_trail(record.name, record.version)]
     return out
 
 
@@ -345,7 +343,9 @@ def api_rules_test(
     if series_uid:
         text, document = test_rules_on_series(ctx, series_uid)
     elif files:
-        text, document = test_rules_on_uploads(ctx, [(f.filename or "", f.file.read()) for f in files])
+        text, document = test_rules_on_uploads(
+            ctx, [(f.filename or "", f.file.read()) for f in files]
+        )
     else:
         raise JobError("give series_uid (a received series) or upload DICOM files")
     return {"text": text, **document}

@@ -132,9 +132,9 @@ def current_user(request: Request) -> User:
                 + (f" ({name!r} is not in `contourd users list`)" if name else "")
             )
         return user
-    name = request.session.get("user")
-    if name:
-        user = users.get(str(name))
+    session_name = request.session.get("user")
+    if session_name:
+        user = users.get(str(session_name))
         if user is not None:
             return user
         request.session.clear()

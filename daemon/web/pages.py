@@ -176,9 +176,7 @@ def model_decide(
     return _back("/models", f"{name} {version}: {action} recorded")
 
 
-def _rules_page(
-    request: Request, user: Any, report: str | None, series_uid: str = ""
-) -> Response:
+def _rules_page(request: Request, user: Any, report: str | None, series_uid: str = "") -> Response:
     ctx = context_of(request)
     received = []
     seen = set()

@@ -78,7 +78,9 @@ class WebServer:
     def start(self) -> WebServer:
         """Serve on a daemon thread; returns once it accepts requests."""
         self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._socket]}, name="contourd-http",
+            target=self._server.run,
+            kwargs={"sockets": [self._socket]},
+            name="contourd-http",
             daemon=True,
         )
         self._thread.start()
@@ -96,4 +98,3 @@ class WebServer:
         if self._thread is not None:
             self._thread.join(timeout=STOP_TIMEOUT_S)
         self._socket.close()
-

@@ -102,7 +102,7 @@ class StowReceiver:
                 sop_class, sop_uid, outcome = self._store_one(
                     part, index, calling=calling, peer=peer, association_id=association_id
                 )
-                item = {
+                item: dict[str, dict[str, Any]] = {
                     "00081150": {"vr": "UI", "Value": [sop_class]} if sop_class else {"vr": "UI"},
                     "00081155": {"vr": "UI", "Value": [sop_uid]} if sop_uid else {"vr": "UI"},
                 }
@@ -116,9 +116,7 @@ class StowReceiver:
                     log.warning("STOW-RS part %d from %s@%s refused: %s", index, user, peer, text)
         finally:
             self.assembler.association_released(association_id)
-        log.info(
-            "STOW-RS from %s@%s: %d stored, %d refused", user, peer, len(stored), len(failed)
-        )
+        log.info("STOW-RS from %s@%s: %d stored, %d refused", user, peer, len(stored), len(failed))
         response: dict[str, Any] = {}
         if stored:
             response["00081199"] = {"vr": "SQ", "Value": stored}
@@ -137,16 +135,24 @@ class StowReceiver:
             meta = _read_file_meta_info(stream)
             offset = stream.tell()
         except Exception as err:
-            return "", "", (
-                FAILURE_CANNOT_UNDERSTAND,
-                f"part {index} is not a DICOM Part 10 file: {err}",
+            return (
+                "",
+                "",
+                (
+                    FAILURE_CANNOT_UNDERSTAND,
+                    f"part {index} is not a DICOM Part 10 file: {err}",
+                ),
             )
         sop_class = str(meta.get("MediaStorageSOPClassUID", ""))
         sop_uid = str(meta.get("MediaStorageSOPInstanceUID", ""))
         if self.min_free_disk_mb > 0 and self.spool.free_disk_mb() < self.min_free_disk_mb:
-            return sop_class, sop_uid, (
-                FAILURE_OUT_OF_RESOURCES,
-                f"free disk under node.min_free_disk_mb {self.min_free_disk_mb}",
+            return (
+                sop_class,
+                sop_uid,
+                (
+                    FAILURE_OUT_OF_RESOURCES,
+                    f"free disk under node.min_free_disk_mb {self.min_free_disk_mb}",
+                ),
             )
         try:
             store_instance(

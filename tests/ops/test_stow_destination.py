@@ -87,9 +87,7 @@ def _written_job(queue: SqliteJobQueue, result: Path, destination: str) -> int:
     return job_id
 
 
-def test_result_is_delivered_to_orthanc_by_stow_rs(
-    tmp_path: Path, orthanc_dicomweb: int
-) -> None:
+def test_result_is_delivered_to_orthanc_by_stow_rs(tmp_path: Path, orthanc_dicomweb: int) -> None:
     http = f"http://127.0.0.1:{orthanc_dicomweb}"
     queue = SqliteJobQueue(tmp_path / "data")
     result = make_result_file(tmp_path / "data" / "results" / "rs.dcm")

@@ -177,8 +177,23 @@ def test_users_cli_adds_a_user_with_a_hashed_password(
     config = tmp_path / "contourd.yaml"
     config.write_text(yaml.safe_dump({"node": {"data_dir": "data"}}))
     monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
-    assert main(["users", "add", "alice", "--role", "physicist", "--password-stdin",
-                 "-c", str(config), "--by", "admin"]) == 0
+    assert (
+        main(
+            [
+                "users",
+                "add",
+                "alice",
+                "--role",
+                "physicist",
+                "--password-stdin",
+                "-c",
+                str(config),
+                "--by",
+                "admin",
+            ]
+        )
+        == 0
+    )
     with sqlite3.connect(tmp_path / "data" / DB_FILENAME) as conn:
         [(stored,)] = conn.execute("SELECT password_hash FROM web_users").fetchall()
     assert stored.startswith("$argon2id$") and PASSWORD not in stored
@@ -220,7 +235,9 @@ def test_rule_tester_explains_each_rule_for_a_received_series_and_for_uploads(
         line.startswith("1. head and neck CT") and "no match: match.body_part" in line
         for line in lines
     ), lines
-    assert any(line.startswith("2. every CT") and "MATCHED -> models body" in line for line in lines)
+    assert any(
+        line.startswith("2. every CT") and "MATCHED -> models body" in line for line in lines
+    )
     assert report["routed"] == 1 and report["series"][0]["series_instance_uid"] == series_uid
     files = [("files", (p.name, p.read_bytes(), "application/dicom")) for p in paths]
     uploaded = viewer.post(f"{base}/api/rules/test", files=files, timeout=60).json()
