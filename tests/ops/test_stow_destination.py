@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import FakeCompletion, free_port, make_result_file, require_tool, wait_for
+from conftest import FakeCompletion, free_port, make_result_file, require_tool, running_orthanc
 
 from daemon.config import DestinationConfig, DispatchConfig
 from daemon.dispatch import Dispatcher
@@ -35,44 +33,21 @@ def _get(url: str) -> object:
 @pytest.fixture
 def orthanc_dicomweb(tmp_path: Path) -> Iterator[int]:
     """A running Orthanc with DICOMweb at ``/dicom-web``: its HTTP port."""
-    binary = require_tool("Orthanc", "orthanc")
+    require_tool("Orthanc", "orthanc")
     if not DICOMWEB_PLUGIN.exists():
         reason = f"{DICOMWEB_PLUGIN} missing; install it with: apt-get install orthanc-dicomweb"
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
-    http_port = free_port()
     config = {
         "Name": "contourd-stow-test",
-        "StorageDirectory": str(tmp_path / "orthanc-storage"),
-        "IndexDirectory": str(tmp_path / "orthanc-index"),
         "DicomPort": free_port(),
-        "HttpPort": http_port,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
+        "HttpPort": free_port(),
         "Plugins": [str(DICOMWEB_PLUGIN)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }
-    config_path = tmp_path / "orthanc.json"
-    config_path.write_text(json.dumps(config))
-    log = (tmp_path / "orthanc.log").open("w")
-    proc = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT)
-
-    def up() -> bool:
-        try:
-            _get(f"http://127.0.0.1:{http_port}/system")
-            return True
-        except (urllib.error.URLError, ConnectionError, OSError):
-            return proc.poll() is not None
-
-    try:
-        wait_for(up, 60, "Orthanc did not answer on its HTTP port")
-        assert proc.poll() is None, f"Orthanc exited; see {tmp_path / 'orthanc.log'}"
+    with running_orthanc(tmp_path, config) as http_port:
         yield http_port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def _written_job(queue: SqliteJobQueue, result: Path, destination: str) -> int:
