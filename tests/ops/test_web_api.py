@@ -279,3 +279,49 @@ def test_patient_identifiers_only_with_the_setting(tmp_path: Path) -> None:
             server.stop()
         assert (name in texts[0]) is allowed and (patient_id in texts[2]) is allowed
         assert name not in texts[1] and name not in texts[3]
+
+
+def test_https_when_a_certificate_is_configured(tmp_path: Path) -> None:
+    import subprocess
+
+    from conftest import require_tool
+
+    openssl = require_tool("openssl", "openssl")
+    cert, key = tmp_path / "web.pem", tmp_path / "web.key"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    queue = SqliteJobQueue(tmp_path / "data")
+    context = WebContext.for_queue(queue)
+    http = context.config().http
+    http.tls_certificate, http.tls_private_key = cert, key
+    server = WebServer(queue, port=0, context=context).start()
+    try:
+        answer = requests.get(f"https://localhost:{server.port}/healthz", verify=str(cert))
+        assert answer.status_code == 200 and answer.json()["status"] == "ok"
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://localhost:{server.port}/healthz", timeout=5)
+    finally:
+        server.stop()
+
+
+def test_reverse_proxy_header_names_the_user(tmp_path: Path) -> None:
+    queue = SqliteJobQueue(tmp_path / "data")
+    UserStore(tmp_path / "data" / DB_FILENAME).set_user("carol", "viewer", None)
+    context = WebContext.for_queue(queue)
+    context.config().http.auth = "proxy_header"
+    server = WebServer(queue, port=0, context=context).start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/api/jobs"
+        assert requests.get(url, headers={"X-Remote-User": "carol"}, timeout=10).status_code == 200
+        assert (
+            requests.get(url, headers={"X-Remote-User": "mallory"}, timeout=10).status_code == 401
+        )
+        assert requests.get(url, timeout=10).status_code == 401
+        # A user without a password cannot log in with one.
+        assert requests.get(url, auth=("carol", ""), timeout=10).status_code == 401
+    finally:
+        server.stop()
