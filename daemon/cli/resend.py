@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 from pathlib import Path
 from typing import Any
 
 from contourd.errors import DispatchError
+from daemon.audit import record_change
 from daemon.config import ContourdConfig, load_config
 from daemon.dispatch import Dispatcher
 from daemon.health_http import read_heartbeat
@@ -66,6 +68,14 @@ def run(args: argparse.Namespace) -> int:
     job = queue.get(args.job_id)
     targets = resend_targets(config, job, args.to)
     queue.requeue_delivery(job.id, targets)
+    record_change(
+        config.data_dir,
+        by=getpass.getuser(),
+        action="job-resend",
+        subject=f"job {job.id}",
+        after={"destinations": targets},
+        note="cli",
+    )
     if read_heartbeat(config.data_dir) is not None and not args.now:
         print(f"job {job.id}: queued for {', '.join(targets)}; the running node sends it")
         return 0

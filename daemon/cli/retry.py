@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from contourd.errors import JobError
+from daemon.audit import record_change
 from daemon.config import load_config
 from daemon.job_queue import SqliteJobQueue, parse_since
 
@@ -66,5 +67,8 @@ def run(args: argparse.Namespace) -> int:
             refused += 1
             print(f"job {job_id}: not retried: {err}", file=sys.stderr)
             continue
+        record_change(
+            config.data_dir, by=by, action="job-retry", subject=f"job {job_id}", note="cli"
+        )
         print(f"job {job_id}: queued again; the workers route and segment it anew")
     return 1 if refused else 0

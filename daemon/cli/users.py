@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from contourd.errors import WebAuthError
+from daemon.audit import record_change
 from daemon.config import load_config
 from daemon.job_queue import DB_FILENAME
 from daemon.web.users import ROLES, UserStore
-from model_store.registry import ModelRegistry
 
 
 def register(subparsers: Any) -> None:
@@ -55,10 +55,14 @@ def _store(args: argparse.Namespace) -> tuple[UserStore, Path]:
 
 
 def _audit(data_dir: Path, args: argparse.Namespace, action: str, after: dict[str, Any]) -> None:
-    with ModelRegistry(data_dir, builtin_dir=None) as registry:
-        registry.record(
-            by=args.by or getpass.getuser(), action=action, subject=f"user {args.name}", after=after
-        )
+    record_change(
+        data_dir,
+        by=args.by or getpass.getuser(),
+        action=action,
+        subject=f"user {args.name}",
+        after=after,
+        note="cli",
+    )
 
 
 def run_add(args: argparse.Namespace) -> int:

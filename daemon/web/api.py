@@ -22,6 +22,7 @@ from fastapi import APIRouter, Body, Depends, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from contourd.errors import JobError
+from daemon.audit import record_change
 from daemon.cli.jobs import job_detail, job_summary
 from daemon.cli.resend import resend_targets
 from daemon.cli.routes import report_routes
@@ -49,8 +50,9 @@ def registry_of(ctx: WebContext) -> ModelRegistry:
 
 def audit(ctx: WebContext, user: User, action: str, subject: str, after: dict[str, Any]) -> None:
     """Write a web user's change to the audit trail."""
-    with registry_of(ctx) as registry:
-        registry.record(by=user.name, action=action, subject=subject, after=after, note="web")
+    record_change(
+        ctx.data_dir, by=user.name, action=action, subject=subject, after=after, note="web"
+    )
 
 
 # -- jobs ---------------------------------------------------------------------------

@@ -161,6 +161,9 @@ def test_cli_retry_all_failed_since(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["retry", "-c", str(config), "--all-failed", "--since", "1h"]) == 0
     assert f"job {job_id}: queued again" in capsys.readouterr().out
     assert queue.get(job_id).state == JobState.COMPLETE
+    with ModelRegistry(tmp_path / "data", builtin_dir=None) as registry:
+        [entry] = [e for e in registry.audit_trail() if e.action == "job-retry"]
+    assert entry.name == f"job {job_id}" and entry.note == "cli"
     assert main(["retry", "-c", str(config), str(job_id)]) == 1
     assert "only failed or not routed" in capsys.readouterr().err
     future = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() + 3600))
