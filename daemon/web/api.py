@@ -299,7 +299,9 @@ def api_model_decide(
 def rules_yaml(ctx: WebContext) -> str:
     """The loaded config's rules and destinations as YAML."""
     config = ctx.config()
-    shown = config.model_dump(mode="json", include={"rules", "destinations", "series"})
+    shown = config.model_dump(
+        mode="json", include={"rules", "destinations", "series"}, by_alias=True, exclude_none=True
+    )
     return yaml.safe_dump(shown, sort_keys=False)
 
 
