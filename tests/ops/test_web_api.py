@@ -328,3 +328,21 @@ def test_reverse_proxy_header_names_the_user(tmp_path: Path) -> None:
         assert requests.get(url, auth=("carol", ""), timeout=10).status_code == 401
     finally:
         server.stop()
+
+
+def test_segment_a_received_series_again_through_the_api(
+    web: tuple[str, SqliteJobQueue], tmp_path: Path
+) -> None:
+    base, queue = web
+    job_id = _failed_job(queue, tmp_path)
+    series_uid = queue.get(job_id).series_uid
+    url = f"{base}/api/series/{series_uid}/segment"
+    assert _as("viewer1").post(url, timeout=10).status_code == 403
+    answer = _as("operator1").post(url, timeout=10)
+    assert answer.status_code == 200 and answer.json() == {"job_id": job_id, "state": "complete"}
+    missing = _as("operator1").post(f"{base}/api/series/1.2.3.404/segment", timeout=10)
+    assert missing.status_code == 409 and "push it first" in missing.json()["detail"]
+    with ModelRegistry(queue.data_dir, builtin_dir=None) as registry:
+        assert [e.action for e in registry.audit_trail() if e.name == f"job {job_id}"] == [
+            "job-segment"
+        ]
