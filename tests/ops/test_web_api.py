@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import requests
 import yaml
 from conftest import FakeCompletion, make_result_file
 from openapi_spec_validator import validate
+from peer_tools import require_tool
 
 from daemon.cli import main
 from daemon.job_queue import DB_FILENAME, JobState, SqliteJobQueue
@@ -285,10 +287,6 @@ def test_patient_identifiers_only_with_the_setting(tmp_path: Path) -> None:
 
 
 def test_https_when_a_certificate_is_configured(tmp_path: Path) -> None:
-    import subprocess
-
-    from conftest import require_tool
-
     openssl = require_tool("openssl", "openssl")
     cert, key = tmp_path / "web.pem", tmp_path / "web.key"
     subprocess.run(
