@@ -20,6 +20,7 @@ import pydicom
 import yaml
 from fastapi import APIRouter, Body, Depends, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from contourd.errors import JobError
 from daemon.audit import record_change
@@ -29,7 +30,7 @@ from daemon.cli.routes import report_routes
 from daemon.health_http import collect_status
 from daemon.job_queue import Job, SqliteJobQueue, parse_since
 from daemon.web.app import WebContext, current_user
-from daemon.web.stow import StowBodyError, split_multipart
+from daemon.web.stow import FAILURE_CANNOT_UNDERSTAND, MultipartSplitter, StowBodyError
 from daemon.web.users import User, require_role
 from model_store.registry import ModelRecord, ModelRegistry
 
@@ -370,14 +371,22 @@ async def stow_rs(request: Request, user: UserDep) -> Response:
         return JSONResponse(
             {"detail": "this server has no receive node (run `contourd serve`)"}, status_code=503
         )
-    body = await request.body()
+    peer = request.client.host if request.client else "?"
     try:
-        parts = split_multipart(body, request.headers.get("content-type", ""))
+        splitter = MultipartSplitter(request.headers.get("content-type", ""))
     except StowBodyError as err:
         return JSONResponse({"detail": str(err)}, status_code=415)
-    peer = request.client.host if request.client else "?"
-    stow = ctx.stow
-    from starlette.concurrency import run_in_threadpool
-
-    status, answer = await run_in_threadpool(stow.store, parts, user=user.name, peer=peer)
+    stow = ctx.stow.begin(user=user.name, peer=peer)
+    try:
+        # Each instance is stored as soon as its part has arrived.
+        async for chunk in request.stream():
+            for part in splitter.feed(chunk):
+                await run_in_threadpool(stow.add, part)
+        splitter.close()
+    except StowBodyError as err:
+        if splitter.parts_seen == 0:
+            await run_in_threadpool(stow.finish)
+            return JSONResponse({"detail": str(err)}, status_code=400)
+        stow.refuse({}, FAILURE_CANNOT_UNDERSTAND, str(err))
+    status, answer = await run_in_threadpool(stow.finish)
     return JSONResponse(answer, status_code=status, media_type="application/dicom+json")

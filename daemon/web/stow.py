@@ -47,27 +47,81 @@ class StowBodyError(ValueError):
     """The request body is not a multipart/related message (the caller answers 400/415)."""
 
 
-def split_multipart(body: bytes, content_type: str) -> list[bytes]:
-    """The payloads of a ``multipart/related`` body (headers of each part dropped)."""
-    found = _BOUNDARY.search(content_type or "")
-    if not content_type.lower().startswith("multipart/related") or found is None:
-        raise StowBodyError(
-            f"Content-Type {content_type!r}: expected multipart/related; "
-            f'type="application/dicom"; boundary=...'
-        )
-    delimiter = b"--" + found.group(1).encode("ascii")
-    parts: list[bytes] = []
-    for chunk in body.split(delimiter)[1:]:
-        if chunk.startswith(b"--"):
-            break
-        head, sep, payload = chunk.partition(b"\r\n\r\n")
+class MultipartSplitter:
+    """Splits a ``multipart/related`` body into its payloads as the bytes arrive.
+
+    :meth:`feed` takes the next chunk and returns the payloads it completed
+    (headers of each part dropped), so each instance can be stored while the
+    rest of the body is still on the wire. :meth:`close` checks the end.
+    """
+
+    def __init__(self, content_type: str) -> None:
+        found = _BOUNDARY.search(content_type or "")
+        if not (content_type or "").lower().startswith("multipart/related") or found is None:
+            raise StowBodyError(
+                f"Content-Type {content_type!r}: expected multipart/related; "
+                f'type="application/dicom"; boundary=...'
+            )
+        boundary = found.group(1).encode("ascii")
+        self._first = b"--" + boundary
+        self._delimiter = b"\r\n--" + boundary
+        self._buffer = bytearray()
+        self._scan_from = 0
+        self._started = False
+        self.finished = False
+        self.parts_seen = 0
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Add ``chunk``; return the payloads completed by it."""
+        if self.finished:
+            return []
+        self._buffer += chunk
+        if not self._started:
+            start = self._buffer.find(self._first)
+            if start < 0:
+                return []
+            del self._buffer[: start + len(self._first)]
+            self._started = True
+            self._scan_from = 0
+        parts: list[bytes] = []
+        while True:
+            if self._buffer[:2] == b"--":  # the closing delimiter
+                self.finished = True
+                self._buffer.clear()
+                break
+            end = self._buffer.find(self._delimiter, self._scan_from)
+            if end < 0:
+                self._scan_from = max(0, len(self._buffer) - len(self._delimiter))
+                break
+            parts.append(self._payload(bytes(self._buffer[:end])))
+            del self._buffer[: end + len(self._delimiter)]
+            self._scan_from = 0
+        self.parts_seen += len(parts)
+        return parts
+
+    @staticmethod
+    def _payload(part: bytes) -> bytes:
+        _head, sep, payload = part.partition(b"\r\n\r\n")
         if not sep:
             raise StowBodyError("a part of the multipart body has no blank line after its headers")
-        if payload.endswith(b"\r\n"):
-            payload = payload[:-2]
-        parts.append(payload)
-    if not parts:
-        raise StowBodyError("the multipart body holds no part")
+        return payload
+
+    def close(self) -> None:
+        """Raise :class:`StowBodyError` when the body held no part or was cut short."""
+        if self.parts_seen == 0:
+            raise StowBodyError("the multipart body holds no part")
+        if not self.finished:
+            raise StowBodyError(
+                "the multipart body ended before its closing boundary; the parts before it "
+                "are stored, send the rest again"
+            )
+
+
+def split_multipart(body: bytes, content_type: str) -> list[bytes]:
+    """The payloads of a whole ``multipart/related`` body (see :class:`MultipartSplitter`)."""
+    splitter = MultipartSplitter(content_type)
+    parts = splitter.feed(body)
+    splitter.close()
     return parts
 
 
@@ -91,39 +145,16 @@ class StowReceiver:
     called_ae: str
     min_free_disk_mb: int = 0
 
+    def begin(self, *, user: str, peer: str) -> StowRequest:
+        """A new request: store parts with :meth:`StowRequest.add`, then ``finish()``."""
+        return StowRequest(self, user=user, peer=peer, association_id=next(_association_ids))
+
     def store(self, parts: list[bytes], *, user: str, peer: str) -> tuple[int, dict[str, Any]]:
-        """Store every part; return the HTTP status and the DICOM JSON response."""
-        association_id = next(_association_ids)
-        stored: list[dict[str, Any]] = []
-        failed: list[dict[str, Any]] = []
-        calling = f"STOW:{user}"[:16]
-        try:
-            for index, part in enumerate(parts):
-                sop_class, sop_uid, outcome = self._store_one(
-                    part, index, calling=calling, peer=peer, association_id=association_id
-                )
-                item: dict[str, dict[str, Any]] = {
-                    "00081150": {"vr": "UI", "Value": [sop_class]} if sop_class else {"vr": "UI"},
-                    "00081155": {"vr": "UI", "Value": [sop_uid]} if sop_uid else {"vr": "UI"},
-                }
-                if outcome is None:
-                    stored.append(item)
-                else:
-                    code, text = outcome
-                    item["00081197"] = {"vr": "US", "Value": [code]}
-                    item["00000902"] = {"vr": "LO", "Value": [text[:64]]}
-                    failed.append(item)
-                    log.warning("STOW-RS part %d from %s@%s refused: %s", index, user, peer, text)
-        finally:
-            self.assembler.association_released(association_id)
-        log.info("STOW-RS from %s@%s: %d stored, %d refused", user, peer, len(stored), len(failed))
-        response: dict[str, Any] = {}
-        if stored:
-            response["00081199"] = {"vr": "SQ", "Value": stored}
-        if failed:
-            response["00081198"] = {"vr": "SQ", "Value": failed}
-        status = 200 if not failed else (202 if stored else 409)
-        return status, response
+        """Store every part of a whole body; return the HTTP status and the DICOM JSON answer."""
+        request = self.begin(user=user, peer=peer)
+        for part in parts:
+            request.add(part)
+        return request.finish()
 
     def _store_one(
         self, part: bytes, index: int, *, calling: str, peer: str, association_id: int
@@ -177,3 +208,61 @@ class StowReceiver:
         except SpoolError as err:
             return sop_class, sop_uid, (FAILURE_OUT_OF_RESOURCES, str(err))
         return sop_class, sop_uid, None
+
+
+class StowRequest:
+    """One STOW-RS request in progress (one association for the assembler)."""
+
+    def __init__(self, receiver: StowReceiver, *, user: str, peer: str, association_id: int):
+        self.receiver = receiver
+        self.user = user
+        self.peer = peer
+        self.association_id = association_id
+        self.calling_ae = f"STOW:{user}"[:16]
+        self.stored: list[dict[str, Any]] = []
+        self.failed: list[dict[str, Any]] = []
+
+    def add(self, part: bytes) -> None:
+        """Store one Part 10 file durably (or record why not)."""
+        index = len(self.stored) + len(self.failed)
+        sop_class, sop_uid, outcome = self.receiver._store_one(
+            part,
+            index,
+            calling=self.calling_ae,
+            peer=self.peer,
+            association_id=self.association_id,
+        )
+        item: dict[str, dict[str, Any]] = {
+            "00081150": {"vr": "UI", "Value": [sop_class]} if sop_class else {"vr": "UI"},
+            "00081155": {"vr": "UI", "Value": [sop_uid]} if sop_uid else {"vr": "UI"},
+        }
+        if outcome is None:
+            self.stored.append(item)
+            return
+        code, text = outcome
+        self.refuse(item, code, text)
+
+    def refuse(self, item: dict[str, dict[str, Any]], code: int, text: str) -> None:
+        """Record a refused instance (or a refused rest of the body) with its reason."""
+        item["00081197"] = {"vr": "US", "Value": [code]}
+        item["00000902"] = {"vr": "LO", "Value": [text[:64]]}
+        self.failed.append(item)
+        log.warning("STOW-RS from %s@%s refused: %s", self.user, self.peer, text)
+
+    def finish(self) -> tuple[int, dict[str, Any]]:
+        """End the request (association release); return the HTTP status and the answer."""
+        self.receiver.assembler.association_released(self.association_id)
+        log.info(
+            "STOW-RS from %s@%s: %d stored, %d refused",
+            self.user,
+            self.peer,
+            len(self.stored),
+            len(self.failed),
+        )
+        response: dict[str, Any] = {}
+        if self.stored:
+            response["00081199"] = {"vr": "SQ", "Value": self.stored}
+        if self.failed:
+            response["00081198"] = {"vr": "SQ", "Value": self.failed}
+        status = 200 if not self.failed else (202 if self.stored else 409)
+        return status, response

@@ -86,3 +86,29 @@ def test_stow_rs_series_is_spooled_segmented_and_sent_to_the_tps(tmp_path: Path)
     finally:
         node.stop()
         tps.stop()
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 4096, 10**9])
+def test_multipart_body_splits_the_same_in_any_chunking(chunk_bytes: int) -> None:
+    from daemon.web.stow import MultipartSplitter, StowBodyError
+
+    payloads = [b"first\r\n--not-the-boundary\r\n", b"", b"\r\n\r\nthird"]
+    body = (
+        b"preamble\r\n"
+        + b"".join(
+            b"--b0\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n" for p in payloads
+        )
+        + b"--b0--\r\nepilogue"
+    )
+    splitter = MultipartSplitter('multipart/related; type="application/dicom"; boundary="b0"')
+    parts: list[bytes] = []
+    for start in range(0, len(body), chunk_bytes):
+        parts.extend(splitter.feed(body[start : start + chunk_bytes]))
+    splitter.close()
+    assert parts == payloads
+    cut = MultipartSplitter("multipart/related; boundary=b0")
+    assert cut.feed(body[: body.index(b"--b0--") + len(b"--b0")]) == payloads
+    with pytest.raises(StowBodyError, match="closing boundary"):
+        cut.close()
+    with pytest.raises(StowBodyError, match="expected multipart/related"):
+        MultipartSplitter("application/dicom")
