@@ -199,8 +199,10 @@ class HealthServer:
     host, port
         Where to listen; port 0 picks a free port (see :attr:`port`).
     extra_checks
-        Returns ``{"healthy": bool, ...}`` details from the running node
-        (SCP listening, worker processes alive); merged into ``/healthz``.
+        Returns ``{"healthy": bool, "problems": [str, ...], ...}`` from the
+        running node (config, disk floor, workers, dispatch; see
+        :mod:`daemon.node_health`); merged into ``/healthz``, whose
+        ``problems`` list says why it answers 503.
     """
 
     def __init__(
@@ -234,6 +236,7 @@ class HealthServer:
             extra = self.extra_checks()
             healthy = bool(extra.get("healthy", True))
             status["checks"] = extra
+            status["problems"] = list(extra.get("problems", []))
         status["status"] = "ok" if healthy else "unhealthy"
         return (200 if healthy else 503), status
 

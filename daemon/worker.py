@@ -169,6 +169,7 @@ class Worker:
         self.stop_requested = threading.Event()
         self.current_job: int | None = None
         self._registry: ModelRegistry | None = None
+        self._waiting_for_disk = False
 
     # -- loop -----------------------------------------------------------------
     def run(self, *, once: bool = False) -> int:
@@ -178,6 +179,9 @@ class Worker:
         """
         done = 0
         while not self.stop_requested.is_set():
+            if self._disk_under_floor():
+                self.stop_requested.wait(self.config().worker.poll_interval_s)
+                continue
             if self.process_one():
                 done += 1
                 continue
@@ -185,6 +189,25 @@ class Worker:
                 break
             self.stop_requested.wait(self.config().worker.poll_interval_s)
         return done
+
+    def _disk_under_floor(self) -> bool:
+        """True while the data disk is under ``node.min_free_disk_mb`` (no job is claimed:
+        it could not write its result, and the emergency purge needs the space)."""
+        floor_mb = self.config().node.min_free_disk_mb
+        free_mb = shutil.disk_usage(self.queue.data_dir).free / 2**20 if floor_mb > 0 else 0.0
+        full = floor_mb > 0 and free_mb < floor_mb
+        if full and not self._waiting_for_disk:
+            log.warning(
+                "worker %s: free disk %.0f MiB under node.min_free_disk_mb %d MiB; "
+                "claiming no job until space returns",
+                self.worker_id,
+                free_mb,
+                floor_mb,
+            )
+        elif not full and self._waiting_for_disk:
+            log.info("worker %s: disk space is back; claiming jobs again", self.worker_id)
+        self._waiting_for_disk = full
+        return full
 
     def process_one(self) -> bool:
         """Claim one job and process it; False when none was claimable."""
