@@ -411,6 +411,10 @@ class Dispatcher:
             misfire_grace_time=None,
         )
 
+    def wake(self) -> None:
+        """Look for due deliveries now (e.g. a dead sender's lease was just released)."""
+        self._schedule_at(time.time())
+
     def _drain_quietly(self) -> None:
         try:
             self.drain()

@@ -16,6 +16,10 @@ from pathlib import Path
 from daemon.job_queue import utc_iso
 
 
+MAX_CONFIG_ERROR_CHARS = 600
+"""Longest config error quoted in a problem (the full text: ``contourd check``)."""
+
+
 @dataclass(frozen=True)
 class NodeFacts:
     """What the running node knows about itself at one moment.
@@ -59,9 +63,11 @@ def node_problems(facts: NodeFacts) -> list[str]:
     """Sentences naming each reason the node cannot do its job (empty: healthy)."""
     problems: list[str] = []
     if facts.config_error is not None:
-        first_line = facts.config_error.strip().splitlines()[0] if facts.config_error else ""
+        details = " ".join(line.strip() for line in facts.config_error.splitlines())
+        if len(details) > MAX_CONFIG_ERROR_CHARS:
+            details = details[: MAX_CONFIG_ERROR_CHARS - 3] + "..."
         problems.append(
-            f"config file {facts.config_path} is invalid ({first_line}); the node keeps "
+            f"config file {facts.config_path} is invalid ({details}); the node keeps "
             f"using the last valid config. Fix the file (`contourd check -c "
             f"{facts.config_path}` lists every error)"
         )

@@ -364,6 +364,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if jobs:
             log.warning("worker %s died holding job(s) %s; released at once", name, jobs)
+            dispatcher.wake()  # a send it held is taken up now, not at the next sweep
 
     node = ReceiveNode(config, on_complete, complete_on_release=_release_hook(holder, config))
     config_copy = write_last_valid(holder, data_dir) if holder is not None else None
