@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -371,8 +372,14 @@ class Worker:
             return
         out_dir = self.queue.data_dir / "results" / str(job.id)
         t0 = time.perf_counter()
-        path = write_preview(out_dir / "preview.png", result.volume.array, result.rois)
-        self.queue.update_fields(job.id, preview_file=path)
+        try:
+            path = write_preview(out_dir / "preview.png", result.volume.array, result.rois)
+            self.queue.update_fields(job.id, preview_file=path)
+        except (OSError, sqlite3.Error) as err:
+            # The result is written (and maybe sent): a full disk, or the emergency
+            # purge removing a delivered job's folder, costs the preview only.
+            log.warning("job %s: no preview (%s); the result is not affected", job.id, err)
+            return
         log.debug("job %s: preview in %.2f s", job.id, time.perf_counter() - t0)
 
     def _attributes(self, job: Job) -> SeriesAttributes:
