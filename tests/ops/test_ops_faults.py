@@ -225,7 +225,9 @@ def test_full_data_disk_keeps_the_node_answering_and_it_resumes_by_itself(
         queue = SqliteJobQueue(data)
         first = make_phantom_series(tmp_path / "ct1", shape_zyx=(8, 64, 64), seed=1)
         storescu_push(node.port, first.paths)
-        wait_for(lambda: _state(queue) == "sent", 120, f"first sent; log: {node.log_text()[-3000:]}")
+        wait_for(
+            lambda: _state(queue) == "sent", 120, f"first sent; log: {node.log_text()[-3000:]}"
+        )
         first_job = queue.recent(1)[0]
 
         filler = fill_disk(data)
