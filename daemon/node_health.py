@@ -15,7 +15,6 @@ from pathlib import Path
 
 from daemon.job_queue import utc_iso
 
-
 MAX_CONFIG_ERROR_CHARS = 600
 """Longest config error quoted in a problem (the full text: ``contourd check``)."""
 
