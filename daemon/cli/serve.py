@@ -21,7 +21,9 @@ A full data disk does not stop the node: the emergency purge runs before
 anything else at start and whenever free space is under
 ``retention.emergency_free_disk_mb``; under ``node.min_free_disk_mb`` the SCP
 answers C-ECHO and refuses images with 0xA700 and workers claim no jobs; the
-log falls back to stderr; a heartbeat that cannot be written is skipped.
+log falls back to stderr; a heartbeat that cannot be written is skipped; a
+1 MiB reserve file (:mod:`daemon.space_reserve`) is given back when the
+database cannot be opened on a full disk, so a restart there comes up too.
 Everything resumes by itself when space returns.
 
 Shutdown: the first SIGTERM (or Ctrl-C) stops accepting associations, lets
@@ -65,6 +67,7 @@ from daemon.node import ReceiveNode
 from daemon.node_health import NodeFacts, node_problems
 from daemon.retention import Retention
 from daemon.series_assembler import SeriesCompletion
+from daemon.space_reserve import SpaceReserve
 from routing.engine import route
 from routing.series_attributes import SeriesAttributes
 
@@ -332,6 +335,23 @@ def _heartbeat_writer(data_dir: Path, info: Callable[[], dict[str, Any]]) -> Cal
     return beat
 
 
+def _open_queue(data_dir: Path, config: ContourdConfig, reserve: SpaceReserve) -> SqliteJobQueue:
+    """Open the job database; on a full disk give back the reserve and try again."""
+    try:
+        return SqliteJobQueue(data_dir, max_attempts=config.worker.max_attempts)
+    except sqlite3.OperationalError as err:
+        free_mb = shutil.disk_usage(data_dir).free / 2**20
+        if not reserve.release():
+            raise
+        log.warning(
+            "the job database could not be opened (%s, %.1f MiB free); retrying with the "
+            "reserve given back",
+            err,
+            free_mb,
+        )
+        return SqliteJobQueue(data_dir, max_attempts=config.worker.max_attempts)
+
+
 def run(args: argparse.Namespace) -> int:
     """Start the node and block until a stop signal; return the exit code."""
     config_path = Path(args.config).resolve() if args.config is not None else None
@@ -345,7 +365,8 @@ def run(args: argparse.Namespace) -> int:
         config.node.port = args.port
     data_dir = Path(config.node.data_dir)
     _add_file_log(data_dir)
-    queue = SqliteJobQueue(data_dir, max_attempts=config.worker.max_attempts)
+    reserve = SpaceReserve(data_dir)
+    queue = _open_queue(data_dir, config, reserve)
     # The emergency purge runs before anything else can need space.
     retention = _Retention(queue, current)
     retention.tick()
@@ -442,6 +463,7 @@ def run(args: argparse.Namespace) -> int:
                 copied_generation = holder.generation
                 write_last_valid(holder, data_dir)
             retention.tick()
+            reserve.ensure(current().node.min_free_disk_mb)
     finally:
         log.info("stopping: no new associations; waiting for running jobs")
         node.stop()

@@ -245,9 +245,17 @@ def test_full_data_disk_keeps_the_node_answering_and_it_resumes_by_itself(
         assert exit_code == 4 and "under node.min_free_disk_mb" in text, text
         assert node.proc is not None and node.proc.poll() is None  # heartbeat ENOSPC: still up
 
-        # A restart on the full disk comes up in the same refusing state.
+        # A restart on the full disk comes up in the same refusing state, even when
+        # the database was closed cleanly (SQLite then needs space to open it again).
         assert node.stop() == 0
+        queue.close()
+        filler.unlink()
+        SqliteJobQueue(data).close()  # last connection: checkpoint, -wal/-shm removed
+        assert not (data / "contourd.db-shm").exists()
+        assert (data / "run" / "space.reserve").is_file()
+        filler = fill_disk(data)
         node = RunningNode(config, data).start()
+        queue = SqliteJobQueue(data)
         assert echoscu_ok(node.port)
         refused = storescu_result(node.port, second.paths[:1])
         assert "Refused: OutOfResources" in refused.stderr, refused.stderr
