@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sqlite3
 import ssl
 import threading
 import time
@@ -288,6 +289,7 @@ class Dispatcher:
         self.lease_s = config.lease_s if lease_s is None else lease_s
         self._scheduler: BackgroundScheduler | None = None
         self._drain_lock = threading.Lock()
+        self._last_db_error: str | None = None
         self.on_sent: Callable[[Job, str, float], None] | None = None
 
     # -- one attempt ------------------------------------------------------------
@@ -418,8 +420,18 @@ class Dispatcher:
     def _drain_quietly(self) -> None:
         try:
             self.drain()
+        except sqlite3.OperationalError as err:
+            # A full disk: say it once, not with a traceback at every sweep.
+            if str(err) != self._last_db_error:
+                log.error("dispatch sweep: job database not writable (%s); retrying", err)
+            self._last_db_error = str(err)
+            return
         except Exception:  # boundary: a scheduler tick must not kill the scheduler
             log.exception("dispatch sweep failed; it runs again at the next tick")
+            return
+        if self._last_db_error is not None:
+            log.info("dispatch sweep: job database writable again")
+            self._last_db_error = None
 
     def start(self) -> None:
         """Start the background sweeps (every ``poll_interval_s``) and due retries."""

@@ -29,6 +29,7 @@ One job, step by step (each step is a state in the job row):
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -171,6 +172,7 @@ class Worker:
         self.current_job: int | None = None
         self._registry: ModelRegistry | None = None
         self._waiting_for_disk = False
+        self._claim_error: str | None = None
 
     # -- loop -----------------------------------------------------------------
     def run(self, *, once: bool = False) -> int:
@@ -183,7 +185,18 @@ class Worker:
             if self._disk_under_floor():
                 self.stop_requested.wait(self.config().worker.poll_interval_s)
                 continue
-            if self.process_one():
+            try:
+                worked = self.process_one()
+            except Exception as err:
+                if not _disk_full(err):
+                    raise
+                if str(err) != self._claim_error:  # once, not at every poll
+                    log.error("worker %s: cannot claim a job (%s); waiting", self.worker_id, err)
+                self._claim_error = str(err)
+                self.stop_requested.wait(self.config().worker.poll_interval_s)
+                continue
+            self._claim_error = None
+            if worked:
                 done += 1
                 continue
             if once:
@@ -225,11 +238,23 @@ class Worker:
         except ContourdError as err:
             self._fail(job, str(err))
         except Exception as err:  # boundary: one job; the error is kept on the job row
+            if _disk_full(err):
+                # Not the series' fault: give the job back; it runs again once space
+                # returns (workers claim nothing under node.min_free_disk_mb).
+                log.error("job %s: disk full while processing (%s); job given back", job.id, err)
+                self._give_back(job, f"disk full while processing ({err}); runs again later")
+                return True
             log.exception("job %s: unexpected error", job.id)
             self._fail(job, f"internal error {type(err).__name__}: {err}; see the worker log")
         finally:
             self.current_job = None
         return True
+
+    def _give_back(self, job: Job, reason: str) -> None:
+        try:
+            self.queue.release_leases([self.worker_id], reason)
+        except sqlite3.Error as err:
+            log.error("job %s: lease not released (%s); it runs out by itself", job.id, err)
 
     def _fail(self, job: Job, message: str) -> None:
         log.error("job %s failed: %s", job.id, message)
@@ -458,6 +483,13 @@ class Worker:
         seg.save_as(tmp, enforce_file_format=True)
         os.replace(tmp, path)
         return [path]
+
+
+def _disk_full(err: BaseException) -> bool:
+    """True for ENOSPC/EDQUOT and SQLite's "database or disk is full"."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "disk is full" in str(err) or "disk I/O error" in str(err)
 
 
 class SeriesFilesError(ContourdError):
