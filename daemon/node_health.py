@@ -15,6 +15,12 @@ from pathlib import Path
 
 from daemon.job_queue import utc_iso
 
+WORKER_CRASH_LOOP_WINDOW_S = 60.0
+"""Window in which worker restarts are counted to recognise a crash loop."""
+
+WORKER_CRASH_LOOP_RESTARTS = 3
+"""Restarts per configured worker within the window that count as a crash loop."""
+
 MAX_CONFIG_ERROR_CHARS = 600
 """Longest config error quoted in a problem (the full text: ``contourd check``)."""
 
@@ -36,6 +42,8 @@ class NodeFacts:
         are refused (MiB).
     workers_alive, workers_total, worker_restarts
         Worker processes running now, configured, and restarted so far.
+    worker_restarts_recent
+        Restarts within the last :data:`WORKER_CRASH_LOOP_WINDOW_S` seconds.
     failing_destinations
         ``(name, failing since (Unix s), last error)`` per destination whose
         deliveries keep failing (:meth:`SqliteJobQueue.failing_destinations`).
@@ -55,6 +63,7 @@ class NodeFacts:
     worker_restarts: int
     dispatch_failing_unhealthy_s: float
     now: float
+    worker_restarts_recent: int = 0
     failing_destinations: Sequence[tuple[str, float, str | None]] = field(default_factory=list)
 
 
@@ -81,6 +90,12 @@ def node_problems(facts: NodeFacts) -> list[str]:
             f"no worker process is running (0 of {facts.workers_total}; "
             f"{facts.worker_restarts} restart(s) so far): jobs wait in the queue; "
             f"see the log for why the workers exit"
+        )
+    elif facts.worker_restarts_recent >= WORKER_CRASH_LOOP_RESTARTS * max(facts.workers_total, 1):
+        problems.append(
+            f"worker processes keep exiting: {facts.worker_restarts_recent} restart(s) in the "
+            f"last {WORKER_CRASH_LOOP_WINDOW_S:g} s; jobs wait in the queue; see the log for "
+            f"why the workers exit"
         )
     for name, since_s, error in facts.failing_destinations:
         failing_s = facts.now - since_s

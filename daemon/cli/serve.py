@@ -36,6 +36,7 @@ database: open series, queued and scheduled jobs, pending deliveries.
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import os
 import shutil
@@ -64,7 +65,7 @@ from daemon.health_http import HealthServer, clear_heartbeat, write_heartbeat
 from daemon.job_queue import SqliteJobQueue
 from daemon.log_fallback import FallbackFileHandler
 from daemon.node import ReceiveNode
-from daemon.node_health import NodeFacts, node_problems
+from daemon.node_health import WORKER_CRASH_LOOP_WINDOW_S, NodeFacts, node_problems
 from daemon.retention import Retention
 from daemon.series_assembler import SeriesCompletion
 from daemon.space_reserve import SpaceReserve
@@ -146,6 +147,7 @@ class WorkerPool:
         self.on_exit = on_exit
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.restarts = 0
+        self._restart_times: collections.deque[float] = collections.deque(maxlen=1000)
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._supervise, name="workers", daemon=True)
@@ -177,6 +179,7 @@ class WorkerPool:
                         )
                         self._exited(name, proc.pid, code)
                         self.restarts += 1
+                        self._restart_times.append(time.monotonic())
                         self._spawn(name)
 
     def _exited(self, name: str, pid: int, code: int) -> None:
@@ -195,6 +198,12 @@ class WorkerPool:
     def alive(self) -> bool:
         """Whether every worker process runs."""
         return self.alive_count() == len(self.procs)
+
+    def restarts_within(self, window_s: float) -> int:
+        """Restarts in the last ``window_s`` seconds (a crash loop shows here)."""
+        since = time.monotonic() - window_s
+        with self._lock:
+            return sum(t >= since for t in self._restart_times)
 
     def alive_count(self) -> int:
         """How many worker processes run now."""
@@ -263,6 +272,7 @@ class _NodeHealth:
                 workers_alive=self.workers.alive_count(),
                 workers_total=self.workers.count,
                 worker_restarts=self.workers.restarts,
+                worker_restarts_recent=self.workers.restarts_within(WORKER_CRASH_LOOP_WINDOW_S),
                 dispatch_failing_unhealthy_s=config.http.dispatch_failing_unhealthy_s,
                 now=time.time(),
                 failing_destinations=failing,

@@ -68,3 +68,9 @@ def test_an_older_database_gets_the_new_delivery_columns(tmp_path: Path) -> None
     finally:
         queue.close()
     SqliteJobQueue(tmp_path).close()  # a second open finds them and adds nothing
+
+
+def test_workers_in_a_crash_loop_are_a_problem_even_while_one_is_starting() -> None:
+    [problem] = node_problems(_facts(workers_alive=1, worker_restarts=9, worker_restarts_recent=3))
+    assert "keep exiting" in problem and "3 restart(s) in the last 60 s" in problem
+    assert node_problems(_facts(workers_alive=1, worker_restarts=9, worker_restarts_recent=2)) == []
