@@ -51,8 +51,10 @@ class WebContext:
     config
         Returns the config in force (a reloaded config applies to the next request).
     extra_checks
-        Returns ``{"healthy": bool, ...}`` from the running node (SCP, workers);
-        merged into ``/healthz``.
+        Returns ``{"healthy": bool, "problems": [str, ...], ...}`` from the
+        running node (config, disk floor, workers, dispatch; see
+        :mod:`daemon.node_health`); merged into ``/healthz``, whose
+        ``problems`` list says why it answers 503.
     stow
         Where STOW-RS stores; ``None`` (no receive node in this process): 503.
     """
@@ -89,6 +91,7 @@ class WebContext:
             extra = self.extra_checks()
             healthy = bool(extra.get("healthy", True))
             status["checks"] = extra
+            status["problems"] = list(extra.get("problems", []))
         status["status"] = "ok" if healthy else "unhealthy"
         return (200 if healthy else 503), status
 
