@@ -154,6 +154,41 @@ def read_rtstruct(source: Path | Dataset) -> StructureSet:
     )
 
 
+class PlaneLocator:
+    """Assigns contours to the image planes of a volume (the rule in the module doc).
+
+    Parameters
+    ----------
+    volume
+        The image series the contours were drawn on.
+    max_plane_offset
+        Largest distance, in slices, between a contour and the plane it is
+        assigned to when it is placed by position.
+    """
+
+    def __init__(self, volume: ImageVolume, *, max_plane_offset: float = 0.5) -> None:
+        self.num_slices = volume.shape[0]
+        self.max_plane_offset = max_plane_offset
+        self._sop_to_slice = {
+            str(h.get("SOPInstanceUID", "")): k
+            for k, h in enumerate(volume.headers)
+            if volume.frame_numbers is None
+        }
+        self._inverse = np.linalg.inv(volume.affine[:3, :3])
+        self._origin = volume.affine[:3, 3]
+
+    def locate(self, contour: Contour) -> tuple[int | None, np.ndarray]:
+        """``(slice index or None, (N, 3) fractional (column, row, slice) indices)``."""
+        crs = (contour.points_lps_mm - self._origin) @ self._inverse.T
+        k = self._sop_to_slice.get(contour.referenced_sop_uid or "")
+        if k is None:
+            slice_pos = float(np.mean(crs[:, 2]))
+            k = int(round(slice_pos))
+            if not (0 <= k < self.num_slices) or abs(slice_pos - k) > self.max_plane_offset:
+                return None, crs
+        return k, crs
+
+
 def rasterise_roi(
     roi: RoiContours,
     volume: ImageVolume,
@@ -177,28 +212,19 @@ def rasterise_roi(
     """
     nz, ny, nx = volume.shape
     mask = np.zeros((nz, ny, nx), dtype=bool)
-    sop_to_slice = {
-        str(h.get("SOPInstanceUID", "")): k
-        for k, h in enumerate(volume.headers)
-        if volume.frame_numbers is None
-    }
-    inverse = np.linalg.inv(volume.affine[:3, :3])
-    origin = volume.affine[:3, 3]
+    locator = PlaneLocator(volume, max_plane_offset=max_plane_offset)
     for i, contour in enumerate(roi.contours):
         if contour.geometric_type not in CLOSED_TYPES:
             continue
-        crs = (contour.points_lps_mm - origin) @ inverse.T  # (column, row, slice)
-        slice_pos = float(np.mean(crs[:, 2]))
-        k = sop_to_slice.get(contour.referenced_sop_uid or "")
+        k, crs = locator.locate(contour)
         if k is None:
-            k = int(round(slice_pos))
-            if not (0 <= k < nz) or abs(slice_pos - k) > max_plane_offset:
-                if notes is not None:
-                    notes.append(
-                        f"ROI {roi.name!r} contour {i + 1} lies at slice position "
-                        f"{slice_pos:.2f}, not on one of the {nz} image planes; skipped"
-                    )
-                continue
+            if notes is not None:
+                notes.append(
+                    f"ROI {roi.name!r} contour {i + 1} lies at slice position "
+                    f"{float(np.mean(crs[:, 2])):.2f}, not on one of the {nz} image planes; "
+                    "skipped"
+                )
+            continue
         rr, cc = fill_polygon(crs[:, 1], crs[:, 0], shape=(ny, nx))
         plane = np.zeros((ny, nx), dtype=bool)
         plane[rr, cc] = True
