@@ -60,7 +60,9 @@ def contour_length_mm(points: np.ndarray) -> float:
     return float(np.linalg.norm(vectors, axis=1).sum())
 
 
-def _pieces(points: np.ndarray, step_mm: float, *, midpoints: bool) -> tuple[np.ndarray, np.ndarray]:
+def _pieces(
+    points: np.ndarray, step_mm: float, *, midpoints: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Points along a closed polygon every ``<= step_mm`` and the length each stands for."""
     starts, vectors = _closed_segments(points)
     lengths = np.linalg.norm(vectors, axis=1)
@@ -97,7 +99,9 @@ def added_path_length_mm(
     sent = [np.asarray(c, dtype=np.float64) for c in sent if len(c) >= 1]
     if not sent:
         return float(sum(contour_length_mm(c) for c in approved))
-    starts, vectors = (np.concatenate(parts) for parts in zip(*map(_closed_segments, sent)))
+    segments = [_closed_segments(c) for c in sent]
+    starts = np.concatenate([seg[0] for seg in segments])
+    vectors = np.concatenate([seg[1] for seg in segments])
     samples, segment_of = [], []
     offset = 0
     for contour in sent:
@@ -148,9 +152,7 @@ def roi_added_path_length_mm(
     """:func:`added_path_length_mm` summed over image planes (``{plane: contours}``)."""
     return float(
         sum(
-            added_path_length_mm(
-                contours, sent_by_plane.get(k, []), tolerance_mm, step_mm=step_mm
-            )
+            added_path_length_mm(contours, sent_by_plane.get(k, []), tolerance_mm, step_mm=step_mm)
             for k, contours in approved_by_plane.items()
         )
     )

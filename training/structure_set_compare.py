@@ -57,7 +57,7 @@ def contours_by_plane(
 def roi_mapper(
     sent_names: Sequence[str], aliases: Mapping[str, Sequence[str]] | None = None
 ) -> RoiNameMapper:
-    """Mapper onto ``sent_names``; ``aliases`` (sent name -> other names) for names that are sent."""
+    """Mapper onto ``sent_names``, with ``aliases`` (sent name -> other names) of sent names."""
     kept = {k: list(v) for k, v in (aliases or {}).items() if k in sent_names}
     return RoiNameMapper(list(sent_names), kept)
 

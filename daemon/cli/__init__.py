@@ -29,6 +29,7 @@ SUBCOMMAND_MODULES = [
     "resend",
     "train",
     "evaluate",
+    "feedback",
     "demo",
 ]
 
