@@ -132,9 +132,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        doc: dict[str, Any] = {"rois": [s.as_dict() for s in summary]}
-        if args.cases or args.json:
-            doc["cases"] = cases
+        doc = {"rois": [s.as_dict() for s in summary], "cases": cases}
         print(json.dumps(doc, indent=2, default=str))
         return 0
     print_summary(summary)

@@ -39,6 +39,7 @@ from pydicom import Dataset
 from daemon.config import ContourdConfig, load_config
 from daemon.config_watcher import ConfigHolder, ConfigWatcher
 from daemon.dispatch import Dispatcher
+from daemon.feedback_metrics import FeedbackCollector
 from daemon.health_http import HealthServer, clear_heartbeat, write_heartbeat
 from daemon.job_queue import SqliteJobQueue
 from daemon.node import ReceiveNode
@@ -245,7 +246,11 @@ def run(args: argparse.Namespace) -> int:
                 "worker_restarts": workers.restarts,
                 "config_error": holder.last_error if holder is not None else None,
             },
-        ).start()
+        )
+        http.registry.register(
+            FeedbackCollector(data_dir, lambda: current().feedback.metrics_window_days)
+        )
+        http.start()
     # Tests and supervisors read these lines to learn the ports when 0 was asked for.
     print(f"contourd listening on port {node.port}", flush=True)
     host = config.node.host if config.node.host not in ("0.0.0.0", "::", "") else "THIS_HOST"

@@ -16,6 +16,7 @@ import copy
 import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -194,15 +195,19 @@ def _added_path_length(edited: list[np.ndarray], sent: list[np.ndarray]) -> floa
 
 
 # -- the test -------------------------------------------------------------------------
-def _feedback_json(config: Path) -> dict:
+def _feedback(config: Path, *args: str) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "daemon", "feedback", "-c", str(config), "--json"],
+        [sys.executable, "-m", "daemon", "feedback", "-c", str(config), *args],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return result.stdout
+
+
+def _feedback_json(config: Path) -> dict:
+    return json.loads(_feedback(config, "--json"))
 
 
 def test_reviewed_structure_set_is_measured_roi_by_roi(tmp_path: Path) -> None:
@@ -262,6 +267,10 @@ def test_reviewed_structure_set_is_measured_roi_by_roi(tmp_path: Path) -> None:
 
         wait_for(rtstruct_jobs_finished, 120, f"3 RTSTRUCT jobs done; {node.log_text()[-3000:]}")
         doc = _feedback_json(config)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/metrics").read()
+        labels = 'model="body",roi="BODY",shadow="false",version="1.0.0"'
+        assert f"contourd_feedback_unchanged{{{labels}}} 1.0".encode() in metrics
+        assert f'contourd_feedback_median{{figure="dice",{labels}}} 1.0'.encode() in metrics
         assert "ignored: sender not in feedback.senders" in node.log_text()
         ct_job = next(j for j in queue.recent(20) if j.modality == "CT")
         assert ct_job.state.value == "sent"
@@ -303,3 +312,11 @@ def test_reviewed_structure_set_is_measured_roi_by_roi(tmp_path: Path) -> None:
     assert rois["GTV"]["added_path_length_mm"] == pytest.approx(3 * 40.0)
     [summary] = [s for s in doc["rois"] if s["roi"] == "BODY"]
     assert summary["n_unchanged"] == 1 and summary["median_dice"] == 1.0
+
+    # The table, the per-case listing and the HTML report read the same rows.
+    table = _feedback(config, "--cases", "--model", "stomach")
+    assert "Stomach" in table and "BODY" not in table.split("medians over")[0]
+    _feedback(config, "--report", str(tmp_path / "report"))
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "Worst cases" in page and "stomach 1.0.0: Stomach" in page
+    assert len(list((tmp_path / "report").glob("*.png"))) == 4
