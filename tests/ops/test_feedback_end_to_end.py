@@ -1,8 +1,8 @@
 """Feedback loop end to end with real peers.
 
 DCMTK storescu pushes a phantom CT; contourd (three classical models, so three
-ROIs: BODY, Stomach, SoftTissue) sends its RTSTRUCT to a DCMTK storescp
-playing the TPS; the test edits that RTSTRUCT the way a clinician would
+ROIs: BODY, Stomach, SoftTissue; a shadow rule runs body + stomach) sends its
+RTSTRUCT to a DCMTK storescp playing the TPS; the test edits that RTSTRUCT the way a clinician would
 (Stomach moved 3 mm, SoftTissue deleted, GTV added, BODY untouched, Approval
 Status APPROVED), pushes it back with storescu, and checks
 ``contourd feedback --json`` against figures computed here independently
@@ -67,11 +67,18 @@ def _config(tmp_path: Path, tps_port: int) -> Path:
                 "feedback": {"senders": ["TPS"], "tolerance_mm": TOLERANCE_MM},
                 "rules": [
                     {
+                        "name": "ct-shadow",
+                        "match": {"modality": "CT"},
+                        "model": ["body", "stomach"],
+                        "shadow": True,
+                        "continue": True,
+                    },
+                    {
                         "name": "ct",
                         "match": {"modality": "CT"},
                         "model": ["body", "stomach", "soft"],
                         "send_to": ["tps"],
-                    }
+                    },
                 ],
             }
         )
@@ -272,8 +279,9 @@ def test_reviewed_structure_set_is_measured_roi_by_roi(tmp_path: Path) -> None:
         assert f"contourd_feedback_unchanged{{{labels}}} 1.0".encode() in metrics
         assert f'contourd_feedback_median{{figure="dice",{labels}}} 1.0'.encode() in metrics
         assert "ignored: sender not in feedback.senders" in node.log_text()
-        ct_job = next(j for j in queue.recent(20) if j.modality == "CT")
-        assert ct_job.state.value == "sent"
+        ct_job = next(j for j in queue.recent(20) if j.modality == "CT" and not j.shadow)
+        shadow_job = next(j for j in queue.recent(20) if j.modality == "CT" and j.shadow)
+        assert (ct_job.state.value, shadow_job.state.value) == ("sent", "shadow")
         assert len(tps.received()) == 1  # nothing was sent for the reviewed sets
     finally:
         node.stop()
@@ -282,7 +290,8 @@ def test_reviewed_structure_set_is_measured_roi_by_roi(tmp_path: Path) -> None:
     cases = {c["reviewed_sop_uid"]: c for c in doc["cases"]}
     assert other.SOPInstanceUID not in cases  # sender PACS does not count
     assert cases[stranger.SOPInstanceUID]["status"] == "unpaired"
-    case = cases[reviewed.SOPInstanceUID]
+    [case] = [c for c in doc["cases"] if c["job_id"] == ct_job.id]
+    assert case["reviewed_sop_uid"] == reviewed.SOPInstanceUID
     assert case["status"] == "paired" and case["job_id"] == ct_job.id
     assert case["sender_ae"] == "TPS" and case["approval_status"] == "APPROVED"
     rois = {r["roi"]: r for r in case["rois"]}
@@ -310,8 +319,19 @@ def test_reviewed_structure_set_is_measured_roi_by_roi(tmp_path: Path) -> None:
     deleted = rois["SoftTissue"]
     assert deleted["dice"] == 0.0 and deleted["added_path_length_mm"] == 0.0
     assert rois["GTV"]["added_path_length_mm"] == pytest.approx(3 * 40.0)
-    [summary] = [s for s in doc["rois"] if s["roi"] == "BODY"]
+    [summary] = [s for s in doc["rois"] if s["roi"] == "BODY" and not s["shadow"]]
     assert summary["n_unchanged"] == 1 and summary["median_dice"] == 1.0
+
+    # The shadow job (body + stomach, never sent) is measured against the same set.
+    [shadow] = [c for c in doc["cases"] if c["job_id"] == shadow_job.id]
+    assert shadow["shadow"] is True and shadow["reviewed_sop_uid"] == reviewed.SOPInstanceUID
+    shadow_rois = {r["roi"]: r for r in shadow["rois"]}
+    assert {k: v["classification"] for k, v in shadow_rois.items()} == {
+        "BODY": "unchanged",
+        "Stomach": "edited",
+        "GTV": "added",
+    }
+    assert shadow_rois["Stomach"]["dice"] == pytest.approx(expected_dice, abs=1e-9)
 
     # The table, the per-case listing and the HTML report read the same rows.
     table = _feedback(config, "--cases", "--model", "stomach")
@@ -319,4 +339,4 @@ def test_reviewed_structure_set_is_measured_roi_by_roi(tmp_path: Path) -> None:
     _feedback(config, "--report", str(tmp_path / "report"))
     page = (tmp_path / "report" / "index.html").read_text()
     assert "Worst cases" in page and "stomach 1.0.0: Stomach" in page
-    assert len(list((tmp_path / "report").glob("*.png"))) == 4
+    assert len(list((tmp_path / "report").glob("*.png"))) == 4 + 3  # clinical + shadow ROIs
