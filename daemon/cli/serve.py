@@ -39,6 +39,7 @@ from pydicom import Dataset
 from daemon.config import ContourdConfig, load_config
 from daemon.config_watcher import ConfigHolder, ConfigWatcher
 from daemon.dispatch import Dispatcher
+from daemon.feedback_dataset import kept_series_uids
 from daemon.feedback_metrics import FeedbackCollector
 from daemon.health_http import HealthServer, clear_heartbeat, write_heartbeat
 from daemon.job_queue import SqliteJobQueue
@@ -207,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     node = ReceiveNode(config, on_complete, complete_on_release=_release_hook(holder, config))
     workers = WorkerPool(config.worker.processes, config_path)
     dispatcher = Dispatcher(queue, lambda: current().destinations, config.dispatch)
-    retention = Retention(queue, config.retention)
+    retention = Retention(queue, config.retention, keep_series=lambda: kept_series_uids(data_dir))
     watcher = ConfigWatcher(holder) if holder is not None else None
     http: HealthServer | None = None
 

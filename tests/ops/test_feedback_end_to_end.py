@@ -29,9 +29,14 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
 from scipy.spatial import cKDTree
 
+from daemon.config import RetentionConfig
+from daemon.feedback_dataset import build_feedback_dataset, kept_series_uids
 from daemon.job_queue import SqliteJobQueue
+from daemon.retention import Retention
 from inference.phantom import make_phantom_series
 from model_store.registry import ModelRegistry
+from training.dicom_dataset import find_case_files, load_source_case
+from training.roi_mapping import RoiNameMapper
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
@@ -64,7 +69,11 @@ def _config(tmp_path: Path, tps_port: int) -> Path:
                 "worker": {"lease_s": 5.0, "poll_interval_s": 0.1, "preview": False},
                 "retention": {"emergency_free_disk_mb": 0},
                 "http": {"host": "127.0.0.1", "port": 0},
-                "feedback": {"senders": ["TPS"], "tolerance_mm": TOLERANCE_MM},
+                "feedback": {
+                    "senders": ["TPS"],
+                    "tolerance_mm": TOLERANCE_MM,
+                    "keep_for_training": True,
+                },
                 "rules": [
                     {
                         "name": "ct-shadow",
@@ -340,3 +349,21 @@ def test_reviewed_structure_set_is_measured_roi_by_roi(tmp_path: Path) -> None:
     page = (tmp_path / "report" / "index.html").read_text()
     assert "Worst cases" in page and "stomach 1.0.0: Stomach" in page
     assert len(list((tmp_path / "report").glob("*.png"))) == 4 + 3  # clinical + shadow ROIs
+
+    # keep_for_training: retention leaves the reviewed case's CT; it becomes a DICOM
+    # training case with the approved contours (what `contourd train --from-feedback` reads).
+    queue = SqliteJobQueue(data)
+    report = Retention(
+        queue,
+        RetentionConfig(delete_images_after_h=0, emergency_free_disk_mb=0),
+        keep_series=lambda: kept_series_uids(data),
+    ).run_once()
+    assert series.headers[0].SeriesInstanceUID not in report.series_purged
+    assert other.SeriesInstanceUID in report.series_purged  # the ignored set is not kept
+    assert all(p.is_file() for p in queue.get(ct_job.id).instance_paths)
+    [case_dir] = build_feedback_dataset(data, "stomach", tmp_path / "dataset")
+    case = load_source_case(
+        find_case_files(case_dir), RoiNameMapper(["BODY", "Stomach", "SoftTissue"])
+    )
+    assert sorted(case.masks) == ["BODY", "Stomach"]  # SoftTissue was deleted
+    assert np.array_equal(case.masks["Stomach"], b)
