@@ -272,22 +272,32 @@ def test_reviewed_structure_set_is_measured_roi_by_roi(tmp_path: Path) -> None:
         stranger_path = tmp_path / "reviewed" / "RS.stranger.dcm"
         stranger.save_as(stranger_path, enforce_file_format=True)
 
+        draft = copy.deepcopy(other)  # not approved yet: does not count either
+        draft.SOPInstanceUID = draft.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        draft.SeriesInstanceUID = generate_uid()
+        draft.ApprovalStatus = "UNAPPROVED"
+        draft_path = tmp_path / "reviewed" / "RS.draft.dcm"
+        draft.save_as(draft_path, enforce_file_format=True)
+
         storescu_push(node.port, [reviewed_path], calling_ae="TPS")
+        storescu_push(node.port, [draft_path], calling_ae="TPS")
         storescu_push(node.port, [other_path], calling_ae="PACS")
         storescu_push(node.port, [stranger_path], calling_ae="TPS")
         queue = SqliteJobQueue(data)
 
         def rtstruct_jobs_finished() -> bool:
             jobs = [j for j in queue.recent(20) if j.modality == "RTSTRUCT"]
-            return len(jobs) == 3 and all(j.finished for j in jobs)
+            return len(jobs) == 4 and all(j.finished for j in jobs)
 
-        wait_for(rtstruct_jobs_finished, 120, f"3 RTSTRUCT jobs done; {node.log_text()[-3000:]}")
+        wait_for(rtstruct_jobs_finished, 120, f"4 RTSTRUCT jobs done; {node.log_text()[-3000:]}")
         doc = _feedback_json(config)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/metrics").read()
         labels = 'model="body",roi="BODY",shadow="false",version="1.0.0"'
         assert f"contourd_feedback_unchanged{{{labels}}} 1.0".encode() in metrics
         assert f'contourd_feedback_median{{figure="dice",{labels}}} 1.0'.encode() in metrics
-        assert "ignored: sender not in feedback.senders" in node.log_text()
+        log_text = node.log_text()
+        assert "ignored: sender not in feedback.senders" in log_text
+        assert "ignored: Approval Status 'UNAPPROVED' not in feedback.approval_statuses" in log_text
         ct_job = next(j for j in queue.recent(20) if j.modality == "CT" and not j.shadow)
         shadow_job = next(j for j in queue.recent(20) if j.modality == "CT" and j.shadow)
         assert (ct_job.state.value, shadow_job.state.value) == ("sent", "shadow")
@@ -298,6 +308,7 @@ def test_reviewed_structure_set_is_measured_roi_by_roi(tmp_path: Path) -> None:
 
     cases = {c["reviewed_sop_uid"]: c for c in doc["cases"]}
     assert other.SOPInstanceUID not in cases  # sender PACS does not count
+    assert draft.SOPInstanceUID not in cases  # UNAPPROVED does not count
     assert cases[stranger.SOPInstanceUID]["status"] == "unpaired"
     [case] = [c for c in doc["cases"] if c["job_id"] == ct_job.id]
     assert case["reviewed_sop_uid"] == reviewed.SOPInstanceUID
