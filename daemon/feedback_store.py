@@ -18,19 +18,17 @@ replaces its rows (a worker that re-claims the job writes them again).
 from __future__ import annotations
 
 import json
-import sqlite3
 import statistics
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from daemon.job_queue import DB_FILENAME, utc_iso
+from daemon.job_queue import DB_FILENAME, immediate_transaction, open_database, utc_iso
 from training.edit_metrics import RoiEdit
 
 SET_COLUMNS: dict[str, type] = {
@@ -140,13 +138,7 @@ class FeedbackStore:
     def __init__(self, data_dir: Path, *, busy_timeout_s: float = 30.0) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            str(self.data_dir / DB_FILENAME),
-            timeout=busy_timeout_s,
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
+        conn = open_database(self.data_dir / DB_FILENAME, busy_timeout_s)
         self._conn = conn
         self.db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
@@ -163,24 +155,13 @@ class FeedbackStore:
         with self._lock:
             self._conn.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-
     def record(
         self, received_job_id: int, sets: Sequence[tuple[ReviewedSet, Sequence[RoiFigures]]]
     ) -> list[int]:
         """Replace the rows of ``received_job_id`` with ``sets``; return the new set ids."""
         now = time.time()
         ids: list[int] = []
-        with self._write() as conn:
+        with immediate_transaction(self._conn, self._lock) as conn:
             old = [
                 r[0]
                 for r in conn.execute(
@@ -226,18 +207,11 @@ class FeedbackStore:
         self, *, since: float | None = None, status: str | None = None
     ) -> list[dict[str, Any]]:
         """Rows of ``feedback_sets`` (newest first), optionally since a time and of one status."""
-        where: list[str] = ["1 = 1"]
-        params: list[Any] = []
-        if since is not None:
-            where.append("recorded_at >= ?")
-            params.append(since)
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
+        where, params = _conditions(
+            ("recorded_at >= ?", since), ("status = ?", status), default="1 = 1"
+        )
         rows = self.db.query(
-            f"SELECT * FROM feedback_sets WHERE {' AND '.join(where)} ORDER BY recorded_at DESC, "
-            "id DESC",
-            params,
+            f"SELECT * FROM feedback_sets WHERE {where} ORDER BY recorded_at DESC, id DESC", params
         )
         out = []
         for row in rows:
@@ -251,20 +225,19 @@ class FeedbackStore:
         self, *, model: str | None = None, since: float | None = None
     ) -> list[dict[str, Any]]:
         """ROI figures with their set's ``recorded_at``, ``shadow``, ``job_id``; oldest first."""
-        where: list[str] = ["s.status = 'paired'"]
-        params: list[Any] = []
-        if model is not None:
-            where.append("(r.model = ? OR r.model || ' ' || r.model_version = ?)")
-            params += [model, model]
-        if since is not None:
-            where.append("s.recorded_at >= ?")
-            params.append(since)
+        where, params = _conditions(
+            (
+                "r.model || CASE WHEN ? LIKE '% %' THEN ' ' || r.model_version ELSE '' END = ?",
+                model,
+            ),
+            ("s.recorded_at >= ?", since),
+            default="s.status = 'paired'",
+        )
         return list(
             self.db.query(
                 "SELECT r.*, s.recorded_at, s.recorded_at_utc, s.shadow, s.job_id, "
                 "s.received_job_id, s.sender_ae FROM feedback_rois r JOIN feedback_sets s "
-                f"ON s.id = r.feedback_id WHERE {' AND '.join(where)} "
-                "ORDER BY s.recorded_at, s.id",
+                f"ON s.id = r.feedback_id WHERE {where} ORDER BY s.recorded_at, s.id",
                 params,
             )
         )
@@ -282,6 +255,16 @@ class FeedbackStore:
                 counts[row["classification"]] = counts.get(row["classification"], 0) + 1
             out.append(RoiSummary(name, version, roi, shadow, len(rows), counts, medians(rows)))
         return out
+
+
+def _conditions(*parts: tuple[str, Any], default: str) -> tuple[str, list[Any]]:
+    """``default AND`` each SQL condition whose value is given, with its parameters."""
+    where, params = [default], []
+    for sql, value in parts:
+        if value is not None:
+            where.append(sql)
+            params += [value] * sql.count("?")
+    return " AND ".join(where), params
 
 
 def medians(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:

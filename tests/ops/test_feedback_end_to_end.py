@@ -22,7 +22,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import RunningNode, StoreScp, approve_body_model, storescu_push, wait_for
+from conftest import (
+    RunningNode,
+    StoreScp,
+    approve_body_model,
+    node_config_file,
+    storescu_push,
+    wait_for,
+)
 from matplotlib.path import Path as MplPath
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
@@ -58,40 +65,31 @@ def _classical_model(root: Path, name: str, roi: str, threshold_hu: float) -> Pa
 
 
 def _config(tmp_path: Path, tps_port: int) -> Path:
-    path = tmp_path / "contourd.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "node": {"data_dir": "data", "fsync": False, "min_free_disk_mb": 0},
-                "series": {"complete_on": "association_release", "complete_after_s": 30},
-                "destinations": {"tps": {"ae_title": "TPS", "host": "127.0.0.1", "port": tps_port}},
-                "dispatch": {"retry_initial_s": 0.5, "retry_max_s": 1.0, "poll_interval_s": 0.2},
-                "worker": {"lease_s": 5.0, "poll_interval_s": 0.1, "preview": False},
-                "retention": {"emergency_free_disk_mb": 0},
-                "http": {"host": "127.0.0.1", "port": 0},
-                "feedback": {
-                    "senders": ["TPS"],
-                    "tolerance_mm": TOLERANCE_MM,
-                    "keep_for_training": True,
-                },
-                "rules": [
-                    {
-                        "name": "ct-shadow",
-                        "match": {"modality": "CT"},
-                        "model": ["body", "stomach"],
-                        "shadow": True,
-                        "continue": True,
-                    },
-                    {
-                        "name": "ct",
-                        "match": {"modality": "CT"},
-                        "model": ["body", "stomach", "soft"],
-                        "send_to": ["tps"],
-                    },
-                ],
-            }
-        )
-    )
+    """The end-to-end node config with three models, a shadow rule and ``feedback:``."""
+    path = node_config_file(tmp_path, tps_port)
+    config = yaml.safe_load(path.read_text())
+    config["worker"]["preview"] = False
+    config["feedback"] = {
+        "senders": ["TPS"],
+        "tolerance_mm": TOLERANCE_MM,
+        "keep_for_training": True,
+    }
+    config["rules"] = [
+        {
+            "name": "ct-shadow",
+            "match": {"modality": "CT"},
+            "model": ["body", "stomach"],
+            "shadow": True,
+            "continue": True,
+        },
+        {
+            "name": "ct",
+            "match": {"modality": "CT"},
+            "model": ["body", "stomach", "soft"],
+            "send_to": ["tps"],
+        },
+    ]
+    path.write_text(yaml.safe_dump(config))
     return path
 
 
