@@ -140,17 +140,28 @@ def handle_reviewed_set(job: Job, config: ContourdConfig, queue: SqliteJobQueue)
     registry = ModelRegistry(config.data_dir)
     try:
         recorded: list[tuple[ReviewedSet, list[RoiFigures]]] = []
+        earlier: list[str] = []
         for path, ds in counted:
-            recorded.extend(_compare_one(job, path, ds, config, queue, registry))
+            sop_uid = str(ds.get("SOPInstanceUID", ""))
+            before = store.received_job_of(sop_uid, other_than=job.id)
+            if before is not None:  # sent again, or a later version of the same series
+                earlier.append(f"set {sop_uid} already measured with job {before}")
+                continue
+            try:
+                recorded.extend(_compare_one(job, path, ds, config, queue, registry))
+            except ContourdError as err:  # this set is unusable; the others still count
+                log.warning("feedback: structure set %s not compared: %s", sop_uid, err)
+                failed = _reviewed_set(job, ds, read_rtstruct_or_empty(ds))
+                recorded.append((replace(failed, status="failed", message=str(err)), []))
         store.record(job.id, recorded)
     finally:
         store.close()
         registry.close()
-    return _summary_line(recorded)
+    return _summary_line(recorded, earlier)
 
 
-def _summary_line(recorded: list[tuple[ReviewedSet, list[RoiFigures]]]) -> str:
-    parts = []
+def _summary_line(recorded: list[tuple[ReviewedSet, list[RoiFigures]]], earlier: list[str]) -> str:
+    parts = list(earlier)
     for reviewed, rois in recorded:
         if reviewed.status == "paired":
             counts = Counter(f.edit.classification for f in rois)
@@ -160,6 +171,27 @@ def _summary_line(recorded: list[tuple[ReviewedSet, list[RoiFigures]]]) -> str:
         else:
             parts.append(f"{reviewed.status}: {reviewed.message}")
     return "reviewed structure set for feedback; " + "; ".join(parts)
+
+
+def read_rtstruct_or_empty(ds: Dataset) -> StructureSet:
+    """The structure set's references, or none when it cannot be parsed."""
+    try:
+        return read_rtstruct(ds)
+    except ContourdError:
+        return StructureSet([], [], [])
+
+
+def _reviewed_set(job: Job, ds: Dataset, approved: StructureSet) -> ReviewedSet:
+    """The record of a reviewed set before pairing (status ``unpaired``)."""
+    return ReviewedSet(
+        received_job_id=job.id,
+        reviewed_sop_uid=str(ds.get("SOPInstanceUID", "")),
+        referenced_series_uid=",".join(approved.referenced_series_uids),
+        frame_of_reference_uid=",".join(sorted(set(approved.frame_of_reference_uids))),
+        sender_ae=str(ds.file_meta.get("SourceApplicationEntityTitle", "") or job.calling_ae),
+        approval_status=str(ds.get("ApprovalStatus", "")),
+        status="unpaired",
+    )
 
 
 def _compare_one(
@@ -172,15 +204,7 @@ def _compare_one(
 ) -> list[tuple[ReviewedSet, list[RoiFigures]]]:
     approved = read_rtstruct(ds)
     for_uids = set(approved.frame_of_reference_uids)
-    base = ReviewedSet(
-        received_job_id=job.id,
-        reviewed_sop_uid=str(ds.get("SOPInstanceUID", "")),
-        referenced_series_uid=",".join(approved.referenced_series_uids),
-        frame_of_reference_uid=",".join(sorted(for_uids)),
-        sender_ae=str(ds.file_meta.get("SourceApplicationEntityTitle", "") or job.calling_ae),
-        approval_status=str(ds.get("ApprovalStatus", "")),
-        status="unpaired",
-    )
+    base = _reviewed_set(job, ds, approved)
     out: list[tuple[ReviewedSet, list[RoiFigures]]] = []
     for series_uid in dict.fromkeys(approved.referenced_series_uids):
         for candidate in queue.jobs_for_series(series_uid):

@@ -203,6 +203,15 @@ class FeedbackStore:
         return ids
 
     # -- reading ------------------------------------------------------------
+    def received_job_of(self, reviewed_sop_uid: str, *, other_than: int) -> int | None:
+        """The received job that already recorded this reviewed set, other than ``other_than``."""
+        row = self._conn.execute(
+            "SELECT received_job_id FROM feedback_sets WHERE reviewed_sop_uid = ? "
+            "AND received_job_id != ? LIMIT 1",
+            (reviewed_sop_uid, other_than),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
     def sets(
         self, *, since: float | None = None, status: str | None = None
     ) -> list[dict[str, Any]]:

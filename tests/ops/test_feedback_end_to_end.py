@@ -277,17 +277,31 @@ def test_reviewed_structure_set_is_measured_roi_by_roi(tmp_path: Path) -> None:
         draft_path = tmp_path / "reviewed" / "RS.draft.dcm"
         draft.save_as(draft_path, enforce_file_format=True)
 
+        broken = copy.deepcopy(reviewed)  # Contour Data that is not x, y, z triplets
+        broken.SOPInstanceUID = broken.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        broken.SeriesInstanceUID = generate_uid()
+        broken.ROIContourSequence[0].ContourSequence[0].ContourData = ["1.0", "2.0"]
+        broken_path = tmp_path / "reviewed" / "RS.broken.dcm"
+        broken.save_as(broken_path, enforce_file_format=True)
+
         storescu_push(node.port, [reviewed_path], calling_ae="TPS")
         storescu_push(node.port, [draft_path], calling_ae="TPS")
+        storescu_push(node.port, [broken_path], calling_ae="TPS")
         storescu_push(node.port, [other_path], calling_ae="PACS")
         storescu_push(node.port, [stranger_path], calling_ae="TPS")
         queue = SqliteJobQueue(data)
 
         def rtstruct_jobs_finished() -> bool:
             jobs = [j for j in queue.recent(20) if j.modality == "RTSTRUCT"]
-            return len(jobs) == 4 and all(j.finished for j in jobs)
+            return len(jobs) == expected_jobs and all(j.finished for j in jobs)
 
-        wait_for(rtstruct_jobs_finished, 120, f"4 RTSTRUCT jobs done; {node.log_text()[-3000:]}")
+        expected_jobs = 5
+        wait_for(rtstruct_jobs_finished, 120, f"5 RTSTRUCT jobs done; {node.log_text()[-3000:]}")
+        storescu_push(node.port, [reviewed_path], calling_ae="TPS")  # the TPS sends it again
+        expected_jobs = 6
+        wait_for(rtstruct_jobs_finished, 120, f"6 RTSTRUCT jobs done; {node.log_text()[-3000:]}")
+        again = next(j for j in queue.recent(1))
+        assert "already measured" in (queue.events(again.id)[-1].message or "")
         doc = _feedback_json(config)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/metrics").read()
         labels = 'model="body",roi="BODY",shadow="false",version="1.0.0"'
@@ -305,6 +319,9 @@ def test_reviewed_structure_set_is_measured_roi_by_roi(tmp_path: Path) -> None:
         tps.stop()
 
     cases = {c["reviewed_sop_uid"]: c for c in doc["cases"]}
+    assert [c["reviewed_sop_uid"] for c in doc["cases"]].count(reviewed.SOPInstanceUID) == 2
+    assert cases[broken.SOPInstanceUID]["status"] == "failed"
+    assert "x, y, z triplets" in cases[broken.SOPInstanceUID]["message"]
     assert other.SOPInstanceUID not in cases  # sender PACS does not count
     assert draft.SOPInstanceUID not in cases  # UNAPPROVED does not count
     assert cases[stranger.SOPInstanceUID]["status"] == "unpaired"
