@@ -23,7 +23,8 @@ Added path length (APL, Vaassen et al. 2020)
     sent contours counts in full; deleted contours add nothing (deleting is
     quick). Summed over planes.
 Classification
-    ``unchanged``: the rasterised masks are identical (Dice exactly 1);
+    ``unchanged``: the rasterised masks are identical (Dice exactly 1; an
+    empty ROI sent and left empty or removed is unchanged too);
     ``edited``: both non-empty and not identical; ``deleted``: sent
     non-empty, approved missing or empty; ``added``: approved non-empty,
     nothing (or an empty ROI) sent.
@@ -34,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from itertools import chain
 from typing import Any, Literal
 
 import numpy as np
@@ -119,9 +121,16 @@ def added_path_length_mm(
         beyond = sampled > limit_mm
         # The sampled distance exceeds the true one by at most step_mm / 2:
         # settle the pieces in between against the segments themselves.
-        for i in np.flatnonzero(beyond & (sampled - step_mm / 2 <= limit_mm)):
-            near = np.unique(segment_ids[tree.query_ball_point(mids[i], tolerance_mm + step_mm)])
-            beyond[i] = _distance_to_segments(mids[i], starts[near], vectors[near]) > limit_mm
+        unsure = np.flatnonzero(beyond & (sampled - step_mm / 2 <= limit_mm))
+        if unsure.size:
+            near = tree.query_ball_point(mids[unsure], tolerance_mm + step_mm)
+            counts = np.fromiter((len(n) for n in near), dtype=np.intp, count=len(near))
+            piece = np.repeat(np.arange(len(unsure)), counts)
+            seg = segment_ids[np.fromiter(chain.from_iterable(near), dtype=np.intp)]
+            distance = _distances_to_segments(mids[unsure][piece], starts[seg], vectors[seg])
+            nearest = np.full(len(unsure), np.inf)
+            np.minimum.at(nearest, piece, distance)
+            beyond[unsure] = nearest > limit_mm
         total += float(lengths[beyond].sum())
     return total
 
@@ -133,13 +142,13 @@ def _piece_segments(points: np.ndarray, step_mm: float) -> np.ndarray:
     return np.repeat(np.arange(len(vectors)), counts)
 
 
-def _distance_to_segments(point: np.ndarray, starts: np.ndarray, vectors: np.ndarray) -> float:
-    """Smallest distance from ``point`` to the segments ``starts + t * vectors``, t in [0, 1]."""
-    if len(starts) == 0:
-        return float("inf")
+def _distances_to_segments(
+    points: np.ndarray, starts: np.ndarray, vectors: np.ndarray
+) -> np.ndarray:
+    """Distance from each point to its segment ``starts + t * vectors``, t in [0, 1] (rows pair)."""
     squared = np.maximum((vectors**2).sum(axis=1), 1e-300)
-    t = np.clip(((point - starts) * vectors).sum(axis=1) / squared, 0.0, 1.0)
-    return float(np.linalg.norm(starts + t[:, None] * vectors - point, axis=1).min())
+    t = np.clip(((points - starts) * vectors).sum(axis=1) / squared, 0.0, 1.0)
+    return np.asarray(np.linalg.norm(starts + t[:, None] * vectors - points, axis=1))
 
 
 def roi_added_path_length_mm(
@@ -208,7 +217,7 @@ def classify(sent_mask: np.ndarray, approved_mask: np.ndarray | None) -> Classif
     sent_any = bool(np.any(sent_mask))
     approved_any = approved_mask is not None and bool(np.any(approved_mask))
     if not sent_any:
-        return "added"
+        return "added" if approved_any else "unchanged"
     if not approved_any:
         return "deleted"
     assert approved_mask is not None
@@ -233,16 +242,21 @@ def compare_roi(
     clinician deleted the ROI; ``sent_mask`` is all False for an added one.
     """
     approved = approved_mask if approved_mask is not None else np.zeros_like(sent_mask)
-    metrics = compute_metrics(sent_mask, approved, spacing_zyx_mm, tolerance_mm)
+    classification = classify(sent_mask, approved_mask)
+    if classification == "unchanged":  # identical masks: the figures are known exactly
+        dice, surface, hd95 = 1.0, 1.0, 0.0
+    else:
+        metrics = compute_metrics(sent_mask, approved, spacing_zyx_mm, tolerance_mm)
+        dice, surface, hd95 = metrics.dice, metrics.surface_dice, metrics.hd95_mm
     sent_cc = volume_cc(sent_mask, spacing_zyx_mm)
     approved_cc = volume_cc(approved, spacing_zyx_mm)
     return RoiEdit(
         roi=roi,
         approved_name=approved_name,
-        classification=classify(sent_mask, approved_mask),
-        dice=metrics.dice,
-        surface_dice=metrics.surface_dice,
-        hd95_mm=metrics.hd95_mm if math.isfinite(metrics.hd95_mm) else None,
+        classification=classification,
+        dice=dice,
+        surface_dice=surface,
+        hd95_mm=hd95 if math.isfinite(hd95) else None,
         tolerance_mm=float(tolerance_mm),
         volume_sent_cc=sent_cc,
         volume_approved_cc=approved_cc,

@@ -7,7 +7,8 @@ original names, TG-263 names, the clinic's TPS names). Each approved ROI that
 stands for a sent ROI is compared with it (:func:`training.edit_metrics.compare_roi`);
 an approved ROI that stands for none (or for one already paired) is
 ``added``; a sent ROI nobody paired is ``deleted``. Both sets are rasterised
-on the grid the sent set was drawn on (:func:`training.rtstruct_reader.rasterise_roi`).
+on the grid the sent set was drawn on (:func:`training.rtstruct_reader.rasterise_roi`
+with its scanline fill, so that a 20-ROI set takes seconds, not minutes).
 """
 
 from __future__ import annotations
@@ -104,6 +105,10 @@ def compare_structure_sets(
                 )
             added.append(roi)
     empty = np.zeros(volume.shape, dtype=bool)
+
+    def mask(roi: RoiContours) -> np.ndarray:
+        return rasterise_roi(roi, volume, notes=notes, scanline=True)
+
     results: list[RoiEdit] = []
     for name, roi in sent_by_name.items():
         mine = paired.get(name)
@@ -111,8 +116,8 @@ def compare_structure_sets(
             compare_roi(
                 name,
                 mine.name if mine is not None else None,
-                rasterise_roi(roi, volume, notes=notes),
-                rasterise_roi(mine, volume, notes=notes) if mine is not None else None,
+                mask(roi),
+                mask(mine) if mine is not None else None,
                 contours_by_plane(roi, locator, notes),
                 contours_by_plane(mine, locator, notes) if mine is not None else {},
                 spacing_zyx,
@@ -126,7 +131,7 @@ def compare_structure_sets(
                 roi.name,
                 roi.name,
                 empty,
-                rasterise_roi(roi, volume, notes=notes),
+                mask(roi),
                 {},
                 contours_by_plane(roi, locator, notes),
                 spacing_zyx,

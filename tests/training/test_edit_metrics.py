@@ -109,6 +109,7 @@ def test_classification_rules() -> None:
     assert classify(sent, None) == "deleted"
     assert classify(sent, empty) == "deleted"
     assert classify(empty, sent) == "added"
+    assert classify(empty, None) == "unchanged"  # an empty ROI sent and removed
 
 
 def _grid(nz: int = 4, n: int = 64, spacing_mm: float = 1.0, dz_mm: float = 2.5) -> ImageVolume:
@@ -166,3 +167,46 @@ def test_structure_sets_compared_roi_by_roi_with_names_mapped() -> None:
     assert added.classification == "added"
     assert added.added_path_length_mm == pytest.approx(2 * 16.0)
     assert added.volume_sent_cc == 0.0 and added.volume_change_pct is None
+
+
+def _skimage_pixels(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> set:
+    from skimage.draw import polygon
+
+    rr, cc = polygon(rows, cols, shape=shape)
+    return set(zip(rr.tolist(), cc.tolist(), strict=True))
+
+
+def test_scanline_fill_matches_skimage_off_the_outline() -> None:
+    from training.rtstruct_reader import scanline_fill
+
+    rng = np.random.default_rng(7)
+    for _ in range(40):  # random star polygons, self-intersecting ones included
+        n = int(rng.integers(3, 40))
+        angles = np.sort(rng.uniform(0, 2 * np.pi, n)) if n % 2 else rng.uniform(0, 7, n)
+        radius = rng.uniform(2, 30, n)
+        rows = 32 + radius * np.sin(angles) + rng.uniform(-0.3, 0.3)
+        cols = 30 + radius * np.cos(angles) + rng.uniform(-0.3, 0.3)
+        rr, cc = scanline_fill(rows, cols, (64, 60))
+        assert set(zip(rr.tolist(), cc.tolist(), strict=True)) == _skimage_pixels(
+            rows, cols, (64, 60)
+        )
+    # Pixel-corner outlines (contourd's own contours): a staircase and a clipped square.
+    stairs_r = np.array([-0.5, -0.5, 2.5, 2.5, 5.5, 5.5]) + 3
+    stairs_c = np.array([-0.5, 6.5, 6.5, 3.5, 3.5, -0.5]) + 3
+    corner_r, corner_c = np.array([-5.5, -5.5, 4.5, 4.5]), np.array([-5.5, 4.5, 4.5, -5.5])
+    for rows, cols in ((stairs_r, stairs_c), (corner_r, corner_c)):
+        rr, cc = scanline_fill(rows, cols, (20, 20))
+        assert set(zip(rr.tolist(), cc.tolist(), strict=True)) == _skimage_pixels(
+            rows, cols, (20, 20)
+        )
+
+
+def test_scanline_fill_counts_centres_on_the_outline() -> None:
+    from training.rtstruct_reader import scanline_fill
+
+    # A square through pixel centres 2..5: its outline pixels count (as in skimage).
+    rows, cols = np.array([2.0, 2.0, 5.0, 5.0]), np.array([2.0, 5.0, 5.0, 2.0])
+    rr, cc = scanline_fill(rows, cols, (8, 8))
+    assert len(rr) == 16 and set(zip(rr.tolist(), cc.tolist(), strict=True)) == _skimage_pixels(
+        rows, cols, (8, 8)
+    )
