@@ -121,7 +121,10 @@ def main() -> int:
         t_peer = best_of(args.repeat, lambda: subprocess.run(run, capture_output=True, check=True))
         out = subprocess.run(run, capture_output=True, text=True, check=True).stdout
         dice_line = next((ln.strip() for ln in out.splitlines() if "DICE" in ln), "?")
-        hd95_line = next((ln.strip() for ln in out.splitlines() if "95" in ln), "?")
+        hd95_line = next(
+            (ln.strip() for ln in out.splitlines() if "0.95) Hausdorff distance (boundary)" in ln),
+            "?",
+        )
         print(f"plastimatch dice --all (Liver) {t_peer:7.2f} s  {dice_line}; {hd95_line}")
     return 0
 
