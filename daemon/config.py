@@ -51,6 +51,10 @@ class NodeConfig(StrictModel):
     ``port: 0`` lets the OS pick a free port (tests). ``min_free_disk_mb``:
     new associations are refused while the data folder has less free space.
     ``max_pdu_bytes``: the largest P-DATA PDU we accept (0: no limit).
+    ``accept_sop_classes``: ``all`` (default) accepts every storage SOP class
+    pynetdicom knows, stores the CT/MR/RTSTRUCT classes the node can use and
+    counts the rest as received-and-ignored (answered with success, like a
+    PACS); ``contourable`` refuses the other classes at negotiation.
     ``fsync``: fsync each instance before acknowledging it (one fsync, which
     on ext4/XFS/btrfs also commits the rename); ``fsync_directory`` adds a
     folder fsync per instance for strict POSIX durability (see docs/receive.md).
@@ -66,6 +70,7 @@ class NodeConfig(StrictModel):
     maximum_associations: int = Field(default=10, ge=1)
     min_free_disk_mb: int = Field(default=1024, ge=0)
     max_pdu_bytes: int = Field(default=262144, ge=0)
+    accept_sop_classes: Literal["all", "contourable"] = "all"
     network_timeout_s: float = Field(default=60.0, gt=0)
     tls: TlsConfig | None = None
 
@@ -78,11 +83,15 @@ class SeriesConfig(StrictModel):
     ``association_release``, or when ``expected_count_attribute`` (a DICOM
     keyword in the first instance giving the number of instances) is reached.
     A completion whose hand-off raised is retried after ``handoff_retry_s``.
+    A series that is not whole (its association was aborted, or its headers
+    show gaps; see daemon/series_completeness.py) waits for the rest and is
+    ended as ``failed`` ``incomplete_wait_s`` seconds after its last image.
     """
 
     complete_after_s: float = Field(default=10.0, gt=0)
     complete_on: Literal["quiet_period", "association_release"] = "quiet_period"
     expected_count_attribute: str | None = None
+    incomplete_wait_s: float = Field(default=600.0, gt=0)
     handoff_retry_s: float = Field(default=30.0, gt=0)
 
 
@@ -131,6 +140,10 @@ class DispatchConfig(StrictModel):
     Attempt n (1-based) that fails is retried after
     ``min(retry_initial_s * retry_factor**(n-1), retry_max_s)`` seconds, until
     ``max_attempts`` attempts have failed; then the job is ``failed``.
+    ``lease_s``: how long one send attempt holds its delivery; a sender that
+    dies without the supervisor seeing it (the whole node killed) blocks the
+    delivery that long. Keep it above the longest send (connect, one
+    ``network_timeout_s`` per file, release).
     """
 
     calling_ae_title: str = "CONTOURD"
@@ -142,6 +155,7 @@ class DispatchConfig(StrictModel):
     network_timeout_s: float = Field(default=60.0, gt=0)
     poll_interval_s: float = Field(default=1.0, gt=0)
     max_pdu_bytes: int = Field(default=0, ge=0)
+    lease_s: float = Field(default=300.0, gt=0)
 
 
 class WorkerConfig(StrictModel):
@@ -177,11 +191,16 @@ class RetentionConfig(StrictModel):
 
 
 class HttpConfig(StrictModel):
-    """``/healthz`` and Prometheus ``/metrics`` (owner: daemon/health_http.py)."""
+    """``/healthz`` and Prometheus ``/metrics`` (owner: daemon/health_http.py).
+
+    ``dispatch_failing_unhealthy_s``: ``/healthz`` answers 503 once a result
+    has waited this long for a destination that keeps refusing it.
+    """
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    dispatch_failing_unhealthy_s: float = Field(default=600.0, gt=0)
 
 
 class FeedbackConfig(StrictModel):
@@ -248,10 +267,12 @@ def default_config() -> ContourdConfig:
     return ContourdConfig.model_validate({"rules": EMBEDDED_RULES})
 
 
-def load_config(path: Path | None) -> ContourdConfig:
+def load_config(path: Path | None, *, relative_to: Path | None = None) -> ContourdConfig:
     """Read and validate a config file; ``None`` gives the embedded defaults.
 
-    A relative ``node.data_dir`` is resolved against the config file's folder.
+    A relative ``node.data_dir`` is resolved against ``relative_to`` (default:
+    the config file's folder; workers read the supervisor's copy of the last
+    valid config and pass the original file's folder).
 
     Raises
     ------
@@ -269,7 +290,8 @@ def load_config(path: Path | None) -> ContourdConfig:
         ) from err
     config = load_config_text(text, source=str(path))
     if not config.node.data_dir.is_absolute():
-        config.node.data_dir = (Path(path).parent / config.node.data_dir).resolve()
+        base = Path(path).parent if relative_to is None else Path(relative_to)
+        config.node.data_dir = (base / config.node.data_dir).resolve()
     return config
 
 

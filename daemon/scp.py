@@ -11,9 +11,18 @@ It never decodes pixel data. Statuses:
 - ``0xC000`` cannot understand: truncated or unparsable data set;
 - ``0xC001`` a UID needed for the spool path is not a valid UID.
 
+With ``node.accept_sop_classes: all`` (default) every storage SOP class
+pynetdicom knows is accepted at negotiation, so a scanner's study push (CT plus
+dose reports, Secondary Capture summaries, SR) never fails: instances of the
+classes in :data:`STORAGE_SOP_CLASSES` are stored, the others are answered
+``0x0000`` and only counted (``ignored_instances`` table, ``contourd status``,
+``/metrics``). ``contourable`` refuses the other classes at negotiation.
+
 Failure replies carry an Error Comment. Access control (calling AE allow-list,
-optionally ``AE@address``, called AE title, free-disk floor) rejects the
-association in ``EVT_REQUESTED`` with a logged reason; pynetdicom enforces
+optionally ``AE@address``, called AE title) rejects the association in
+``EVT_REQUESTED`` with a logged reason. Under the free-disk floor
+(``node.min_free_disk_mb``) associations are still accepted, so C-ECHO keeps
+answering, and every C-STORE gets ``0xA700`` (logged once per association); pynetdicom enforces
 ``maximum_associations``. Logs carry peer, AE titles, UIDs, counts and
 durations, never patient name, ID or birth date.
 """
@@ -53,7 +62,7 @@ from pydicom.uid import (
     RLELossless,
     RTStructureSetStorage,
 )
-from pynetdicom import AE, evt
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.transport import ThreadedAssociationServer
@@ -119,8 +128,10 @@ class _AssociationStats:
     started_s: float = field(default_factory=time.monotonic)
     stored: int = 0
     failed: int = 0
+    ignored: dict[str, int] = field(default_factory=dict)  # SOP class name -> count
     bytes_stored: int = 0
     series: set[str] = field(default_factory=set)
+    refused_for_space: int = 0
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -190,7 +201,14 @@ class StorageSCP:
         ae.acse_timeout = self.node.network_timeout_s
         ae.dimse_timeout = self.node.network_timeout_s
         ae.add_supported_context(VERIFICATION_SOP_CLASS)
-        for sop_class in STORAGE_SOP_CLASSES:
+        sop_classes = list(STORAGE_SOP_CLASSES)
+        if self.node.accept_sop_classes == "all":
+            sop_classes += [
+                UID(str(cx.abstract_syntax))
+                for cx in AllStoragePresentationContexts
+                if cx.abstract_syntax not in STORAGE_SOP_CLASSES
+            ]
+        for sop_class in sop_classes:
             ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
         return ae
 
@@ -262,14 +280,6 @@ class StorageSCP:
         if reason is None and called != self.node.ae_title:
             reason = f"called AE title {called!r} is not this node's {self.node.ae_title!r}"
             rsd = (0x01, 0x01, 0x07)
-        if reason is None and self.node.min_free_disk_mb > 0:
-            free_mb = self.spool.free_disk_mb()
-            if free_mb < self.node.min_free_disk_mb:
-                reason = (
-                    f"free disk space {free_mb:.0f} MiB under node.min_free_disk_mb "
-                    f"{self.node.min_free_disk_mb}; free space in {self.spool.root}"
-                )
-                rsd = (0x02, 0x03, 0x01)  # transient: temporary congestion
         if reason is None:
             return
         log.warning(
@@ -326,8 +336,9 @@ class StorageSCP:
         if stats is None:
             return
         duration_s = time.monotonic() - stats.started_s
+        ignored = ", ".join(f"{name} x{n}" for name, n in sorted(stats.ignored.items()))
         log.info(
-            "association from %s@%s %s after %.2f s: %d stored (%.1f MB), %d failed, %d series",
+            "association from %s@%s %s after %.2f s: %d stored (%.1f MB), %d failed, %d series%s",
             stats.calling_ae,
             stats.peer,
             how,
@@ -336,6 +347,7 @@ class StorageSCP:
             stats.bytes_stored / 1e6,
             stats.failed,
             len(stats.series),
+            f"; received and ignored (not contoured here): {ignored}" if ignored else "",
         )
 
     def _on_released(self, event: evt.Event) -> None:
@@ -357,6 +369,23 @@ class StorageSCP:
         peer = stats.peer if stats else self._peer(assoc)
         request = cast(C_STORE, event.request)
         sop_uid_raw = request.AffectedSOPInstanceUID
+        full = self._disk_floor_reached()
+        if full is not None:
+            if stats is not None:
+                stats.failed += 1
+                stats.refused_for_space += 1
+            if stats is None or stats.refused_for_space == 1:
+                log.warning(
+                    "C-STORE from %s@%s refused with 0xA700 (further refusals in this "
+                    "association are counted, not logged): %s",
+                    calling,
+                    peer,
+                    full,
+                )
+            return _status(STATUS_OUT_OF_RESOURCES, full)
+        sop_class = str(request.AffectedSOPClassUID or "")
+        if sop_class not in STORAGE_SOP_CLASSES:
+            return self._ignore(stats, calling, peer, sop_class)
         try:
             result = self._store(event, calling, peer)
         except InvalidUIDError as err:
@@ -387,6 +416,18 @@ class StorageSCP:
             (time.perf_counter() - started_s) * 1e3,
         )
         return STATUS_SUCCESS
+
+    def _disk_floor_reached(self) -> str | None:
+        """Why images are refused for space now, or ``None`` while there is enough."""
+        if self.node.min_free_disk_mb <= 0:
+            return None
+        free_mb = self.spool.free_disk_mb()
+        if free_mb >= self.node.min_free_disk_mb:
+            return None
+        return (
+            f"free disk {free_mb:.0f} MiB under node.min_free_disk_mb "
+            f"{self.node.min_free_disk_mb}; retry later"
+        )
 
     def _store(self, event: evt.Event, calling: str, peer: str) -> tuple[InstanceArrival, int]:
         request = cast(C_STORE, event.request)
@@ -439,6 +480,20 @@ class StorageSCP:
                 f"could not be written: {err}; it is indexed again at the next start"
             ) from err
         return arrival, version
+
+    def _ignore(
+        self, stats: _AssociationStats | None, calling: str, peer: str, sop_class: str
+    ) -> int | Dataset:
+        """Count an instance of a class the node does not contour; answer success."""
+        name = UID(sop_class).name if sop_class else "no SOP class"
+        try:
+            self.assembler.db.record_ignored(sop_class, calling, datetime.now(UTC).isoformat())
+        except Exception as err:  # boundary: the count could not be kept; the sender retries
+            log.exception("cannot count an ignored %s instance from %s@%s", name, calling, peer)
+            return _status(STATUS_OUT_OF_RESOURCES, f"cannot record the instance: {err}")
+        if stats is not None:
+            stats.ignored[name] = stats.ignored.get(name, 0) + 1
+        return STATUS_SUCCESS
 
     def _failed(
         self,

@@ -314,7 +314,8 @@ class Trainer:
                 img, lab, self.config.patch_size, self.config.spacing_mm, self.rng, self.aug
             )
             known = torch.from_numpy(case.known.copy()).to(self.device)
-            if self.rng.random() < self.config.mirror_probability:
+            mirror_p = self.config.mirror_probability  # no draw when off: runs repeat as before
+            if mirror_p > 0 and self.rng.random() < mirror_p:
                 pi, pl, known = mirror_left_right(pi, pl, known, self._mirror_order)
             imgs.append(pi)
             labs.append(pl)
