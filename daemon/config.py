@@ -254,6 +254,28 @@ class HttpConfig(StrictModel):
         return self
 
 
+class FeedbackConfig(StrictModel):
+    """Measuring the clinicians' edits (owner: daemon/feedback_intake.py).
+
+    An RTSTRUCT that arrives and references a series contourd contoured is
+    compared with the structure set contourd made for it, when its sender's
+    AE title is in ``senders`` (empty: any sender) and its Approval Status is
+    in ``approval_statuses``. ``tolerance_mm``: surface Dice and added path
+    length tolerance. ``roi_names``: model ROI name -> the names the planning
+    system uses for it (exact, case-insensitive), beyond TG-263 matching.
+    ``metrics_window_days``: the rolling window of the medians on ``/metrics``.
+    ``keep_for_training``: keep the images of reviewed cases out of retention.
+    """
+
+    enabled: bool = True
+    senders: list[str] = Field(default_factory=list)
+    approval_statuses: list[str] = Field(default_factory=lambda: ["APPROVED"])
+    tolerance_mm: float = Field(default=2.0, ge=0)
+    roi_names: dict[str, list[str]] = Field(default_factory=dict)
+    metrics_window_days: float = Field(default=30.0, gt=0)
+    keep_for_training: bool = False
+
+
 class ContourdConfig(StrictModel):
     """The whole configuration file."""
 
@@ -264,6 +286,7 @@ class ContourdConfig(StrictModel):
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     rules: list[Rule] = Field(default_factory=list)
     body_part_synonyms: dict[str, list[str]] = Field(
         default_factory=dict,

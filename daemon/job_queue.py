@@ -39,7 +39,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -383,6 +383,31 @@ _JSON_COLUMNS = frozenset(
 )
 
 
+def open_database(db_path: Path, busy_timeout_s: float) -> sqlite3.Connection:
+    """A connection to the data folder's database: WAL, autocommit, shareable by threads."""
+    conn = sqlite3.connect(
+        str(db_path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+    )
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+@contextmanager
+def immediate_transaction(
+    conn: sqlite3.Connection, lock: threading.RLock
+) -> Iterator[sqlite3.Connection]:
+    """One ``BEGIN IMMEDIATE`` transaction under ``lock``, committed unless it raises."""
+    with lock:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
 class SqliteJobQueue:
     """:class:`JobQueue` on the data folder's SQLite database (WAL mode).
 
@@ -405,14 +430,7 @@ class SqliteJobQueue:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.data_dir / DB_FILENAME
         self.max_attempts = max_attempts
-        conn = sqlite3.connect(
-            str(self.db_path),
-            timeout=busy_timeout_s,
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        conn = open_database(self.db_path, busy_timeout_s)
         self._conn = conn
         self.db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
@@ -484,17 +502,9 @@ class SqliteJobQueue:
                 if "duplicate column" not in str(err):
                     raise  # otherwise another process added it at the same moment
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction, committed unless it raises."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+        return immediate_transaction(self._conn, self._lock)
 
     def close(self) -> None:
         """Close the database connection."""

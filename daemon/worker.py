@@ -48,9 +48,11 @@ from contourd import __version__
 from contourd.errors import ContourdError, ModelNotApprovedError, ModelNotFoundError
 from daemon.config import ContourdConfig
 from daemon.dispatch import Dispatcher
+from daemon.feedback_intake import handle_reviewed_set
 from daemon.job_queue import Job, JobState, LeaseLostError, SqliteJobQueue
 from daemon.preview import draw_slice
 from daemon.supersession import mark_predecessor
+from inference.grid_file import GRID_FILENAME, write_grid
 from inference.pipeline import SegmentationResult, segment_series
 from inference.predictor import PredictorCache
 from inference.roi_mask import AlgorithmInfo, RoiMask
@@ -265,6 +267,10 @@ class Worker:
     # -- one job ------------------------------------------------------------------
     def _process(self, job: Job, config: ContourdConfig) -> None:
         wid = self.worker_id
+        feedback = handle_reviewed_set(job, config, self.queue)
+        if feedback is not None:  # a clinician's reviewed RTSTRUCT, measured
+            self.queue.transition(job.id, JobState.NOT_ROUTED, worker_id=wid, message=feedback)
+            return
         attrs = self._attributes(job)
         decision = route(attrs, config.rules, body_part_synonyms=config.body_part_synonyms)
         description = attrs.series_description or ""
@@ -447,6 +453,7 @@ class Worker:
             software_version=__version__,
         )
         files: list[Path] = []
+        write_grid(result.volume, out_dir / GRID_FILENAME)  # for feedback; never sent
         outputs = set(match.outputs) or {"rtstruct"}
         if "rtstruct" in outputs:
             ds = write_rtstruct(

@@ -31,6 +31,7 @@ SUBCOMMAND_MODULES = [
     "users",
     "train",
     "evaluate",
+    "feedback",
     "demo",
 ]
 

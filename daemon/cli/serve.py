@@ -61,6 +61,8 @@ from daemon.config_watcher import (
     write_last_valid,
 )
 from daemon.dispatch import Dispatcher
+from daemon.feedback_dataset import kept_series_uids
+from daemon.feedback_metrics import FeedbackCollector
 from daemon.health_http import clear_heartbeat, write_heartbeat
 from daemon.job_queue import SqliteJobQueue
 from daemon.log_fallback import FallbackFileHandler
@@ -301,7 +303,9 @@ class _Retention:
 
     def __init__(self, queue: SqliteJobQueue, current: Callable[[], ContourdConfig]) -> None:
         self.current = current
-        self.retention = Retention(queue, current().retention)
+        self.retention = Retention(
+            queue, current().retention, keep_series=lambda: kept_series_uids(queue.data_dir)
+        )
         self.next_at = 0.0
         self.next_emergency_at = 0.0
 
@@ -446,6 +450,9 @@ def run(args: argparse.Namespace) -> int:
             queue=queue,
             config=current,
             extra_checks=health.checks,
+            collectors=[
+                FeedbackCollector(data_dir, lambda: current().feedback.metrics_window_days)
+            ],
             stow=StowReceiver(
                 node.spool,
                 node.assembler,

@@ -23,6 +23,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.registry import Collector
 from starlette.middleware.sessions import SessionMiddleware
 
 from contourd import __version__
@@ -57,12 +58,16 @@ class WebContext:
         ``problems`` list says why it answers 503.
     stow
         Where STOW-RS stores; ``None`` (no receive node in this process): 503.
+    collectors
+        Further Prometheus collectors served on ``/metrics`` (e.g. the
+        feedback medians, :class:`daemon.feedback_metrics.FeedbackCollector`).
     """
 
     queue: SqliteJobQueue
     config: Callable[[], ContourdConfig]
     extra_checks: HealthCheck | None = None
     stow: StowReceiver | None = None
+    collectors: list[Collector] = field(default_factory=list)
     images: JobImageCache = field(default_factory=JobImageCache)
 
     @classmethod
@@ -187,6 +192,8 @@ def create_app(context: WebContext) -> FastAPI:
     )
     registry = CollectorRegistry(auto_describe=True)
     registry.register(QueueCollector(context.queue))
+    for collector in context.collectors:
+        registry.register(collector)
 
     @app.get("/healthz", tags=["monitoring"], summary="Node health (200 ok, 503 unhealthy)")
     def healthz() -> JSONResponse:
