@@ -72,3 +72,7 @@ class TrainingError(ContourdError):
 
 class DatabaseError(ContourdError):
     """The database cannot be opened or its schema is not one this contourd can use."""
+
+
+class WebAuthError(ContourdError):
+    """A web or API user is unknown, gave a wrong password, or lacks the role for an action."""

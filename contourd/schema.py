@@ -156,6 +156,8 @@ job_deliveries = Table(
     Column("sent_sop_instance_uids", Text),
     Column("lease_owner", Text),
     Column("lease_expires_at", Float),
+    Column("accepted_sop_instance_uids", Text),  # JSON: acknowledged by an unfinished attempt
+    Column("failing_since", Float),
 )
 
 models = Table(
@@ -282,6 +284,10 @@ def _v3_series_checks(conn: DbConnection) -> None:
     _add_missing_columns(conn, jobs)
 
 
+def _v4_delivery_progress(conn: DbConnection) -> None:
+    _add_missing_columns(conn, job_deliveries)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[DbConnection], None]]] = [
     (1, "baseline: receive, job, registry and audit tables", _v1_baseline),
     (2, "workers table (host, pid, current job, heartbeat)", _v2_workers),
@@ -290,6 +296,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[DbConnection], None]]] = [
         "series completeness/content columns, jobs.supersedes, ignored_instances",
         _v3_series_checks,
     ),
+    (4, "job_deliveries: accepted_sop_instance_uids, failing_since", _v4_delivery_progress),
 ]
 """(version, what it does, function), in order. Append; never edit an applied one.
 

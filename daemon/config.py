@@ -117,10 +117,15 @@ class DestinationTlsConfig(StrictModel):
 
 
 class DestinationConfig(StrictModel):
-    """A C-STORE peer or a folder that results are sent to (owner: dispatch).
+    """A C-STORE peer, a folder or a DICOMweb STOW-RS service that results are sent to
+    (owner: dispatch).
 
-    Either ``ae_title`` + ``host`` + ``port`` (DICOM C-STORE) or ``folder``
-    (files are written there for planning systems that import from a share).
+    Either ``ae_title`` + ``host`` + ``port`` (DICOM C-STORE), or ``folder``
+    (files are written there for planning systems that import from a share),
+    or ``stow_url`` (the DICOMweb service root, e.g.
+    ``https://pacs.example/dicom-web``; results are POSTed to
+    ``{stow_url}/studies``), with ``stow_username`` and ``stow_password_file``
+    (a file holding the password) when it needs HTTP Basic.
     """
 
     ae_title: str | None = None
@@ -128,17 +133,33 @@ class DestinationConfig(StrictModel):
     port: int | None = Field(default=None, ge=1, le=65535)
     folder: Path | None = None
     tls: DestinationTlsConfig | None = None
+    stow_url: str | None = Field(default=None, pattern=r"^https?://")
+    stow_username: str | None = None
+    stow_password_file: Path | None = None
 
     @model_validator(mode="after")
     def _network_or_folder(self) -> DestinationConfig:
         network = [self.ae_title, self.host, self.port]
-        if self.folder is None and any(v is None for v in network):
+        kinds = sum(
+            [
+                any(v is not None for v in network),
+                self.folder is not None,
+                self.stow_url is not None,
+            ]
+        )
+        if kinds > 1:
             raise ValueError(
-                "a destination needs either ae_title, host and port (C-STORE) or folder; "
-                f"got ae_title={self.ae_title!r}, host={self.host!r}, port={self.port!r}"
+                "a destination is one of a C-STORE peer, a folder or a stow_url, not several"
             )
-        if self.folder is not None and any(v is not None for v in network):
-            raise ValueError("a destination is either a C-STORE peer or a folder, not both")
+        if self.folder is None and self.stow_url is None and any(v is None for v in network):
+            raise ValueError(
+                "a destination needs either ae_title, host and port (C-STORE), folder, or "
+                f"stow_url; got ae_title={self.ae_title!r}, host={self.host!r}, port={self.port!r}"
+            )
+        if (self.stow_username is None) != (self.stow_password_file is None):
+            raise ValueError(
+                "stow_username and stow_password_file go together; set both or neither"
+            )
         return self
 
 
@@ -148,6 +169,10 @@ class DispatchConfig(StrictModel):
     Attempt n (1-based) that fails is retried after
     ``min(retry_initial_s * retry_factor**(n-1), retry_max_s)`` seconds, until
     ``max_attempts`` attempts have failed; then the job is ``failed``.
+    ``lease_s``: how long one send attempt holds its delivery; a sender that
+    dies without the supervisor seeing it (the whole node killed) blocks the
+    delivery that long. Keep it above the longest send (connect, one
+    ``network_timeout_s`` per file, release).
     """
 
     calling_ae_title: str = "CONTOURD"
@@ -159,6 +184,7 @@ class DispatchConfig(StrictModel):
     network_timeout_s: float = Field(default=60.0, gt=0)
     poll_interval_s: float = Field(default=1.0, gt=0)
     max_pdu_bytes: int = Field(default=0, ge=0)
+    lease_s: float = Field(default=300.0, gt=0)
 
 
 class WorkerConfig(StrictModel):
@@ -208,11 +234,68 @@ class RetentionConfig(StrictModel):
 
 
 class HttpConfig(StrictModel):
-    """``/healthz`` and Prometheus ``/metrics`` (owner: daemon/health_http.py)."""
+    """The node's one HTTP server (owner: daemon/web): ``/healthz``, ``/metrics``,
+    the pages, the REST API (``/api``) and DICOMweb STOW-RS (``/dicomweb``).
+
+    ``/healthz`` and ``/metrics`` need no login; everything else does: a user
+    of ``contourd users`` (password, or HTTP Basic for scripts) or, with
+    ``auth: proxy_header``, the user a reverse proxy authenticated and names in
+    ``proxy_user_header`` (the user must still exist in ``contourd users`` for
+    its role; only set this behind a proxy that strips the header from clients).
+
+    ``dispatch_failing_unhealthy_s``: ``/healthz`` answers 503 once a result
+    has waited this long for a destination that keeps refusing it.
+    """
 
     enabled: bool = True
-    host: str = "127.0.0.1"
+    host: str = Field(
+        default="127.0.0.1",
+        description="Listen address; 127.0.0.1 keeps the pages on this machine",
+    )
     port: int = Field(default=8080, ge=0, le=65535)
+    dispatch_failing_unhealthy_s: float = Field(default=600.0, gt=0)
+    auth: Literal["password", "proxy_header"] = "password"
+    proxy_user_header: str = "X-Remote-User"
+    tls_certificate: Path | None = Field(
+        default=None, description="PEM certificate: serve HTTPS (with tls_private_key)"
+    )
+    tls_private_key: Path | None = None
+    session_max_age_s: int = Field(default=8 * 3600, gt=0)
+    show_patient_identifiers: bool = Field(
+        default=False,
+        description="Show patient name, ID and birth date to logged-in users on job pages "
+        "and in /api/jobs/{id}; off: never shown anywhere",
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HttpConfig:
+        if (self.tls_certificate is None) != (self.tls_private_key is None):
+            raise ValueError(
+                "http.tls_certificate and http.tls_private_key go together; set both or neither"
+            )
+        return self
+
+
+class FeedbackConfig(StrictModel):
+    """Measuring the clinicians' edits (owner: daemon/feedback_intake.py).
+
+    An RTSTRUCT that arrives and references a series contourd contoured is
+    compared with the structure set contourd made for it, when its sender's
+    AE title is in ``senders`` (empty: any sender) and its Approval Status is
+    in ``approval_statuses``. ``tolerance_mm``: surface Dice and added path
+    length tolerance. ``roi_names``: model ROI name -> the names the planning
+    system uses for it (exact, case-insensitive), beyond TG-263 matching.
+    ``metrics_window_days``: the rolling window of the medians on ``/metrics``.
+    ``keep_for_training``: keep the images of reviewed cases out of retention.
+    """
+
+    enabled: bool = True
+    senders: list[str] = Field(default_factory=list)
+    approval_statuses: list[str] = Field(default_factory=lambda: ["APPROVED"])
+    tolerance_mm: float = Field(default=2.0, ge=0)
+    roi_names: dict[str, list[str]] = Field(default_factory=dict)
+    metrics_window_days: float = Field(default=30.0, gt=0)
+    keep_for_training: bool = False
 
 
 class ContourdConfig(StrictModel):
@@ -231,6 +314,7 @@ class ContourdConfig(StrictModel):
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     rules: list[Rule] = Field(default_factory=list)
     body_part_synonyms: dict[str, list[str]] = Field(
         default_factory=dict,
@@ -276,10 +360,12 @@ def default_config() -> ContourdConfig:
     return ContourdConfig.model_validate({"rules": EMBEDDED_RULES})
 
 
-def load_config(path: Path | None) -> ContourdConfig:
+def load_config(path: Path | None, *, relative_to: Path | None = None) -> ContourdConfig:
     """Read and validate a config file; ``None`` gives the embedded defaults.
 
-    A relative ``node.data_dir`` is resolved against the config file's folder.
+    A relative ``node.data_dir`` is resolved against ``relative_to`` (default:
+    the config file's folder; workers read the supervisor's copy of the last
+    valid config and pass the original file's folder).
 
     Raises
     ------
@@ -297,7 +383,8 @@ def load_config(path: Path | None) -> ContourdConfig:
         ) from err
     config = load_config_text(text, source=str(path))
     if not config.node.data_dir.is_absolute():
-        config.node.data_dir = (Path(path).parent / config.node.data_dir).resolve()
+        base = Path(path).parent if relative_to is None else Path(relative_to)
+        config.node.data_dir = (base / config.node.data_dir).resolve()
     return config
 
 

@@ -3,8 +3,10 @@
 - :func:`collect_status` gathers what ``contourd status`` and ``/healthz``
   show: node up (from the heartbeat file the running node rewrites every few
   seconds), queue length, jobs by state, free disk, last error.
-- :class:`HealthServer` serves ``GET /healthz`` (JSON; 200 when healthy, 503
-  otherwise) and ``GET /metrics`` (Prometheus text format, prometheus-client).
+- ``GET /healthz`` (JSON; 200 when healthy, 503 otherwise) and ``GET /metrics``
+  (Prometheus text format, prometheus-client) are served by the node's web
+  application (:mod:`daemon.web.app`); ``HealthServer`` is kept as another
+  name of :class:`daemon.web.server.WebServer`.
 
 Metrics are read from the database at scrape time, so figures from the
 worker processes (a separate process) are included without any shared memory:
@@ -29,14 +31,11 @@ import json
 import logging
 import os
 import shutil
-import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pydicom.uid import UID
@@ -52,13 +51,32 @@ LATENCY_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 LATENCY_WINDOW_JOBS = 1000
 
 
+HEARTBEAT_BLOCK_BYTES = 4096
+"""The heartbeat is padded to whole blocks of this size, so that on a full disk
+it can still be rewritten in place (no new block is needed)."""
+
+
 def write_heartbeat(data_dir: Path, info: dict[str, Any]) -> None:
-    """Atomically write the running node's heartbeat (pid, ports, time)."""
+    """Write the running node's heartbeat (pid, ports, problems, time).
+
+    Atomically (temp file + rename) when the disk allows; on a full disk the
+    padded file is overwritten in place instead, so ``contourd status`` still
+    sees a running node. Raises ``OSError`` when neither works.
+    """
     payload = dict(info, pid=os.getpid(), updated_at=time.time())
+    data = json.dumps(payload).encode("utf-8")
+    data += b" " * (-len(data) % HEARTBEAT_BLOCK_BYTES)
     path = Path(data_dir) / HEARTBEAT_FILENAME
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        if not path.is_file() or path.stat().st_size < len(data):
+            raise
+        with open(path, "r+b") as fh:
+            fh.write(data + b" " * (path.stat().st_size - len(data)))
 
 
 def clear_heartbeat(data_dir: Path) -> None:
@@ -79,9 +97,14 @@ def _pid_alive(pid: int) -> bool:
 def read_heartbeat(data_dir: Path) -> dict[str, Any] | None:
     """The heartbeat of a running node, or ``None`` when none is fresh and alive."""
     path = Path(data_dir) / HEARTBEAT_FILENAME
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    info = None
+    for _attempt in range(3):  # an in-place rewrite may be read half-done: read again
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+            break
+        except (OSError, ValueError):
+            continue
+    if not isinstance(info, dict):
         return None
     if time.time() - float(info.get("updated_at", 0)) > HEARTBEAT_STALE_S:
         return None
@@ -257,97 +280,11 @@ class QueueCollector(Collector):
         return hist
 
 
-HealthCheck = Callable[[], dict[str, Any]]
+def __getattr__(name: str) -> Any:
+    """``HealthServer``: the former name of :class:`daemon.web.server.WebServer`, which
+    now serves ``/healthz`` and ``/metrics`` together with the pages and the API."""
+    if name == "HealthServer":
+        from daemon.web.server import WebServer
 
-
-class HealthServer:
-    """``/healthz`` and ``/metrics`` on a background thread.
-
-    Parameters
-    ----------
-    queue
-        The job queue (metrics and status read it).
-    host, port
-        Where to listen; port 0 picks a free port (see :attr:`port`).
-    extra_checks
-        Returns ``{"healthy": bool, ...}`` details from the running node
-        (SCP listening, worker processes alive); merged into ``/healthz``.
-    """
-
-    def __init__(
-        self,
-        queue: DatabaseJobQueue,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        extra_checks: HealthCheck | None = None,
-    ) -> None:
-        self.queue = queue
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(QueueCollector(queue))
-        self.extra_checks = extra_checks
-        server = ThreadingHTTPServer((host, port), self._handler_class())
-        server.daemon_threads = True
-        self._server = server
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        """The TCP port the server listens on."""
-        return int(self._server.server_address[1])
-
-    def health(self) -> tuple[int, dict[str, Any]]:
-        """(HTTP status, body) for ``/healthz``."""
-        status = collect_status(self.queue)
-        status.pop("node", None)
-        healthy = True
-        if self.extra_checks is not None:
-            extra = self.extra_checks()
-            healthy = bool(extra.get("healthy", True))
-            status["checks"] = extra
-        status["status"] = "ok" if healthy else "unhealthy"
-        return (200 if healthy else 503), status
-
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                try:
-                    if self.path.split("?")[0] == "/healthz":
-                        code, body = outer.health()
-                        data = json.dumps(body).encode()
-                        content_type = "application/json"
-                    elif self.path.split("?")[0] == "/metrics":
-                        code, data = 200, generate_latest(outer.registry)
-                        content_type = CONTENT_TYPE_LATEST
-                    else:
-                        code, data, content_type = 404, b"not found\n", "text/plain"
-                except Exception as err:  # boundary: one HTTP request
-                    log.exception("health endpoint failed")
-                    code, data, content_type = 500, f"{err}\n".encode(), "text/plain"
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                log.debug("http: " + format, *args)
-
-        return Handler
-
-    def start(self) -> HealthServer:
-        """Serve on a daemon thread; returns self."""
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="contourd-http", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        return WebServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -37,6 +37,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -99,17 +101,52 @@ _ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.RUNNING: frozenset({JobState.WRITTEN, JobState.SHADOW, JobState.FAILED}),
     JobState.WRITTEN: frozenset({JobState.SENDING, JobState.SENT, JobState.FAILED}),
     JobState.SENDING: frozenset({JobState.SENDING, JobState.SENT, JobState.FAILED}),
-    JobState.SENT: frozenset({JobState.WRITTEN}),
-    JobState.FAILED: frozenset({JobState.WRITTEN}),
-    JobState.NOT_ROUTED: frozenset(),
-    JobState.SHADOW: frozenset({JobState.WRITTEN}),
+    JobState.SENT: frozenset({JobState.WRITTEN, JobState.COMPLETE}),
+    JobState.FAILED: frozenset({JobState.WRITTEN, JobState.COMPLETE}),
+    JobState.NOT_ROUTED: frozenset({JobState.COMPLETE}),
+    JobState.SHADOW: frozenset({JobState.WRITTEN, JobState.COMPLETE}),
 }
-"""Legal transitions; finished states go back to ``written`` only by a resend."""
+"""Legal transitions; finished states go back to ``written`` only by a resend, and
+any finished state back to ``complete`` only by a retry (:meth:`SqliteJobQueue.retry`)."""
+
+RETRYABLE_STATES = frozenset({JobState.FAILED, JobState.NOT_ROUTED})
+"""States a job can be run again from once its cause is fixed."""
 
 
 def utc_iso(epoch_s: float) -> str:
     """ISO 8601 UTC text (millisecond precision) for Unix seconds."""
     return datetime.fromtimestamp(epoch_s, tz=UTC).isoformat(timespec="milliseconds")
+
+
+_SINCE_UNITS_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_since(text: str, now_s: float | None = None) -> float:
+    """Unix seconds of ``text``: an age (``30m``, ``12h``, ``2d``) or an ISO 8601 time (UTC if
+    no zone is given).
+
+    Raises
+    ------
+    JobError
+        When ``text`` is neither.
+    """
+    value = text.strip()
+    now = time.time() if now_s is None else now_s
+    if value[-1:].lower() in _SINCE_UNITS_S:
+        try:
+            return now - float(value[:-1]) * _SINCE_UNITS_S[value[-1].lower()]
+        except ValueError:
+            pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as err:
+        raise JobError(
+            f"--since {text!r} is neither an age (30m, 12h, 2d) nor an ISO 8601 time "
+            f"(2026-12-03 or 2026-12-03T08:00); give one of those"
+        ) from err
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 class SeriesCompletionLike(Protocol):
@@ -214,6 +251,11 @@ class Delivery:
     last_error: str | None
     sent_at: float | None
     sent_sop_instance_uids: list[str] = field(default_factory=list)
+    accepted_sop_instance_uids: list[str] = field(default_factory=list)
+    """Files the peer acknowledged during an attempt that did not finish (its
+    sender died); they are not sent again."""
+    failing_since: float | None = None
+    """Unix time of the first failed attempt since the last success."""
 
 
 class JobQueue(Protocol):
@@ -308,6 +350,32 @@ _JSON_COLUMNS = frozenset(
         "result_files",
     }
 )
+
+
+def open_database(db_path: Path, busy_timeout_s: float) -> sqlite3.Connection:
+    """A SQLite connection in the data folder (daemon/feedback_store.py; the queue itself
+    opens its database through :class:`contourd.database.Database`)."""
+    conn = sqlite3.connect(
+        str(db_path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+    )
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+@contextmanager
+def immediate_transaction(
+    conn: sqlite3.Connection, lock: threading.RLock
+) -> Iterator[sqlite3.Connection]:
+    """One ``BEGIN IMMEDIATE`` transaction under ``lock``, committed unless it raises."""
+    with lock:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
 
 class DatabaseJobQueue:
@@ -815,8 +883,8 @@ class DatabaseJobQueue:
         with self._lock:
             rows = self._conn.execute(
                 "SELECT job_id, destination, state, attempts, next_attempt_at, last_error, "
-                "sent_at, sent_sop_instance_uids FROM job_deliveries WHERE job_id = ? "
-                "ORDER BY destination",
+                "sent_at, sent_sop_instance_uids, accepted_sop_instance_uids, failing_since "
+                "FROM job_deliveries WHERE job_id = ? ORDER BY destination",
                 (job_id,),
             ).fetchall()
         return [
@@ -829,6 +897,8 @@ class DatabaseJobQueue:
                 last_error=r[5],
                 sent_at=r[6],
                 sent_sop_instance_uids=json.loads(r[7]) if r[7] else [],
+                accepted_sop_instance_uids=json.loads(r[8]) if r[8] else [],
+                failing_since=r[9],
             )
             for r in rows
         ]
@@ -881,6 +951,90 @@ class DatabaseJobQueue:
         delivery = next(d for d in self.deliveries(job_id) if d.destination == destination)
         return job, delivery
 
+    def record_acceptance(
+        self, job_id: int, destination: str, owner: str, sop_instance_uid: str
+    ) -> None:
+        """Note that the peer acknowledged one file (called before anything else).
+
+        Raises :class:`LeaseLostError` when ``owner`` no longer holds the
+        delivery (another sender took it over): stop sending then.
+        """
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT lease_owner, accepted_sop_instance_uids FROM job_deliveries "
+                "WHERE job_id = ? AND destination = ?",
+                (job_id, destination),
+            ).fetchone()
+            if row is None or row[0] != owner:
+                raise LeaseLostError(
+                    f"{owner!r} does not hold the delivery of job {job_id} to {destination!r}"
+                )
+            accepted = json.loads(row[1]) if row[1] else []
+            if sop_instance_uid not in accepted:
+                accepted.append(sop_instance_uid)
+            conn.execute(
+                "UPDATE job_deliveries SET accepted_sop_instance_uids = ? "
+                "WHERE job_id = ? AND destination = ?",
+                (json.dumps(accepted), job_id, destination),
+            )
+
+    def release_leases(self, owners: Sequence[str], reason: str) -> list[int]:
+        """Free every job and delivery lease ``owners`` hold (they are known dead).
+
+        The supervisor calls this when it has seen a worker process exit, so
+        its job is claimed again at once instead of when the lease runs out.
+        Returns the ids of the jobs concerned (an event with ``reason`` is
+        added to each).
+        """
+        if not owners:
+            return []
+        now = time.time()
+        marks = ", ".join("?" * len(owners))
+        held_jobs = f"FROM jobs WHERE lease_owner IN ({marks}) AND lease_expires_at IS NOT NULL"
+        held_sends = f"FROM job_deliveries WHERE state = 'sending' AND lease_owner IN ({marks})"
+        with self._write() as conn:
+            jobs = [int(r[0]) for r in conn.execute(f"SELECT id {held_jobs}", tuple(owners))]
+            sends = [
+                (int(r[0]), r[1])
+                for r in conn.execute(f"SELECT job_id, destination {held_sends}", tuple(owners))
+            ]
+            conn.execute(
+                f"UPDATE jobs SET lease_expires_at = 0 WHERE id IN (SELECT id {held_jobs})",
+                tuple(owners),
+            )
+            conn.execute(
+                f"UPDATE job_deliveries SET lease_expires_at = 0 WHERE state = 'sending' "
+                f"AND lease_owner IN ({marks})",
+                tuple(owners),
+            )
+            for job_id in jobs:
+                self._event(conn, job_id, "lease_released", now, None, reason)
+            for job_id, destination in sends:
+                self._event(
+                    conn,
+                    job_id,
+                    "lease_released",
+                    now,
+                    None,
+                    f"{reason} (sending to {destination})",
+                )
+        return sorted(set(jobs) | {job_id for job_id, _ in sends})
+
+    def failing_destinations(self) -> list[tuple[str, float, str | None]]:
+        """Destinations that keep refusing results: ``(name, failing since, last error)``.
+
+        Only unfinished deliveries count (``pending`` or ``sending`` with a
+        failed attempt since their last success); longest failing first,
+        times in Unix seconds.
+        """
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT destination, MIN(failing_since), MAX(last_error) FROM job_deliveries "
+                "WHERE state IN ('pending', 'sending') AND failing_since IS NOT NULL "
+                "GROUP BY destination ORDER BY MIN(failing_since)"
+            ).fetchall()
+        return [(r[0], float(r[1]), r[2]) for r in rows]
+
     def finish_delivery(
         self,
         job_id: int,
@@ -914,7 +1068,8 @@ class DatabaseJobQueue:
             if ok:
                 conn.execute(
                     "UPDATE job_deliveries SET state = 'sent', sent_at = ?, last_error = NULL, "
-                    "sent_sop_instance_uids = ?, lease_owner = NULL, lease_expires_at = NULL "
+                    "sent_sop_instance_uids = ?, lease_owner = NULL, lease_expires_at = NULL, "
+                    "accepted_sop_instance_uids = NULL, failing_since = NULL "
                     "WHERE job_id = ? AND destination = ?",
                     (now, json.dumps(list(sop_instance_uids)), job_id, destination),
                 )
@@ -923,9 +1078,10 @@ class DatabaseJobQueue:
                 state = "pending" if retry_at is not None else "failed"
                 conn.execute(
                     "UPDATE job_deliveries SET state = ?, last_error = ?, next_attempt_at = ?, "
-                    "lease_owner = NULL, lease_expires_at = NULL "
+                    "lease_owner = NULL, lease_expires_at = NULL, "
+                    "failing_since = COALESCE(failing_since, ?) "
                     "WHERE job_id = ? AND destination = ?",
-                    (state, error, retry_at, job_id, destination),
+                    (state, error, retry_at, now, job_id, destination),
                 )
                 note = (
                     f"{destination}: {error}; retry at {utc_iso(retry_at)}"
@@ -965,6 +1121,65 @@ class DatabaseJobQueue:
                 self._event(conn, job_id, new_state.value, now, owner, message)
             return self._decode(self._row(job_id))
 
+    def retry(self, job_id: int, by: str, *, any_finished: bool = False) -> Job:
+        """Run a failed (or not routed) job again from routing, once its cause is fixed.
+
+        The job goes back to ``complete`` with its attempts, error, lease and
+        earlier results cleared, so the next worker routes it with the rules
+        and models in force now (a model approved since, a config mended).
+        The earlier deliveries are dropped (their outcome is kept in the
+        event's message): the new result has new UIDs and goes to the
+        destinations of the rule that matches now. ``by`` names who asked
+        (kept in the job's history). ``any_finished``: a sent or shadow job
+        too (segment a received series again).
+
+        Raises
+        ------
+        JobError
+            When the job is not failed or not routed, or its images are gone.
+        """
+        now = time.time()
+        with self._write() as conn:
+            row = self._row(job_id)
+            refusal = _retry_refusal(job_id, row, any_finished)
+            if refusal is not None:
+                raise JobError(refusal)
+            previous = row["error"] or row["state"]
+            conn.execute(
+                "UPDATE jobs SET state = 'complete', attempts = 0, error = NULL, "
+                "warnings = '[]', result_files = '[]', preview_file = NULL, timings_s = '{}', "
+                "not_before = NULL, lease_owner = NULL, lease_expires_at = NULL, "
+                "finished_at = NULL, updated_at = ? WHERE id = ?",
+                (now, job_id),
+            )
+            earlier = conn.execute(
+                "SELECT destination, state FROM job_deliveries WHERE job_id = ? "
+                "ORDER BY destination",
+                (job_id,),
+            ).fetchall()
+            conn.execute("DELETE FROM job_deliveries WHERE job_id = ?", (job_id,))
+            delivered = ", ".join(f"{d} {s}" for d, s in earlier)
+            self._event(
+                conn,
+                job_id,
+                JobState.COMPLETE.value,
+                now,
+                None,
+                f"retry requested by {by} (was: {str(previous)[:300]}"
+                + (f"; earlier deliveries: {delivered}" if delivered else "")
+                + ")",
+            )
+            return self._decode(self._row(job_id))
+
+    def retryable_since(self, since_s: float) -> list[Job]:
+        """Failed jobs whose failure is at or after ``since_s`` (Unix seconds), oldest first."""
+        return self._select(
+            "state = 'failed' AND images_deleted_at IS NULL AND finished_at >= ?",
+            (since_s,),
+            "id ASC",
+            1_000_000,
+        )
+
     def requeue_delivery(self, job_id: int, destinations: Sequence[str]) -> Job:
         """Queue the job's existing result files for sending again.
 
@@ -991,7 +1206,8 @@ class DatabaseJobQueue:
                     "next_attempt_at) VALUES (?, ?, 'pending', 0, ?) "
                     "ON CONFLICT(job_id, destination) DO UPDATE SET state = 'pending', "
                     "attempts = 0, next_attempt_at = excluded.next_attempt_at, "
-                    "last_error = NULL, lease_owner = NULL, lease_expires_at = NULL",
+                    "last_error = NULL, lease_owner = NULL, lease_expires_at = NULL, "
+                    "accepted_sop_instance_uids = NULL, failing_since = NULL",
                     (job_id, name, now),
                 )
             conn.execute(
@@ -1095,6 +1311,22 @@ class WorkerInfo:
 
 SqliteJobQueue = DatabaseJobQueue
 """The name the queue had before PostgreSQL; SQLite is still what it opens by default."""
+
+
+def _retry_refusal(job_id: int, row: dict[str, Any], any_finished: bool) -> str | None:
+    """Why job ``row`` cannot be retried, or ``None`` when it can."""
+    state = JobState(row["state"])
+    if state not in (FINISHED_STATES if any_finished else RETRYABLE_STATES):
+        return (
+            f"job {job_id} is {state.value}; only failed or not routed jobs are retried "
+            f"(a sent job is sent again with `contourd resend {job_id}`)"
+        )
+    if row["images_deleted_at"] is not None:
+        return (
+            f"job {job_id}'s images were deleted by retention at "
+            f"{utc_iso(float(row['images_deleted_at']))}; push the series again from the scanner"
+        )
+    return None
 
 
 def stage_durations_s(events: Sequence[JobEvent]) -> dict[str, float]:

@@ -29,10 +29,12 @@ One job, step by step (each step is a state in the job row):
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -47,8 +49,11 @@ from contourd.database import POSTGRESQL
 from contourd.errors import ContourdError, ModelNotApprovedError, ModelNotFoundError
 from daemon.config import ContourdConfig
 from daemon.dispatch import Dispatcher
+from daemon.feedback_intake import handle_reviewed_set
 from daemon.job_queue import DatabaseJobQueue, Job, JobState, LeaseLostError
+from daemon.preview import draw_slice
 from daemon.supersession import mark_predecessor
+from inference.grid_file import GRID_FILENAME, write_grid
 from inference.pipeline import SegmentationResult, segment_series
 from inference.predictor import PredictorCache
 from inference.roi_mask import AlgorithmInfo, RoiMask
@@ -105,8 +110,7 @@ def write_preview(
     """Save a PNG montage: slices (``[slice, row, column]``) with ROI contours drawn.
 
     Slices are spread evenly over the extent that holds any ROI; each ROI is
-    drawn as its mask's outline in its display colour. Image display window:
-    W 400 / L 40 HU (soft tissue).
+    drawn as its mask's outline in its display colour (:func:`daemon.preview.draw_slice`).
     """
     import matplotlib
 
@@ -128,11 +132,7 @@ def write_preview(
     for ax in axes.ravel():
         ax.axis("off")
     for ax, k in zip(axes.ravel(), picks, strict=False):
-        ax.imshow(volume_hu[k], cmap="gray", vmin=40 - 200, vmax=40 + 200)
-        for roi in rois:
-            if roi.mask[k].any():
-                color = tuple(c / 255 for c in roi.color_rgb)
-                ax.contour(roi.mask[k].astype(np.uint8), levels=[0.5], colors=[color], linewidths=1)
+        draw_slice(ax, volume_hu, rois, k)
         ax.set_title(f"slice {k + 1}/{volume_hu.shape[0]}", fontsize=8)
     names = ", ".join(r.name for r in rois) or "no ROI"
     fig.suptitle(f"AUTOMATIC, UNAPPROVED: {names}", fontsize=9)
@@ -172,6 +172,8 @@ class Worker:
         self.stop_requested = threading.Event()
         self.current_job: int | None = None
         self._registry: ModelRegistry | None = None
+        self._waiting_for_disk = False
+        self._claim_error: str | None = None
 
     # -- loop -----------------------------------------------------------------
     def run(self, *, once: bool = False) -> int:
@@ -185,9 +187,29 @@ class Worker:
         try:
             while not self.stop_requested.is_set():
                 if time.monotonic() - last_beat >= self.config().worker.heartbeat_s:
-                    self.queue.heartbeat(self.worker_id, current_job=None, state="idle")
+                    try:
+                        self.queue.heartbeat(self.worker_id, current_job=None, state="idle")
+                    except Exception as err:
+                        if not _disk_full(err):
+                            raise
                     last_beat = time.monotonic()
-                if self.process_one():
+                if self._disk_under_floor():
+                    self.stop_requested.wait(self.config().worker.poll_interval_s)
+                    continue
+                try:
+                    worked = self.process_one()
+                except Exception as err:
+                    if not _disk_full(err):
+                        raise
+                    if str(err) != self._claim_error:  # once, not at every poll
+                        log.error(
+                            "worker %s: cannot claim a job (%s); waiting", self.worker_id, err
+                        )
+                    self._claim_error = str(err)
+                    self.stop_requested.wait(self.config().worker.poll_interval_s)
+                    continue
+                self._claim_error = None
+                if worked:
                     done += 1
                     last_beat = 0.0
                     continue
@@ -202,6 +224,25 @@ class Worker:
             listener.close()
             self.queue.remove_worker(self.worker_id)
         return done
+
+    def _disk_under_floor(self) -> bool:
+        """True while the data disk is under ``node.min_free_disk_mb`` (no job is claimed:
+        it could not write its result, and the emergency purge needs the space)."""
+        floor_mb = self.config().node.min_free_disk_mb
+        free_mb = shutil.disk_usage(self.queue.data_dir).free / 2**20 if floor_mb > 0 else 0.0
+        full = floor_mb > 0 and free_mb < floor_mb
+        if full and not self._waiting_for_disk:
+            log.warning(
+                "worker %s: free disk %.0f MiB under node.min_free_disk_mb %d MiB; "
+                "claiming no job until space returns",
+                self.worker_id,
+                free_mb,
+                floor_mb,
+            )
+        elif not full and self._waiting_for_disk:
+            log.info("worker %s: disk space is back; claiming jobs again", self.worker_id)
+        self._waiting_for_disk = full
+        return full
 
     def process_one(self) -> bool:
         """Claim one job and process it; False when none was claimable."""
@@ -219,11 +260,23 @@ class Worker:
         except ContourdError as err:
             self._fail(job, str(err))
         except Exception as err:  # boundary: one job; the error is kept on the job row
+            if _disk_full(err):
+                # Not the series' fault: give the job back; it runs again once space
+                # returns (workers claim nothing under node.min_free_disk_mb).
+                log.error("job %s: disk full while processing (%s); job given back", job.id, err)
+                self._give_back(job, f"disk full while processing ({err}); runs again later")
+                return True
             log.exception("job %s: unexpected error", job.id)
             self._fail(job, f"internal error {type(err).__name__}: {err}; see the worker log")
         finally:
             self.current_job = None
         return True
+
+    def _give_back(self, job: Job, reason: str) -> None:
+        try:
+            self.queue.release_leases([self.worker_id], reason)
+        except sqlite3.Error as err:
+            log.error("job %s: lease not released (%s); it runs out by itself", job.id, err)
 
     def _fail(self, job: Job, message: str) -> None:
         log.error("job %s failed: %s", job.id, message)
@@ -237,6 +290,10 @@ class Worker:
     # -- one job ------------------------------------------------------------------
     def _process(self, job: Job, config: ContourdConfig) -> None:
         wid = self.worker_id
+        feedback = handle_reviewed_set(job, config, self.queue)
+        if feedback is not None:  # a clinician's reviewed RTSTRUCT, measured
+            self.queue.transition(job.id, JobState.NOT_ROUTED, worker_id=wid, message=feedback)
+            return
         attrs = self._attributes(job)
         decision = route(attrs, config.rules, body_part_synonyms=config.body_part_synonyms)
         description = attrs.series_description or ""
@@ -366,8 +423,14 @@ class Worker:
             return
         out_dir = self.queue.data_dir / "results" / str(job.id)
         t0 = time.perf_counter()
-        path = write_preview(out_dir / "preview.png", result.volume.array, result.rois)
-        self.queue.update_fields(job.id, preview_file=path)
+        try:
+            path = write_preview(out_dir / "preview.png", result.volume.array, result.rois)
+            self.queue.update_fields(job.id, preview_file=path)
+        except (OSError, sqlite3.Error) as err:
+            # The result is written (and maybe sent): a full disk, or the emergency
+            # purge removing a delivered job's folder, costs the preview only.
+            log.warning("job %s: no preview (%s); the result is not affected", job.id, err)
+            return
         log.debug("job %s: preview in %.2f s", job.id, time.perf_counter() - t0)
 
     def _attributes(self, job: Job) -> SeriesAttributes:
@@ -413,6 +476,7 @@ class Worker:
             software_version=__version__,
         )
         files: list[Path] = []
+        write_grid(result.volume, out_dir / GRID_FILENAME)  # for feedback; never sent
         outputs = set(match.outputs) or {"rtstruct"}
         if "rtstruct" in outputs:
             ds = write_rtstruct(
@@ -449,6 +513,13 @@ class Worker:
         seg.save_as(tmp, enforce_file_format=True)
         os.replace(tmp, path)
         return [path]
+
+
+def _disk_full(err: BaseException) -> bool:
+    """True for ENOSPC/EDQUOT and SQLite's "database or disk is full"."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "disk is full" in str(err) or "disk I/O error" in str(err)
 
 
 class SeriesFilesError(ContourdError):

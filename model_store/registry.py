@@ -248,6 +248,31 @@ class ModelRegistry:
             ),
         )
 
+    def record(
+        self,
+        *,
+        by: str,
+        action: str,
+        subject: str,
+        after: dict[str, Any] | None = None,
+        note: str | None = None,
+    ) -> None:
+        """Write a change that is not a model's to the audit trail (a job resent or
+        retried, a web user added): ``subject`` names what changed (``job 12``,
+        ``user alice``) and goes in the ``name`` column; ``version`` stays empty."""
+        who = _check_by(by)
+        with self._transaction() as conn:
+            self._audit(
+                conn,
+                by=who,
+                action=action,
+                name=subject,
+                version="",
+                before=None,
+                after=after,
+                note=note,
+            )
+
     # -- reading -------------------------------------------------------------------
 
     def _overrides(self, name: str, version: str) -> dict[int, RoiOverride]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -308,3 +309,44 @@ def node_config_file(
         )
     )
     return path
+
+
+@contextmanager
+def running_orthanc(tmp_path: Path, config: dict[str, object]) -> Iterator[int]:
+    """Run Debian's Orthanc with ``config`` (plus throwaway storage) until the block ends.
+
+    Yields once Orthanc answers on ``config["HttpPort"]``.
+    """
+    import json
+    import urllib.error
+    import urllib.request
+
+    binary = require_tool("Orthanc", "orthanc")
+    http_port = int(config["HttpPort"])  # type: ignore[call-overload]
+    full = {
+        "StorageDirectory": str(tmp_path / "orthanc-storage"),
+        "IndexDirectory": str(tmp_path / "orthanc-index"),
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        **config,
+    }
+    config_path = tmp_path / "orthanc.json"
+    config_path.write_text(json.dumps(full))
+    log = (tmp_path / "orthanc.log").open("w")
+    proc = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT)
+
+    def up() -> bool:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/system", timeout=5).close()
+            return True
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return proc.poll() is not None  # stop waiting if it died
+
+    try:
+        wait_for(up, 60, "Orthanc did not answer on its HTTP port")
+        assert proc.poll() is None, f"Orthanc exited; see {tmp_path / 'orthanc.log'}"
+        yield http_port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
