@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from contourd.database import Database
 from model_store.registry import ModelRegistry
 
 
@@ -21,7 +22,12 @@ def record_change(
     subject: str,
     after: dict[str, Any] | None = None,
     note: str | None = None,
+    database: Database | None = None,
 ) -> None:
-    """One audit row: ``by`` did ``action`` to ``subject`` (``job 12``, ``user alice``)."""
-    with ModelRegistry(Path(data_dir), builtin_dir=None) as registry:
+    """One audit row: ``by`` did ``action`` to ``subject`` (``job 12``, ``user alice``).
+
+    ``database`` is the node's configured database (PostgreSQL in a cluster);
+    ``None`` means the SQLite file in ``data_dir``.
+    """
+    with ModelRegistry(Path(data_dir), builtin_dir=None, database=database) as registry:
         registry.record(by=by, action=action, subject=subject, after=after, note=note)

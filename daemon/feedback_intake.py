@@ -137,7 +137,7 @@ def handle_reviewed_set(job: Job, config: ContourdConfig, queue: SqliteJobQueue)
     if not counted:
         return None
     store = FeedbackStore(queue.data_dir)
-    registry = ModelRegistry(config.data_dir)
+    registry = ModelRegistry(config.data_dir, database=queue.database)
     try:
         recorded: list[tuple[ReviewedSet, list[RoiFigures]]] = []
         earlier: list[str] = []

@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         subject=f"job {job.id}",
         after={"destinations": targets},
         note="cli",
+        database=queue.database,
     )
     if read_heartbeat(config.data_dir) is not None and not args.now:
         print(f"job {job.id}: queued for {', '.join(targets)}; the running node sends it")

@@ -70,7 +70,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"job {job_id}: not retried: {err}", file=sys.stderr)
             continue
         record_change(
-            config.data_dir, by=by, action="job-retry", subject=f"job {job_id}", note="cli"
+            config.data_dir,
+            by=by,
+            action="job-retry",
+            subject=f"job {job_id}",
+            note="cli",
+            database=queue.database,
         )
         print(f"job {job_id}: queued again; the workers route and segment it anew")
     return 1 if refused else 0

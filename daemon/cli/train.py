@@ -100,7 +100,7 @@ def prepare_feedback_dataset(args: argparse.Namespace) -> None:
     print(f"{len(cases)} reviewed case(s) of {args.from_feedback} laid out in {args.dataset}")
     if not args.rois:
         name, _, version = args.from_feedback.partition(" ")
-        with ModelRegistry(node_config.data_dir) as registry:
+        with ModelRegistry(node_config.data_dir, database=node_config.open_database()) as registry:
             args.rois = [r.name for r in registry.get(name, version or None).effective_rois()]
     if args.mapping is None and node_config.feedback.roi_names:
         mapping = args.dataset.with_name(args.dataset.name + "-roi-names.yaml")

@@ -46,13 +46,19 @@ def context_of(request: Request) -> WebContext:
 
 def registry_of(ctx: WebContext) -> ModelRegistry:
     """A registry connection for this request (close it: use ``with``)."""
-    return ModelRegistry(ctx.data_dir, builtin_dir=None)
+    return ModelRegistry(ctx.data_dir, builtin_dir=None, database=ctx.queue.database)
 
 
 def audit(ctx: WebContext, user: User, action: str, subject: str, after: dict[str, Any]) -> None:
     """Write a web user's change to the audit trail."""
     record_change(
-        ctx.data_dir, by=user.name, action=action, subject=subject, after=after, note="web"
+        ctx.data_dir,
+        by=user.name,
+        action=action,
+        subject=subject,
+        after=after,
+        note="web",
+        database=ctx.queue.database,
     )
 
 
