@@ -62,6 +62,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--overlap", type=float, default=None, help="override the window overlap")
     parser.add_argument(
+        "--nnunet-mode",
+        choices=("exact", "fast"),
+        default=None,
+        help="nnU-Net models: run in this mode instead of the card's",
+    )
+    parser.add_argument(
         "--no-crop", action="store_true", help="run the network on the whole grid, not the patient"
     )
     parser.add_argument(
@@ -85,6 +91,9 @@ def with_inference_overrides(model: Any, args: argparse.Namespace) -> Any:
     Returns a copy (the registry's record and the package are untouched).
     """
     card = model.card
+    if card.model_type == "nnunet" and getattr(args, "nnunet_mode", None):
+        nnunet = card.nnunet.model_copy(update={"mode": args.nnunet_mode})
+        return dataclasses.replace(model, card=card.model_copy(update={"nnunet": nnunet}))
     if card.model_type != "unet":
         return model
     changes: dict[str, Any] = {}
@@ -109,6 +118,8 @@ def with_inference_overrides(model: Any, args: argparse.Namespace) -> Any:
 
 def describe_inference(card: Any) -> str:
     """One line: how the network was run (for the printed table)."""
+    if card.model_type == "nnunet":
+        return str(card.nnunet.describe())
     if card.model_type != "unet":
         return f"{card.model_type} model"
     return str(card.inference.describe())
