@@ -199,6 +199,22 @@ def _fold_key(fold: str) -> tuple[int, int]:
     return (1, 0) if fold == "all" else (0, int(fold))
 
 
+def numpy_value_globals() -> list[Any]:
+    """numpy's scalar and dtype constructors, allowed to the restricted unpickler.
+
+    nnU-Net's checkpoints log numbers as numpy scalars (``np.float64``); these
+    constructors build plain values from bytes and run no other code.
+    """
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+    kinds = ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")
+    return [scalar, np.dtype, *(type(np.dtype(k)) for k in kinds)]
+
+
 def load_checkpoint(path: Path, rel: str) -> dict[str, Any]:
     """A checkpoint read with torch's restricted (weights-only) unpickler.
 
@@ -210,7 +226,8 @@ def load_checkpoint(path: Path, rel: str) -> dict[str, Any]:
     import torch
 
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(numpy_value_globals()):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         reason = str(err).strip().splitlines()
         detail = next((line for line in reason if "GLOBAL" in line or "global" in line), "")

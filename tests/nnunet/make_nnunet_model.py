@@ -22,7 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nnunet_cases import DATASET_ID, DATASET_NAME, LABELS, TRAIN_SPACING_ZYX, make_case  # noqa: E402
+from nnunet_cases import (  # noqa: E402
+    DATASET_ID,
+    DATASET_NAME,
+    LABELS,
+    TRAIN_SPACING_ZYX,
+    make_case,
+)
 
 
 def write_raw(raw: Path, cases: int) -> None:
@@ -74,7 +80,9 @@ def main() -> None:
         plan_experiments,
         preprocess,
     )
-    from nnunetv2.run.run_training import get_trainer_from_args
+    from nnunetv2.training.nnUNetTrainer.variants.training_length.nnUNetTrainer_Xepochs import (
+        nnUNetTrainer_1epoch,
+    )
 
     torch.set_num_threads(2)
     extract_fingerprints([DATASET_ID], num_processes=1, check_dataset_integrity=True, verbose=False)
@@ -83,12 +91,17 @@ def main() -> None:
     os.environ["nnUNet_n_proc_DA"] = "0"  # noqa: SIM112 - augment in this process
     folder = None
     for fold in args.folds:
-        trainer = get_trainer_from_args(
-            str(DATASET_ID),
-            "3d_fullres",
-            fold,
-            "nnUNetTrainer_1epoch",
-            "nnUNetPlans",
+        # The trainer class directly: nnU-Net's search by name imports every trainer
+        # module, and its Primus trainers import timm -> torchvision, whose PyPI wheel
+        # does not load against the CPU build of torch pinned here.
+        preprocessed = work / "preprocessed" / DATASET_NAME
+        plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+        plans["continue_training"] = False  # as nnU-Net's get_trainer_from_args sets it
+        trainer = nnUNetTrainer_1epoch(
+            plans=plans,
+            configuration="3d_fullres",
+            fold=fold,
+            dataset_json=json.loads((preprocessed / "dataset.json").read_text()),
             device=torch.device("cpu"),
         )
         trainer.num_iterations_per_epoch = args.iterations

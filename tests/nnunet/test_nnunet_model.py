@@ -116,12 +116,38 @@ def cases(work: Path) -> dict[str, tuple[Path, np.ndarray, tuple[float, float, f
     return out
 
 
-def _nnunet_predict(
-    folder: Path, folds: tuple[int, ...], mirror: bool, image: np.ndarray, spacing: Any
-) -> np.ndarray:
+def _nnunet_predictor(folder: Path, folds: tuple[int, ...], mirror: bool) -> Any:
+    """``nnUNetPredictor`` loaded as ``initialize_from_trained_model_folder`` does it.
+
+    Its trainer search by name imports every nnU-Net trainer module, and the
+    Primus trainers import timm -> torchvision, whose PyPI wheel does not load
+    against the CPU build of torch pinned here; so the trainer class is
+    imported directly and handed over with ``manual_initialization``.
+    """
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.training.nnUNetTrainer.variants.training_length.nnUNetTrainer_Xepochs import (
+        nnUNetTrainer_1epoch,
+    )
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    plans = PlansManager(json.loads((folder / "plans.json").read_text()))
+    checkpoints = [
+        torch.load(folder / f"fold_{f}" / "checkpoint_final.pth", map_location="cpu",
+                   weights_only=False)
+        for f in folds
+    ]  # fmt: skip
+    assert checkpoints[0]["trainer_name"] == "nnUNetTrainer_1epoch"
+    configuration = plans.get_configuration(checkpoints[0]["init_args"]["configuration"])
+    network = nnUNetTrainer_1epoch.build_network_architecture(
+        plans,
+        configuration,
+        1,
+        plans.get_label_manager(dataset_json).num_segmentation_heads,
+        enable_deep_supervision=False,
+    )
+    network.load_state_dict(checkpoints[0]["network_weights"])
     predictor = nnUNetPredictor(
         tile_step_size=0.5,
         use_gaussian=True,
@@ -130,7 +156,19 @@ def _nnunet_predict(
         verbose=False,
         allow_tqdm=False,
     )
-    predictor.initialize_from_trained_model_folder(str(folder), use_folds=folds)
+    predictor.manual_initialization(
+        network,
+        plans,
+        configuration,
+        [c["network_weights"] for c in checkpoints],
+        dataset_json,
+        checkpoints[0]["trainer_name"],
+        checkpoints[0]["inference_allowed_mirroring_axes"],
+    )
+    return predictor
+
+
+def _nnunet_predict(predictor: Any, image: np.ndarray, spacing: Any) -> np.ndarray:
     seg = predictor.predict_single_npy_array(
         image.astype(np.float32)[None], {"spacing": list(spacing)}
     )
@@ -168,8 +206,9 @@ def test_exact_and_fast_agree_with_nnunet_predictor(
     if folds != (0, 1):  # the package holds folds 0 and 1; run fold 0 alone from a copy
         nnunet = model.card.nnunet.model_copy(update={"folds": list(folds)})
         model = _with_card(model, model.card.model_copy(update={"nnunet": nnunet}))
+    predictor = _nnunet_predictor(trained, folds, mirror)
     reference = {
-        name: _nnunet_predict(trained, folds, mirror, image, spacing)
+        name: _nnunet_predict(predictor, image, spacing)
         for name, (_series, image, spacing) in cases.items()
     }
     exact = _compare(model, cases, reference, nnunet_mode="exact", nnunet_mirror=mirror)
