@@ -20,9 +20,10 @@ SimpleITK gives it (after ``DICOMOrient`` to the card's ``orientation``):
 
 ``fast`` is ours: the same network and steps, but the image is also cropped
 to the patient (the box of voxels above the normalised image's lowest value,
-plus a margin), resampling is trilinear on all threads, windows step further
-(0.75 of the patch by default) and mirroring is off unless the card's
-``fast.mirror`` says otherwise. Precision ``auto``: fp32 on CPUs without
+plus a margin), the logits are resampled back trilinearly with torch on all
+threads (the input too with ``fast.resampling_order: 1``), windows step
+further (0.75 of the patch by default) and mirroring is off unless the
+card's ``fast.mirror`` says otherwise. Precision ``auto``: fp32 on CPUs without
 native bf16 (bf16 is emulated and far slower there), bf16 where the CPU has it.
 """
 
@@ -103,7 +104,8 @@ class RunSettings:
     tile_step_size: float
     mirror_axes: tuple[int, ...]
     crop_margin_voxels: int | None  # None: no crop to the patient
-    linear_resampling: bool
+    linear_input_resampling: bool  # torch trilinear instead of nnU-Net's spline for the input
+    linear_logit_resampling: bool  # torch trilinear instead of nnU-Net's for the logits
 
 
 class NnunetPredictor:
@@ -171,7 +173,12 @@ class NnunetPredictor:
         if mode == "exact":
             use_mirror = True if mirror is None else mirror
             return RunSettings(
-                mode, s.tile_step_size, tuple(s.mirror_axes) if use_mirror else (), None, False
+                mode,
+                s.tile_step_size,
+                tuple(s.mirror_axes) if use_mirror else (),
+                None,
+                linear_input_resampling=False,
+                linear_logit_resampling=False,
             )
         fast = s.fast
         use_mirror = fast.mirror if mirror is None else mirror
@@ -180,7 +187,8 @@ class NnunetPredictor:
             fast.tile_step_size,
             tuple(s.mirror_axes) if use_mirror else (),
             fast.crop_margin_voxels if fast.crop_to_patient else None,
-            fast.resampling_order == 1,
+            linear_input_resampling=fast.resampling_order == 1,
+            linear_logit_resampling=True,
         )
 
     def dtype(self, mode: Mode) -> torch.dtype:
@@ -227,13 +235,13 @@ class NnunetPredictor:
         cropped_shape = data.shape
         target = tuple(float(v) for v in s.spacing_mm)
         net_shape = new_shape_for(cropped_shape, spacing, target)
-        if run.linear_resampling:
+        if run.linear_input_resampling:
             prepared = resample_linear_torch(data[None], net_shape)
         else:
             prepared = resample_to_shape(data[None], net_shape, spacing, target, s.resampling_data)
         with self._lock, torch.inference_mode():
             logits = self._logits(torch.from_numpy(np.ascontiguousarray(prepared)), run)
-        if run.linear_resampling:
+        if run.linear_logit_resampling:
             back = resample_linear_torch(logits, cropped_shape)
         else:
             back = resample_to_shape(

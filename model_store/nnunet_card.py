@@ -64,7 +64,7 @@ class NnunetNormalization(_Strict):
 
 
 class NnunetFastSettings(_Strict):
-    """What ``fast`` mode changes against ``exact``.
+    """What ``fast`` mode changes against ``exact`` (the network and its weights are the same).
 
     Parameters
     ----------
@@ -80,14 +80,18 @@ class NnunetFastSettings(_Strict):
     crop_margin_voxels
         Margin of that box, in network-grid voxels.
     resampling_order
-        Spline order of the input resampling (nnU-Net: 3); 1 is linear.
+        3 (default): the input is resampled with nnU-Net's spline, as in
+        training; 1: trilinear with torch on all threads, faster on large CTs
+        but the network then sees slightly smoother images (on the test model
+        the Dice agreement with ``exact`` fell from 0.997 to 0.97). The
+        logits are always resampled back trilinearly with torch in ``fast``.
     """
 
     tile_step_size: float = Field(default=0.75, gt=0, le=1)
     mirror: bool = False
     crop_to_patient: bool = True
     crop_margin_voxels: int = Field(default=8, ge=0)
-    resampling_order: int = Field(default=1, ge=0, le=5)
+    resampling_order: Literal[1, 3] = 3
 
 
 class NnunetSettings(_Strict):
@@ -226,5 +230,5 @@ class NnunetSettings(_Strict):
             f"nnU-Net fast: folds {folds}, step {fast.tile_step_size}, "
             f"{'mirroring' if fast.mirror and self.mirror_axes else 'no mirroring'}, "
             f"{'cropped to the patient' if fast.crop_to_patient else 'whole grid'}, "
-            f"spline order {fast.resampling_order}"
+            f"input {'spline' if fast.resampling_order == 3 else 'trilinear'}, logits trilinear"
         )
