@@ -51,6 +51,10 @@ class NodeConfig(StrictModel):
     ``port: 0`` lets the OS pick a free port (tests). ``min_free_disk_mb``:
     new associations are refused while the data folder has less free space.
     ``max_pdu_bytes``: the largest P-DATA PDU we accept (0: no limit).
+    ``accept_sop_classes``: ``all`` (default) accepts every storage SOP class
+    pynetdicom knows, stores the CT/MR/RTSTRUCT classes the node can use and
+    counts the rest as received-and-ignored (answered with success, like a
+    PACS); ``contourable`` refuses the other classes at negotiation.
     ``fsync``: fsync each instance before acknowledging it (one fsync, which
     on ext4/XFS/btrfs also commits the rename); ``fsync_directory`` adds a
     folder fsync per instance for strict POSIX durability (see docs/receive.md).
@@ -66,6 +70,7 @@ class NodeConfig(StrictModel):
     maximum_associations: int = Field(default=10, ge=1)
     min_free_disk_mb: int = Field(default=1024, ge=0)
     max_pdu_bytes: int = Field(default=262144, ge=0)
+    accept_sop_classes: Literal["all", "contourable"] = "all"
     network_timeout_s: float = Field(default=60.0, gt=0)
     tls: TlsConfig | None = None
 
@@ -78,11 +83,15 @@ class SeriesConfig(StrictModel):
     ``association_release``, or when ``expected_count_attribute`` (a DICOM
     keyword in the first instance giving the number of instances) is reached.
     A completion whose hand-off raised is retried after ``handoff_retry_s``.
+    A series that is not whole (its association was aborted, or its headers
+    show gaps; see daemon/series_completeness.py) waits for the rest and is
+    ended as ``failed`` ``incomplete_wait_s`` seconds after its last image.
     """
 
     complete_after_s: float = Field(default=10.0, gt=0)
     complete_on: Literal["quiet_period", "association_release"] = "quiet_period"
     expected_count_attribute: str | None = None
+    incomplete_wait_s: float = Field(default=600.0, gt=0)
     handoff_retry_s: float = Field(default=30.0, gt=0)
 
 

@@ -10,6 +10,8 @@ Metrics are read from the database at scrape time, so figures from the
 worker processes (a separate process) are included without any shared memory:
 
 - ``contourd_instances_received_total`` instances in the spool table
+- ``contourd_instances_ignored_total{sop_class}`` instances of SOP classes the
+  node does not contour, answered with success and not stored
 - ``contourd_series_receiving`` series still arriving (not complete yet, so
   no job exists for them)
 - ``contourd_jobs`` (gauge, label ``state``) jobs by state
@@ -38,6 +40,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from pydicom.uid import UID
 
 from daemon.job_queue import FINISHED_STATES, SqliteJobQueue, stage_durations_s
 
@@ -87,19 +90,30 @@ def read_heartbeat(data_dir: Path) -> dict[str, Any] | None:
     return dict(info)
 
 
-def _count_read_only(db_path: Path, sql: str) -> int:
-    """``SELECT COUNT(*) ...`` on the receive side's tables (0 before they exist)."""
+def _rows_read_only(db_path: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of a query on the receive side's tables (none before they exist)."""
     try:
         with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as conn:
-            row = conn.execute(sql).fetchone()
+            return list(conn.execute(sql).fetchall())
     except sqlite3.Error:
-        return 0
-    return int(row[0]) if row else 0
+        return []
+
+
+def _count_read_only(db_path: Path, sql: str) -> int:
+    """``SELECT COUNT(*) ...`` on the receive side's tables (0 before they exist)."""
+    rows = _rows_read_only(db_path, sql)
+    return int(rows[0][0]) if rows else 0
 
 
 def instances_received(db_path: Path) -> int:
     """Rows in the receive side's ``instances`` table (0 before it exists)."""
     return _count_read_only(db_path, "SELECT COUNT(*) FROM instances")
+
+
+def instances_ignored(db_path: Path) -> dict[str, int]:
+    """``{SOP class name: instances received and ignored}`` (empty before any)."""
+    rows = _rows_read_only(db_path, "SELECT sop_class_uid, count FROM ignored_instances")
+    return {UID(str(uid)).name: int(n) for uid, n in rows}
 
 
 def series_receiving(db_path: Path) -> int:
@@ -109,6 +123,16 @@ def series_receiving(db_path: Path) -> int:
         "SELECT COUNT(*) FROM series s WHERE s.state = 'receiving' AND s.version = "
         "(SELECT MAX(version) FROM series m WHERE m.series_uid = s.series_uid)",
     )
+
+
+def series_held(db_path: Path) -> list[str]:
+    """Why each series still receiving is held back as incomplete (newest first)."""
+    rows = _rows_read_only(
+        db_path,
+        "SELECT series_uid, version, completeness FROM series WHERE state = 'receiving' "
+        "AND completeness LIKE 'incomplete%' ORDER BY last_received_at DESC",
+    )
+    return [f"series {uid} version {v}: {why}" for uid, v, why in rows]
 
 
 def collect_status(queue: SqliteJobQueue) -> dict[str, Any]:
@@ -127,7 +151,9 @@ def collect_status(queue: SqliteJobQueue) -> dict[str, Any]:
         "disk_free_mb": round(usage.free / 2**20, 1),
         "disk_total_mb": round(usage.total / 2**20, 1),
         "instances_received": instances_received(queue.db_path),
+        "instances_ignored": instances_ignored(queue.db_path),
         "series_receiving": series_receiving(queue.db_path),
+        "series_held": series_held(queue.db_path),
         "last_error": None
         if last is None
         else {"job_id": last[0], "error": last[1], "at": last[2]},
@@ -151,6 +177,14 @@ class QueueCollector(Collector):
         )
         received.add_metric([], float(instances_received(self.queue.db_path)))
         yield received
+        ignored = GaugeMetricFamily(
+            "contourd_instances_ignored_total",
+            "Instances of SOP classes the node does not contour: answered success, not stored",
+            labels=["sop_class"],
+        )
+        for name, n in sorted(instances_ignored(self.queue.db_path).items()):
+            ignored.add_metric([name], float(n))
+        yield ignored
         receiving = GaugeMetricFamily(
             "contourd_series_receiving", "Series still arriving (no job until they complete)"
         )

@@ -60,7 +60,29 @@ SERIES_COLUMNS: dict[str, Any] = {
     "last_received_at": str,
     "completed_at": str,
     "reason": str,
+    "associations_open": int,
+    "interrupted": str,
+    "completeness": str,
+    "content_sha256": str,
+    "uids_sha256": str,
+    "content_count": int,
 }
+"""``associations_open``: associations sending this version that had not ended
+(a non-zero value at start means the node stopped mid-push);
+``interrupted``: why an association of this version ended abnormally;
+``completeness``: the completeness verdict at completion and its signal
+(see daemon/series_completeness.py); ``content_sha256``, ``uids_sha256``,
+``content_count``: what the series held at completion (daemon/series_content.py)."""
+
+
+IGNORED_COLUMNS: dict[str, Any] = {
+    "sop_class_uid": str,
+    "count": int,
+    "last_received_at": str,
+    "last_calling_ae": str,
+}
+"""``ignored_instances``: per SOP class the node does not contour, how many
+instances were received, answered with success and not stored."""
 
 
 def _replace_sql(table: str, columns: dict[str, Any]) -> str:
@@ -103,6 +125,14 @@ class InstanceDB:
             if not series.exists():
                 series.create(SERIES_COLUMNS, pk=("series_uid", "version"))
                 series.create_index(["state", "handed_off"])
+            else:  # a data folder from an older release: add the newer columns
+                present = set(series.columns_dict)
+                for name, kind in SERIES_COLUMNS.items():
+                    if name not in present:
+                        series.add_column(name, kind)
+            ignored = self.db.table("ignored_instances")
+            if not ignored.exists():
+                ignored.create(IGNORED_COLUMNS, pk="sop_class_uid")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -124,6 +154,27 @@ class InstanceDB:
         """
         with self.transaction():
             self.db.conn.execute(_INSERT_INSTANCE, [instance.get(c) for c in INSTANCE_COLUMNS])
+            self.db.conn.execute(_INSERT_SERIES, [series.get(c) for c in SERIES_COLUMNS])
+
+    def record_ignored(self, sop_class_uid: str, calling_ae: str, received_at: str) -> None:
+        """Count one instance of a SOP class the node does not contour."""
+        with self.transaction():
+            self.db.conn.execute(
+                "INSERT INTO ignored_instances (sop_class_uid, count, last_received_at, "
+                "last_calling_ae) VALUES (?, 1, ?, ?) ON CONFLICT(sop_class_uid) DO UPDATE "
+                "SET count = count + 1, last_received_at = excluded.last_received_at, "
+                "last_calling_ae = excluded.last_calling_ae",
+                (sop_class_uid, received_at, calling_ae),
+            )
+
+    def ignored_counts(self) -> dict[str, int]:
+        """``{SOP Class UID: instances received and ignored}``."""
+        rows = self._rows("SELECT sop_class_uid, count FROM ignored_instances")
+        return {str(r["sop_class_uid"]): int(r["count"]) for r in rows}
+
+    def save_series(self, series: dict[str, Any]) -> None:
+        """Upsert one series-version row (every column)."""
+        with self.transaction():
             self.db.conn.execute(_INSERT_SERIES, [series.get(c) for c in SERIES_COLUMNS])
 
     def mark_complete(

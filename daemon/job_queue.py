@@ -33,6 +33,7 @@ several machines) can be added without touching the workers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -181,6 +182,9 @@ class Job:
     images_deleted_at: float | None
     rule_slot: int = 0
     pinned_rule: str | None = None
+    supersedes: dict[str, Any] | None = None
+    """For a changed series: the earlier job whose structure set this one
+    replaces (``job_id``, ``version``, ``sop_instance_uids``, ``change``)."""
 
     @property
     def finished(self) -> bool:
@@ -216,7 +220,9 @@ class Delivery:
 class JobQueue(Protocol):
     """The queue the daemon's stages share. See :class:`SqliteJobQueue`."""
 
-    def submit_series(self, completion: SeriesCompletionLike) -> int:
+    def submit_series(
+        self, completion: SeriesCompletionLike, *, supersedes: dict[str, Any] | None = None
+    ) -> int:
         """Create the job for a completed series; idempotent per (series UID, version)."""
         ...
 
@@ -321,9 +327,11 @@ _JOB_COLUMNS: dict[str, type] = {
     "updated_at": float,
     "finished_at": float,
     "images_deleted_at": float,
+    "supersedes": str,
 }
 _JSON_COLUMNS = frozenset(
     {
+        "supersedes",
         "instance_paths",
         "models",
         "destinations",
@@ -380,6 +388,12 @@ class SqliteJobQueue:
                     ["series_uid", "version", "rule_slot"], unique=True, if_not_exists=True
                 )
                 jobs.create_index(["state"], if_not_exists=True)
+            else:  # a data folder from an older release: add the newer columns
+                for name, kind in _JOB_COLUMNS.items():
+                    if name not in jobs.columns_dict:
+                        # Another process may add it first.
+                        with contextlib.suppress(sqlite3.OperationalError):
+                            jobs.add_column(name, kind)
             events = self.db.table("job_events")
             if not events.exists():
                 events.create(
@@ -483,6 +497,7 @@ class SqliteJobQueue:
             images_deleted_at=row["images_deleted_at"],
             rule_slot=int(row.get("rule_slot") or 0),
             pinned_rule=row.get("pinned_rule"),
+            supersedes=js("supersedes", None),
         )
 
     @staticmethod
@@ -543,11 +558,16 @@ class SqliteJobQueue:
         self._event(conn, job_id, JobState.COMPLETE.value, now, None, message)
         return job_id
 
-    def submit_series(self, completion: SeriesCompletionLike) -> int:
+    def submit_series(
+        self, completion: SeriesCompletionLike, *, supersedes: dict[str, Any] | None = None
+    ) -> int:
         """Create the job for a completed series, state ``complete``.
 
         Idempotent: submitting the same (series UID, version) again returns the
-        existing job's id and changes nothing.
+        existing job's id and changes nothing. A completion whose
+        ``incomplete`` is set becomes a ``failed`` job with that message at
+        once (never contoured). ``supersedes`` names the earlier job whose
+        structure set the new one replaces (a changed series).
         """
         now = time.time()
         with self._write() as conn:
@@ -558,7 +578,7 @@ class SqliteJobQueue:
             if existing is not None:
                 return int(existing[0])
             reason = getattr(completion, "reason", None)
-            return self._insert_complete_job(
+            job_id = self._insert_complete_job(
                 conn,
                 {
                     "study_uid": completion.study_uid,
@@ -572,12 +592,30 @@ class SqliteJobQueue:
                     "called_ae": completion.called_ae,
                     "modality": completion.modality or "",
                     "series_description": "",
+                    "supersedes": supersedes,
                 },
                 now,
                 f"series complete ({completion.num_instances} instances"
                 + (f", {reason}" if reason else "")
                 + ")",
             )
+            incomplete = getattr(completion, "incomplete", None)
+            if incomplete:
+                # Never contoured: half a series must not reach the planning system.
+                conn.execute(
+                    "UPDATE jobs SET state = 'failed', error = ?, finished_at = ?, "
+                    "updated_at = ? WHERE id = ?",
+                    (incomplete, now, now, job_id),
+                )
+                self._event(conn, job_id, JobState.FAILED.value, now, None, incomplete)
+            return job_id
+
+    def note(self, job_id: int, what: str, message: str) -> None:
+        """Record an event on a job without changing its state (e.g. a re-push)."""
+        now = time.time()
+        with self._write() as conn:
+            self._row(job_id)
+            self._event(conn, job_id, what, now, None, message)
 
     def spawn_rule_job(self, job_id: int, rule_slot: int, rule_name: str) -> int:
         """A sibling job for the same series that runs only rule ``rule_name``.

@@ -71,6 +71,7 @@ class ReceiveNode:
             complete_on=config.series.complete_on,
             complete_on_release=complete_on_release,
             expected_count_attribute=config.series.expected_count_attribute,
+            incomplete_wait_s=config.series.incomplete_wait_s,
             handoff_retry_s=config.series.handoff_retry_s,
         )
         self.scp = StorageSCP(config.node, self.spool, self.assembler)

@@ -11,6 +11,13 @@ It never decodes pixel data. Statuses:
 - ``0xC000`` cannot understand: truncated or unparsable data set;
 - ``0xC001`` a UID needed for the spool path is not a valid UID.
 
+With ``node.accept_sop_classes: all`` (default) every storage SOP class
+pynetdicom knows is accepted at negotiation, so a scanner's study push (CT plus
+dose reports, Secondary Capture summaries, SR) never fails: instances of the
+classes in :data:`STORAGE_SOP_CLASSES` are stored, the others are answered
+``0x0000`` and only counted (``ignored_instances`` table, ``contourd status``,
+``/metrics``). ``contourable`` refuses the other classes at negotiation.
+
 Failure replies carry an Error Comment. Access control (calling AE allow-list,
 optionally ``AE@address``, called AE title, free-disk floor) rejects the
 association in ``EVT_REQUESTED`` with a logged reason; pynetdicom enforces
@@ -53,7 +60,7 @@ from pydicom.uid import (
     RLELossless,
     RTStructureSetStorage,
 )
-from pynetdicom import AE, evt
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.transport import ThreadedAssociationServer
@@ -119,6 +126,7 @@ class _AssociationStats:
     started_s: float = field(default_factory=time.monotonic)
     stored: int = 0
     failed: int = 0
+    ignored: dict[str, int] = field(default_factory=dict)  # SOP class name -> count
     bytes_stored: int = 0
     series: set[str] = field(default_factory=set)
 
@@ -190,7 +198,14 @@ class StorageSCP:
         ae.acse_timeout = self.node.network_timeout_s
         ae.dimse_timeout = self.node.network_timeout_s
         ae.add_supported_context(VERIFICATION_SOP_CLASS)
-        for sop_class in STORAGE_SOP_CLASSES:
+        sop_classes = list(STORAGE_SOP_CLASSES)
+        if self.node.accept_sop_classes == "all":
+            sop_classes += [
+                UID(str(cx.abstract_syntax))
+                for cx in AllStoragePresentationContexts
+                if cx.abstract_syntax not in STORAGE_SOP_CLASSES
+            ]
+        for sop_class in sop_classes:
             ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
         return ae
 
@@ -326,8 +341,9 @@ class StorageSCP:
         if stats is None:
             return
         duration_s = time.monotonic() - stats.started_s
+        ignored = ", ".join(f"{name} x{n}" for name, n in sorted(stats.ignored.items()))
         log.info(
-            "association from %s@%s %s after %.2f s: %d stored (%.1f MB), %d failed, %d series",
+            "association from %s@%s %s after %.2f s: %d stored (%.1f MB), %d failed, %d series%s",
             stats.calling_ae,
             stats.peer,
             how,
@@ -336,6 +352,7 @@ class StorageSCP:
             stats.bytes_stored / 1e6,
             stats.failed,
             len(stats.series),
+            f"; received and ignored (not contoured here): {ignored}" if ignored else "",
         )
 
     def _on_released(self, event: evt.Event) -> None:
@@ -357,6 +374,9 @@ class StorageSCP:
         peer = stats.peer if stats else self._peer(assoc)
         request = cast(C_STORE, event.request)
         sop_uid_raw = request.AffectedSOPInstanceUID
+        sop_class = str(request.AffectedSOPClassUID or "")
+        if sop_class not in STORAGE_SOP_CLASSES:
+            return self._ignore(stats, calling, peer, sop_class)
         try:
             result = self._store(event, calling, peer)
         except InvalidUIDError as err:
@@ -439,6 +459,20 @@ class StorageSCP:
                 f"could not be written: {err}; it is indexed again at the next start"
             ) from err
         return arrival, version
+
+    def _ignore(
+        self, stats: _AssociationStats | None, calling: str, peer: str, sop_class: str
+    ) -> int | Dataset:
+        """Count an instance of a class the node does not contour; answer success."""
+        name = UID(sop_class).name if sop_class else "no SOP class"
+        try:
+            self.assembler.db.record_ignored(sop_class, calling, datetime.now(UTC).isoformat())
+        except Exception as err:  # boundary: the count could not be kept; the sender retries
+            log.exception("cannot count an ignored %s instance from %s@%s", name, calling, peer)
+            return _status(STATUS_OUT_OF_RESOURCES, f"cannot record the instance: {err}")
+        if stats is not None:
+            stats.ignored[name] = stats.ignored.get(name, 0) + 1
+        return STATUS_SUCCESS
 
     def _failed(
         self,

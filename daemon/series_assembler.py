@@ -10,6 +10,16 @@ A series version is complete when the first of these happens:
 - ``expected_count``: as many distinct instances arrived as the first header's
   ``series.expected_count_attribute`` says (e.g. a private "images in series").
 
+Before completing, the version must look whole
+(:func:`daemon.series_completeness.assess`): an association that ended in an
+abort or a dropped connection (or a node stop while it was sending) holds its
+series until an association that starts later is released normally (the
+sender's retry), and gaps in Instance Number or slice position, or fewer images
+than Images in Acquisition says, hold it as well. A version that is still not
+whole ``series.incomplete_wait_s`` after its last image is completed with
+reason ``incomplete`` and :attr:`SeriesCompletion.incomplete` set; the job
+queue records it as ``failed`` with that message, and nothing is contoured.
+
 Instances that arrive after completion open the next version of the series
 (version 2, 3, ...), never dropped. Completion is handed on by calling
 ``on_series_complete(SeriesCompletion)`` from a scheduler thread; when the call
@@ -39,10 +49,14 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from daemon.instance_db import InstanceDB
+from daemon.series_completeness import CompletenessVerdict, SliceFacts, assess
+from daemon.series_content import ContentDigest, content_digest, describe_change
 
 log = logging.getLogger(__name__)
 
-CompletionReason = Literal["quiet_period", "association_release", "expected_count", "restart"]
+CompletionReason = Literal[
+    "quiet_period", "association_release", "expected_count", "restart", "incomplete"
+]
 
 
 @dataclass(frozen=True)
@@ -75,8 +89,21 @@ class SeriesCompletion:
     completed_at : datetime
         When the version was marked complete (timezone-aware, UTC).
     reason : str
-        ``quiet_period``, ``association_release``, ``expected_count`` or
-        ``restart`` (re-emitted after a restart; not handed off before).
+        ``quiet_period``, ``association_release``, ``expected_count``,
+        ``incomplete`` (still not whole ``series.incomplete_wait_s`` after the
+        last image) or ``restart`` (re-emitted after a restart; not handed off
+        before).
+    completeness : str
+        The completeness verdict and the signal that decided it.
+    incomplete : str or None
+        Set when the version was given up as incomplete: the message for the
+        job record (what is missing, which signal said so, what to do).
+    same_content_as : list of int
+        Earlier versions (oldest first) that held exactly the same instances
+        with the same content: this version is a re-push, not a change.
+    change : str or None
+        For a changed series, how it differs from the newest earlier version
+        ("200 instances, version 1 had 198 (2 new)"); None for version 1.
     """
 
     study_uid: str
@@ -95,6 +122,10 @@ class SeriesCompletion:
     series_description: str
     completed_at: datetime
     reason: CompletionReason
+    completeness: str = ""
+    incomplete: str | None = None
+    same_content_as: list[int] = field(default_factory=list)
+    change: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +167,18 @@ class _OpenSeries:
     sop_uids: set[str] = field(default_factory=set)
     associations: set[int] = field(default_factory=set)
     expected_count: int | None = None
+    # Per association: images it sent to this version, when it sent the first.
+    association_images: dict[int, int] = field(default_factory=dict)
+    association_started_s: dict[int, float] = field(default_factory=dict)
+    interrupted_at_s: float | None = None
+    facts: dict[str, SliceFacts] = field(default_factory=dict)  # by SOP Instance UID
+    held: str | None = None  # the verdict that holds the version back, once logged
+
+    @property
+    def interruption(self) -> str | None:
+        """Why an association of this version did not end normally, or None."""
+        value = self.row.get("interrupted")
+        return str(value) if value else None
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -167,6 +210,9 @@ class SeriesAssembler:
     expected_count_attribute
         Optional DICOM keyword whose integer value in the first header is the
         number of instances of the series.
+    incomplete_wait_s
+        How long after its last image a version that is not whole waits for
+        the rest before it is completed as ``incomplete``, in seconds.
     handoff_retry_s
         Delay before retrying a callback that raised, in seconds.
     """
@@ -180,6 +226,7 @@ class SeriesAssembler:
         complete_on: str = "quiet_period",
         complete_on_release: ReleaseHook | None = None,
         expected_count_attribute: str | None = None,
+        incomplete_wait_s: float = 600.0,
         handoff_retry_s: float = 30.0,
     ) -> None:
         self.db = db
@@ -188,6 +235,7 @@ class SeriesAssembler:
         self.complete_on = complete_on
         self.complete_on_release = complete_on_release
         self.expected_count_attribute = expected_count_attribute
+        self.incomplete_wait_s = incomplete_wait_s
         self.handoff_retry_s = handoff_retry_s
         self._lock = threading.RLock()
         self._open: dict[str, _OpenSeries] = {}
@@ -224,8 +272,13 @@ class SeriesAssembler:
                 st = self._open_new_version(arrival, now_iso)
             st.last_arrival_s = time.monotonic()
             st.sop_uids.add(arrival.sop_instance_uid)
+            st.facts[arrival.sop_instance_uid] = SliceFacts.from_header(arrival.header)
             if arrival.association_id:
-                st.associations.add(arrival.association_id)
+                assoc = arrival.association_id
+                st.associations.add(assoc)
+                st.association_images[assoc] = st.association_images.get(assoc, 0) + 1
+                st.association_started_s.setdefault(assoc, st.last_arrival_s)
+            st.row["associations_open"] = len(st.associations)
             st.row["num_received"] = int(st.row["num_received"]) + 1
             st.row["last_received_at"] = now_iso
             instance_row = {
@@ -269,6 +322,9 @@ class SeriesAssembler:
             "last_received_at": now_iso,
             "completed_at": None,
             "reason": None,
+            "associations_open": 0,
+            "interrupted": None,
+            "completeness": None,
         }
         st = _OpenSeries(
             series_uid=arrival.series_uid,
@@ -310,22 +366,65 @@ class SeriesAssembler:
         return count if count and count > 0 else None
 
     def association_released(self, association_id: int) -> None:
-        """An association was released normally: complete its series if configured."""
+        """An association was released normally: complete its series if configured.
+
+        It also lifts an earlier interruption of a series when this association
+        sent its first image to that series after the interruption (the
+        sender's retry).
+        """
         with self._lock:
             for st in list(self._open.values()):
                 if association_id not in st.associations:
                     continue
                 st.associations.discard(association_id)
+                st.row["associations_open"] = len(st.associations)
+                started_s = st.association_started_s.get(association_id, 0.0)
+                if st.interrupted_at_s is not None and started_s > st.interrupted_at_s:
+                    log.info(
+                        "series %s version %d: a later association was released normally "
+                        "after %d images; the earlier interruption (%s) no longer holds it",
+                        st.series_uid,
+                        st.version,
+                        st.association_images.get(association_id, 0),
+                        st.interruption,
+                    )
+                    st.row["interrupted"] = None
+                    st.interrupted_at_s = None
+                self._save_row(st)
                 if st.associations:
                     continue  # another association is still sending this series
                 if self._completes_on_release(st):
                     self._schedule_now(st.series_uid, st.version, "association_release")
 
     def association_aborted(self, association_id: int) -> None:
-        """An association ended abnormally: its series wait for the quiet period."""
+        """An association ended abnormally: its series wait for the sender's retry."""
         with self._lock:
             for st in self._open.values():
+                if association_id not in st.associations:
+                    continue
                 st.associations.discard(association_id)
+                st.row["associations_open"] = len(st.associations)
+                images = st.association_images.get(association_id, 0)
+                st.row["interrupted"] = (
+                    f"the sender's association was aborted after {images} "
+                    f"image{'s' if images != 1 else ''}"
+                )
+                st.interrupted_at_s = time.monotonic()
+                self._save_row(st)
+                log.warning(
+                    "series %s version %d: %s; the series waits for the rest (up to %.0f s "
+                    "after its last image) and is not contoured before",
+                    st.series_uid,
+                    st.version,
+                    st.row["interrupted"],
+                    self.incomplete_wait_s,
+                )
+
+    def _save_row(self, st: _OpenSeries) -> None:
+        try:
+            self.db.save_series(dict(st.row))
+        except Exception:  # boundary: the in-memory state still holds the series
+            log.exception("cannot record the state of series %s", st.series_uid)
 
     def _completes_on_release(self, st: _OpenSeries) -> bool:
         if self.complete_on == "association_release":
@@ -368,28 +467,101 @@ class SeriesAssembler:
                 return
         self._complete(series_uid, version, "quiet_period")
 
-    def _complete(self, series_uid: str, version: int, reason: CompletionReason) -> None:
+    def _assess(self, series_uid: str, version: int) -> CompletenessVerdict | None:
+        """The completeness verdict of the open version (None when it is gone).
+
+        Headers of instances not seen by this process (earlier versions, a
+        restart) are read from the spool once and cached.
+        """
         with self._lock:
             st = self._open.get(series_uid)
             if st is None or st.version != version:
-                return  # already completed by another trigger
+                return None
+            known = dict(st.facts)
+            interruption = st.interruption
+        rows = self.db.instance_rows(series_uid)
+        facts = []
+        for row in rows:
+            uid = str(row["sop_instance_uid"])
+            fact = known.get(uid)
+            if fact is None:
+                fact = SliceFacts.from_header(self._read_header(Path(row["path"])))
+                with self._lock:
+                    st.facts[uid] = fact
+            facts.append(fact)
+        return assess(facts, interruption=interruption)
+
+    def _digest(self, series_uid: str) -> ContentDigest | None:
+        paths = {
+            str(r["sop_instance_uid"]): Path(r["path"])
+            for r in self.db.instance_rows(series_uid)
+            if Path(r["path"]).exists()
+        }
+        try:
+            return content_digest(paths)
+        except OSError as err:  # boundary: a file vanished; re-push detection is skipped
+            log.warning("series %s: cannot digest its instances (%s)", series_uid, err)
+            return None
+
+    def _complete(self, series_uid: str, version: int, reason: CompletionReason) -> None:
+        verdict = self._assess(series_uid, version)
+        if verdict is None:
+            return  # already completed by another trigger
+        digest = self._digest(series_uid) if verdict.complete else None
+        with self._lock:
+            st = self._open.get(series_uid)
+            if st is None or st.version != version:
+                return
+            quiet_s = time.monotonic() - st.last_arrival_s
+            if not verdict.complete and quiet_s < self.incomplete_wait_s:
+                self._hold(st, verdict, quiet_s)
+                return
             del self._open[series_uid]
             job = self._scheduler.get_job(f"quiet:{series_uid}:{version}")
             if job is not None:
                 job.remove()
             completed_at = _now_utc()
-            self.db.mark_complete(
-                series_uid, version, completed_at=completed_at.isoformat(), reason=reason
-            )
-            row = dict(st.row, state="complete", completed_at=completed_at.isoformat())
-        log.info(
-            "series %s version %d complete (%s): %d instances received in this version",
+            if not verdict.complete:
+                reason = "incomplete"
+            st.row["completeness"] = verdict.describe()
+            if digest is not None:
+                st.row.update(
+                    content_sha256=digest.content_sha256,
+                    uids_sha256=digest.uids_sha256,
+                    content_count=digest.count,
+                )
+            st.row.update(state="complete", completed_at=completed_at.isoformat(), reason=reason)
+            self.db.save_series(dict(st.row))
+            row = dict(st.row)
+        log_level = logging.INFO if verdict.complete else logging.ERROR
+        log.log(
+            log_level,
+            "series %s version %d complete (%s): %d instances received in this version; %s",
             series_uid,
             version,
             reason,
             len(st.sop_uids),
+            verdict.describe(),
         )
         self._hand_off(row, reason)
+
+    def _hold(self, st: _OpenSeries, verdict: CompletenessVerdict, quiet_s: float) -> None:
+        """Keep a version that is not whole open; look again after a quiet period."""
+        described = verdict.describe()
+        if st.held != described:
+            st.held = described
+            st.row["completeness"] = described  # `contourd status` shows held series
+            self._save_row(st)
+            log.warning(
+                "series %s version %d held back, %s; waiting up to %.0f s more for the rest",
+                st.series_uid,
+                st.version,
+                described,
+                self.incomplete_wait_s - quiet_s,
+            )
+        self._arm_quiet_timer(
+            st, min(self.complete_after_s, max(self.incomplete_wait_s - quiet_s, 0.0))
+        )
 
     def _hand_off(self, row: dict[str, Any], reason: CompletionReason) -> None:
         completion = self._completion_from_row(row, reason)
@@ -446,6 +618,42 @@ class SeriesAssembler:
             series_description=str(row["series_description"] or ""),
             completed_at=completed_at,
             reason=reason,
+            completeness=str(row.get("completeness") or ""),
+            incomplete=self._incomplete_message(row),
+            **self._compare_with_earlier(row),
+        )
+
+    def _compare_with_earlier(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``same_content_as`` and ``change`` of a version against the earlier ones."""
+        content = row.get("content_sha256")
+        if not content:
+            return {}
+        earlier = [
+            r
+            for r in self.db.series_rows(str(row["series_uid"]))
+            if int(r["version"]) < int(row["version"]) and r.get("content_sha256")
+        ]
+        same = [int(r["version"]) for r in earlier if r["content_sha256"] == content]
+        change = None
+        if earlier and not same:
+            digest = ContentDigest(
+                str(content), str(row.get("uids_sha256")), int(row.get("content_count") or 0)
+            )
+            # Name the first version that held this content (later ones were re-pushes).
+            newest = earlier[-1]
+            base = next(r for r in earlier if r["content_sha256"] == newest["content_sha256"])
+            change = describe_change(base, digest)
+        return {"same_content_as": same, "change": change}
+
+    def _incomplete_message(self, row: dict[str, Any]) -> str | None:
+        """The job's error for a version completed as ``incomplete``, else None."""
+        if row.get("reason") != "incomplete":
+            return None
+        return (
+            f"{row.get('completeness') or 'incomplete'}; nothing more arrived within "
+            f"series.incomplete_wait_s = {self.incomplete_wait_s:.0f} s, so the series was "
+            "not contoured. Send the whole series again from the scanner or PACS: it is "
+            "received as a new version and contoured when it is whole"
         )
 
     # -- restart ----------------------------------------------------------
@@ -474,14 +682,25 @@ class SeriesAssembler:
                     if r["series_version"] == st.version
                 }
                 st.expected_count = row["expected_count"]
+                if not st.interruption and int(row.get("associations_open") or 0) > 0:
+                    st.row["interrupted"] = (
+                        f"the node stopped while an association was still sending this "
+                        f"series ({len(st.sop_uids)} images had arrived)"
+                    )
+                if st.interruption:
+                    st.interrupted_at_s = time.monotonic()
+                st.row["associations_open"] = 0
                 self._open[st.series_uid] = st
                 self._arm_quiet_timer(st, self.complete_after_s)
                 log.info(
                     "series %s version %d still receiving after restart (%d instances); "
-                    "quiet period restarted",
+                    "quiet period restarted%s",
                     st.series_uid,
                     st.version,
                     len(st.sop_uids),
+                    f"; held until the sender re-sends: {st.interruption}"
+                    if st.interruption
+                    else "",
                 )
             for row in self.db.pending_handoffs():
                 log.info(

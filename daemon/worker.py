@@ -47,6 +47,7 @@ from contourd.errors import ContourdError, ModelNotApprovedError, ModelNotFoundE
 from daemon.config import ContourdConfig
 from daemon.dispatch import Dispatcher
 from daemon.job_queue import Job, JobState, LeaseLostError, SqliteJobQueue
+from daemon.supersession import mark_predecessor
 from inference.pipeline import SegmentationResult, segment_series
 from inference.predictor import PredictorCache
 from inference.roi_mask import AlgorithmInfo, RoiMask
@@ -405,6 +406,9 @@ class Worker:
                 structure_set_label=label,
                 uid_root=config.worker.uid_root,
             )
+            superseded = mark_predecessor(ds, self.queue, job, match.rule)
+            if superseded:
+                log.info("job %s: %s", job.id, superseded)
             path = out_dir / f"RS.{ds.SOPInstanceUID}.dcm"
             tmp = out_dir / f".{path.name}.tmp"
             ds.save_as(tmp, enforce_file_format=True)

@@ -351,6 +351,14 @@ def write_rtstruct(
     shape = (len(headers), int(first.Rows), int(first.Columns))
     _check_rois(rois, shape)
     prefix = _uid_factory(uid_root)
+    without_frame = [h for h in headers if not h.get("FrameOfReferenceUID")]
+    if without_frame:
+        raise OutputWriterError(
+            f"{len(without_frame)} of the {len(headers)} source images have no Frame of "
+            f"Reference UID (0020,0052), e.g. {without_frame[0].get('SOPInstanceUID', '?')}; "
+            "an RTSTRUCT must name the frame its contours lie in; send the series with "
+            "its Frame of Reference UID (anonymisers must keep it)"
+        )
     for h in headers[1:]:
         if h.FrameOfReferenceUID != first.FrameOfReferenceUID or (
             h.SeriesInstanceUID != first.SeriesInstanceUID

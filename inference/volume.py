@@ -15,14 +15,18 @@ problem                           what happens
 scout / localizer images          dropped (ImageType contains LOCALIZER), noted
 secondary capture objects         dropped (SC SOP classes), noted
 files without pixel data          dropped (RTSTRUCT, presentation state), noted
+an image header without pixels    refused, naming the file and its position
 several series in ``paths``       refused
-more than one orientation         refused
+several stacks in one series      split by image type, orientation and
+                                  reconstruction (inference/stacks.py); the
+                                  primary axial stack is kept, the others are
+                                  named in a note; errors name the stack
 non-monochrome pixels (RGB)       refused
-rows/columns/pixel spacing vary   refused
 byte-identical duplicates         extra copies dropped, noted
 different images, same position   refused ("not a volume" when all share one)
 fewer than ``min_slices``         refused
-uneven spacing / missing slices   refused (missing count stated)
+uneven spacing / missing slices   refused, listing the steps that differ
+                                  (missing count stated)
 slices shifted in-plane           refused
 gantry tilt                       handled: the volume keeps the acquired,
                                   sheared grid (the affine's slice axis follows
@@ -52,6 +56,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from contourd.errors import SeriesGeometryError
+from inference.stacks import StackKey, primary_index, stack_key
 
 log = logging.getLogger(__name__)
 
@@ -212,9 +217,11 @@ def _frames_of(path: Path, ds: Dataset, label: str) -> list[_Frame]:
 
 def _read_all(
     paths: Sequence[Path],
-) -> tuple[list[tuple[Path, Dataset]], list[str]]:
-    """Read every file; return image datasets and notes on what was skipped."""
+) -> tuple[list[tuple[Path, Dataset]], list[str], list[tuple[Path, Dataset]]]:
+    """Read every file; return image datasets, notes on what was skipped, and
+    image headers (a slice position, rows, columns) that came without pixel data."""
     images: list[tuple[Path, Dataset]] = []
+    no_pixels: list[tuple[Path, Dataset]] = []
     skipped: dict[str, int] = {}
     for path in paths:
         try:
@@ -228,13 +235,65 @@ def _read_all(
                 skipped.get("unreadable (empty or truncated)", 0) + 1
             )
             continue
+        if "PixelData" not in ds and "Rows" in ds and "ImagePositionPatient" in ds:
+            no_pixels.append((Path(path), ds))
+            continue
         if "PixelData" not in ds or "Rows" not in ds:
             key = f"without pixel data ({ds.get('Modality', 'unknown modality')})"
             skipped[key] = skipped.get(key, 0) + 1
             continue
         images.append((Path(path), ds))
     notes = [f"skipped {n} file(s) {why}" for why, n in skipped.items()]
-    return images, notes
+    return images, notes, no_pixels
+
+
+def _refuse_slices_without_pixels(label: str, no_pixels: list[tuple[Path, Dataset]]) -> None:
+    """An image header without Pixel Data is a hole in the volume: say so by name."""
+    shown = "; ".join(
+        f"{path.name} (instance {ds.get('InstanceNumber', '?')}, position "
+        f"{[round(float(v), 2) for v in ds.ImagePositionPatient]} mm)"
+        for path, ds in no_pixels[:5]
+    )
+    more = f" and {len(no_pixels) - 5} more" if len(no_pixels) > 5 else ""
+    raise SeriesGeometryError(
+        f"{label}: {len(no_pixels)} slice(s) have a header but no Pixel Data (7FE0,0010): "
+        f"{shown}{more}; the image itself never arrived; resend those images (or the "
+        "series) from the scanner"
+    )
+
+
+def _split_stacks(
+    frames: list[_Frame], label: str, tolerance: float
+) -> tuple[list[_Frame], str, list[str]]:
+    """Keep the primary stack; return its frames, the label naming it, and notes."""
+    groups: list[np.ndarray] = []
+    keys: list[StackKey] = []
+    for fr in frames:
+        for ori in groups:
+            if np.max(np.abs(ori - fr.orientation)) <= tolerance:
+                break
+        else:
+            ori = fr.orientation
+            groups.append(ori)
+        keys.append(stack_key(fr.dataset, ori.tolist(), fr.rows, fr.columns, fr.pixel_spacing))
+    distinct = list(dict.fromkeys(keys))
+    if len(distinct) == 1:
+        return frames, label, []
+    counts = [(k, keys.count(k)) for k in distinct]
+    best = primary_index(counts)
+    primary = distinct[best]
+    aside = [(k, n) for i, (k, n) in enumerate(counts) if i != best]
+    aside_text = "; ".join(f"{n} image(s) with {k.describe(primary)}" for k, n in aside)
+    kind = "axial " if primary.axial else ""
+    note = (
+        f"the series holds {len(distinct)} stacks; contoured the primary {kind}stack of "
+        f"{counts[best][1]} image(s) ({primary.describe()}); set aside {aside_text}"
+    )
+    label = (
+        f"{label}, primary stack of {counts[best][1]} of {len(frames)} images "
+        f"({primary.describe()}; set aside: {aside_text})"
+    )
+    return [f for f, k in zip(frames, keys, strict=True) if k == primary], label, [note]
 
 
 def load_series(
@@ -284,12 +343,14 @@ def load_series(
     """
     paths = [Path(p) for p in paths]
     modalities_allowed = tuple(modalities)
-    images, notes = _read_all(paths)
-    if not images:
+    images, notes, no_pixels = _read_all(paths)
+    if not images and not no_pixels:
         raise SeriesGeometryError(
             f"none of the {len(paths)} file(s) given is a DICOM image "
             f"({'; '.join(notes) or 'no files'}); pass the folder of an image series"
         )
+    if not images:
+        images = no_pixels  # every header lacks pixels: refused below with their names
     series_uids = sorted({str(ds.get("SeriesInstanceUID", "")) for _, ds in images})
     if len(series_uids) > 1:
         counts = {
@@ -304,6 +365,8 @@ def load_series(
     uid = series_uids[0]
     modalities = sorted({str(ds.get("Modality", "")) for _, ds in images})
     label = _series_label(uid, "/".join(modalities), len(images))
+    if no_pixels:
+        _refuse_slices_without_pixels(label, no_pixels)
 
     kept: list[tuple[Path, Dataset]] = []
     n_localizer = n_sc = 0
@@ -350,22 +413,8 @@ def load_series(
     for path, ds in kept:
         frames.extend(_frames_of(path, ds, label))
 
-    # one orientation
-    groups: list[tuple[np.ndarray, int]] = []
-    for fr in frames:
-        for i, (ori, count) in enumerate(groups):
-            if np.max(np.abs(ori - fr.orientation)) <= orientation_tolerance:
-                groups[i] = (ori, count + 1)
-                break
-        else:
-            groups.append((fr.orientation, 1))
-    if len(groups) > 1:
-        listing = "; ".join(f"{n} slice(s) with {np.round(o, 3).tolist()}" for o, n in groups)
-        raise SeriesGeometryError(
-            f"{label}: mixed slice orientations ({len(groups)} ImageOrientationPatient "
-            f"values: {listing}); expected one orientation; resend the series without "
-            "the other stacks (or split it into one series per orientation)"
-        )
+    frames, label, stack_notes = _split_stacks(frames, label, orientation_tolerance)
+    notes.extend(stack_notes)
     row_dir = frames[0].orientation[:3]
     col_dir = frames[0].orientation[3:]
     if (
@@ -380,16 +429,6 @@ def load_series(
     row_dir = row_dir / np.linalg.norm(row_dir)
     col_dir = col_dir / np.linalg.norm(col_dir)
     normal = np.cross(row_dir, col_dir)
-
-    sizes = sorted({(f.rows, f.columns) for f in frames})
-    spacings = sorted(
-        {(round(f.pixel_spacing[0], 4), round(f.pixel_spacing[1], 4)) for f in frames}
-    )
-    if len(sizes) > 1 or len(spacings) > 1:
-        raise SeriesGeometryError(
-            f"{label}: slices differ in matrix size {sizes} or pixel spacing {spacings} mm; "
-            "expected one (rows, columns) and one PixelSpacing; resend one reconstruction"
-        )
 
     # sort along the normal (stable: instance number breaks ties)
     frames.sort(
@@ -424,10 +463,14 @@ def load_series(
                 f"{median:.2f} mm ({missing} slice(s) missing in all)"
             )
         else:
-            shown = ", ".join(f"{s:.2f}" for s in steps[:12])
+            shown = ", ".join(
+                f"{steps[j]:.2f} mm between {along[j]:.2f} and {along[j + 1]:.2f} mm"
+                for j in bad[:8]
+            )
+            more = f" and {bad.size - 8} more" if bad.size > 8 else ""
             problem = (
-                f"uneven slice spacing: steps {shown}{' ...' if steps.size > 12 else ''} mm "
-                f"differ from the median {median:.2f} mm by more than {tol:.2f} mm"
+                f"uneven slice spacing: {bad.size} of {steps.size} steps differ from the "
+                f"median {median:.2f} mm by more than {tol:.2f} mm: {shown}{more}"
             )
         raise SeriesGeometryError(
             f"{label}: {problem}; expected evenly spaced slices; resend the complete "

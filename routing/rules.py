@@ -326,6 +326,7 @@ class Schedule(RuleModel):
 
 OutputKind = Literal["rtstruct", "seg"]
 CompleteOn = Literal["quiet_period", "association_release"]
+OnResend = Literal["ignore", "redeliver"]
 
 
 def _default_outputs() -> list[OutputKind]:
@@ -358,6 +359,11 @@ class Rule(RuleModel):
     complete_on: CompleteOn | None = Field(
         default=None,
         description="When a series counts as complete; default from series.complete_on.",
+    )
+    on_resend: OnResend = Field(
+        default="ignore",
+        description="A series pushed again unchanged makes no new structure set; 'redeliver' "
+        "sends the existing one again (same SOP Instance UID), 'ignore' only records it.",
     )
     priority: int = Field(default=0, description="Higher runs first when jobs are queued.")
     schedule: Schedule | None = Field(

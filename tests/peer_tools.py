@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -61,3 +64,113 @@ def require_shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"needs ../shared/data/{'/'.join(parts)} (shared test data not present)")
     return path
+
+
+def push_and_kill_after(port: int, files: Sequence[Path], acks: int) -> int:
+    """Push ``files`` with DCMTK storescu and SIGKILL it after ``acks`` successes.
+
+    The connection drops without an A-RELEASE or A-ABORT (what a scanner that
+    crashes or loses its network does). Returns the acknowledgements storescu
+    logged before it died (``acks`` or a few more: it keeps sending while the
+    kill is on its way).
+    """
+    binary = require_tool("storescu", "dcmtk")
+    push = subprocess.Popen(
+        [binary, "-v", "-aet", "SCANNER", "-aec", "CONTOURD", "127.0.0.1", str(port)]
+        + [str(p) for p in files],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=dict(os.environ, TCP_NODELAY="1"),
+    )
+    seen = {"acks": 0}
+    killed = threading.Event()
+
+    def read_and_kill() -> None:
+        assert push.stderr is not None
+        for line in push.stderr:
+            if "Received Store Response (Success)" in line:
+                seen["acks"] += 1
+            if seen["acks"] >= acks and not killed.is_set():
+                push.send_signal(signal.SIGKILL)
+                killed.set()
+
+    reader = threading.Thread(target=read_and_kill)
+    reader.start()
+    push.wait(timeout=120)
+    reader.join(timeout=30)
+    assert killed.is_set(), "storescu finished before it could be killed; send more files"
+    assert push.returncode == -signal.SIGKILL
+    return seen["acks"]
+
+
+def make_sr_file(path: Path, *, study_uid: str) -> Path:
+    """A small Comprehensive SR document (a dose report stand-in) for study pushes."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ComprehensiveSRStorage, ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ComprehensiveSRStorage
+    ds.SOPClassUID = ComprehensiveSRStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "SR"
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def make_secondary_capture(path: Path, template: Path) -> Path:
+    """A Secondary Capture image (an exam summary stand-in) made from ``template``.
+
+    Same study as the template image, its own series and SOP Instance UID.
+    """
+    from pydicom import dcmread
+    from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+
+    ds = dcmread(template)
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "OT"
+    ds.ConversionType = "WSD"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def make_add_images(
+    sources: Sequence[Path], out_dir: Path, *, offset_mm: float = 2.0
+) -> list[Path]:
+    """Copies of ``sources`` as a vendor's extra ``ORIGINAL\\PRIMARY\\AXIAL\\ADD`` stack.
+
+    Same series, new SOP Instance UIDs, Instance Numbers from 100, each moved
+    ``offset_mm`` along z: what a GE head series holds besides its axial stack.
+    """
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    made = []
+    for k, source in enumerate(sources):
+        ds = dcmread(source)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "ADD"]
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = 100 + k
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y, z + offset_mm]
+        target = out_dir / f"ADD{k}.dcm"
+        ds.save_as(target)
+        made.append(target)
+    return made

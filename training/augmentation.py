@@ -56,7 +56,8 @@ def sample_patch(
     Parameters
     ----------
     image
-        float32 normalised intensities ``[z, y, x]``.
+        float32 normalised intensities ``[z, y, x]``, on any device (the patch
+        is drawn there: on a GPU the whole sampling runs on the GPU).
     labels
         uint8 label map ``[z, y, x]``.
     patch_zyx
@@ -89,18 +90,19 @@ def sample_patch(
         rot = np.eye(3)
     pz, py, px = patch_zyx
     # Offsets of output voxels from the patch centre, in mm, ordered (x, y, z).
+    dev = image.device
     oz, oy, ox = torch.meshgrid(
-        (torch.arange(pz) - (pz - 1) / 2) * spacing[2],
-        (torch.arange(py) - (py - 1) / 2) * spacing[1],
-        (torch.arange(px) - (px - 1) / 2) * spacing[0],
+        (torch.arange(pz, device=dev) - (pz - 1) / 2) * spacing[2],
+        (torch.arange(py, device=dev) - (py - 1) / 2) * spacing[1],
+        (torch.arange(px, device=dev) - (px - 1) / 2) * spacing[0],
         indexing="ij",
     )
-    offsets = torch.stack([ox, oy, oz], dim=-1)  # [pz, py, px, 3] mm
-    mapped = offsets @ torch.as_tensor(rot.T, dtype=torch.float32)
-    vox = mapped / torch.as_tensor(spacing, dtype=torch.float32) + torch.as_tensor(
-        centre_xyz, dtype=torch.float32
+    offsets = torch.stack([ox, oy, oz], dim=-1).float()  # [pz, py, px, 3] mm
+    mapped = offsets @ torch.as_tensor(rot.T, dtype=torch.float32, device=dev)
+    vox = mapped / torch.as_tensor(spacing, dtype=torch.float32, device=dev) + torch.as_tensor(
+        centre_xyz, dtype=torch.float32, device=dev
     )
-    size = torch.tensor([X - 1, Y - 1, Z - 1], dtype=torch.float32).clamp(min=1)
+    size = torch.tensor([X - 1, Y - 1, Z - 1], dtype=torch.float32, device=dev).clamp(min=1)
     grid = (2 * vox / size - 1).unsqueeze(0)  # [1, pz, py, px, 3] in (x, y, z)
     img = F.grid_sample(
         image[None, None], grid, mode="bilinear", padding_mode="border", align_corners=True

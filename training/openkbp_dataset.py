@@ -23,11 +23,15 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 
 from contourd.errors import TrainingError
+
+if TYPE_CHECKING:  # SimpleITK is imported where NIfTI is read, so preprocessed
+    # caches load on a machine without it (the GPU training bundle).
+    import SimpleITK as sitk
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,8 @@ def resample_to_spacing(
     image: sitk.Image, spacing_mm: Sequence[float], interpolator: int, default_value: float
 ) -> sitk.Image:
     """Reorient to LPS identity and resample to ``spacing_mm`` (x, y, z) over the same extent."""
+    import SimpleITK as sitk
+
     image = sitk.DICOMOrient(image, "LPS")
     in_size = np.array(image.GetSize(), dtype=float)
     in_spacing = np.array(image.GetSpacing(), dtype=float)
@@ -114,6 +120,8 @@ def load_case(
     spacing_mm
         Target spacing (x, y, z) in mm.
     """
+    import SimpleITK as sitk
+
     ct_path = case_dir / "ct.nii.gz"
     if not ct_path.is_file():
         raise TrainingError(f"case {case_dir} has no ct.nii.gz; every case folder needs one")

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from contourd.errors import TrainingError
-from inference.predictor import resolve_precision
+from inference.precision import resolve_precision
 from inference.unet import UNet3D, UNetConfig
 from training.augmentation import AugmentationConfig, sample_patch
 from training.losses import dice_ce_loss
@@ -134,7 +134,7 @@ def autocast_for(device: torch.device) -> torch.autocast:
     On a CPU without AVX512-BF16 or AMX (e.g. AVX2 only) bf16 convolutions are
     emulated and measured ~50x slower than fp32, so autocast is switched off
     there; CUDA uses bf16 when the GPU supports it. The choice is
-    :func:`inference.predictor.resolve_precision`'s ``"auto"``.
+    :func:`inference.precision.resolve_precision`'s ``"auto"``.
     """
     dtype = resolve_precision("auto", device)
     if dtype != torch.bfloat16:  # no fp16 training: it would need a gradient scaler
@@ -153,6 +153,8 @@ class Trainer:
             ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         )
         torch.set_num_threads(config.threads)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed patch shape: pick the fastest kernels
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
         self.model = UNet3D(config.unet_config()).to(self.device)
@@ -176,7 +178,8 @@ class Trainer:
         self.evals_without_improvement = 0
         self.elapsed_s = 0.0
         self.best_mean_dice = -math.inf
-        self._mirror_order = torch.tensor(config.mirror_class_order())
+        self._mirror_order = torch.tensor(config.mirror_class_order(), device=self.device)
+        self._volume_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- checkpoints ---------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -286,8 +289,21 @@ class Trainer:
         return self.config.learning_rate * max(0.0, 1 - progress) ** 0.9
 
     def _tensors(self, case: TrainingCase) -> tuple[torch.Tensor, torch.Tensor]:
-        img = torch.from_numpy(normalise_hu(case.image_hu, self.config.min_hu, self.config.max_hu))
-        return img, torch.from_numpy(case.labels)
+        """Normalised image and labels of ``case`` on the training device.
+
+        Kept after first use (about 10 MB a case at 128^3), so a step does not
+        normalise or copy whole volumes again: on a GPU the volumes stay there
+        and patches are sampled on the GPU.
+        """
+        cached = self._volume_cache.get(case.case_id)
+        if cached is None:
+            img = normalise_hu(case.image_hu, self.config.min_hu, self.config.max_hu)
+            cached = (
+                torch.from_numpy(img).to(self.device),
+                torch.from_numpy(case.labels).to(self.device),
+            )
+            self._volume_cache[case.case_id] = cached
+        return cached
 
     def train_step(self, batch: list[TrainingCase]) -> dict[str, float]:
         self.model.train()
@@ -297,8 +313,9 @@ class Trainer:
             pi, pl = sample_patch(
                 img, lab, self.config.patch_size, self.config.spacing_mm, self.rng, self.aug
             )
-            known = torch.from_numpy(case.known.copy())
-            if self.rng.random() < self.config.mirror_probability:
+            known = torch.from_numpy(case.known.copy()).to(self.device)
+            mirror_p = self.config.mirror_probability  # no draw when off: runs repeat as before
+            if mirror_p > 0 and self.rng.random() < mirror_p:
                 pi, pl, known = mirror_left_right(pi, pl, known, self._mirror_order)
             imgs.append(pi)
             labs.append(pl)
@@ -334,7 +351,7 @@ class Trainer:
                 logits = self.model(x.to(self.device))
             logits = logits.float()[crop].cpu()
             known = torch.from_numpy(case.known)[None]
-            loss, _ = dice_ce_loss(logits, lab[None].long(), known)
+            loss, _ = dice_ce_loss(logits, lab[None].long().cpu(), known)
             losses.append(float(loss))
             pred = logits[0].argmax(0).numpy()
             for c in range(1, n_cls):
@@ -344,6 +361,7 @@ class Trainer:
         result = {"val_loss": float(np.mean(losses))}
         for c, name in enumerate(self.config.roi_names, start=1):
             result[f"dice_{name}"] = float(inter[c] / total[c]) if total[c] else float("nan")
+        result["mean_dice"] = mean_roi_dice(result)
         return result
 
     def fit(self, train: list[TrainingCase], val: list[TrainingCase]) -> None:
@@ -397,8 +415,7 @@ class Trainer:
         The criterion is ``select_best_by``: lowest validation loss, or highest
         mean Dice over the ROIs with a reference in the validation cases.
         """
-        mean_dice = mean_roi_dice(metrics)
-        metrics["mean_dice"] = mean_dice
+        mean_dice = metrics.get("mean_dice", mean_roi_dice(metrics))
         if self.config.select_best_by == "mean_dice":
             better = mean_dice > self.best_mean_dice
         else:
@@ -446,6 +463,7 @@ class Trainer:
 def mean_roi_dice(metrics: dict[str, float]) -> float:
     """Mean of the ``dice_<ROI>`` entries that are numbers (NaN: no reference)."""
     values = [v for k, v in metrics.items() if k.startswith("dice_") and not math.isnan(v)]
+    # (keys are "dice_<ROI>"; "mean_dice" does not start with "dice_")
     return float(np.mean(values)) if values else float("nan")
 
 
@@ -503,16 +521,31 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="warm start from these U-Net weights (safetensors); overrides init_weights",
     )
+    parser.add_argument(
+        "--cases",
+        type=Path,
+        default=None,
+        help="preprocessed case bundle (training.device_bundle) instead of the config's folders",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="override the config's threads")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = load_training_config(args.config)
     if args.init_weights is not None:
         config.init_weights = args.init_weights.resolve()
+    if args.threads is not None:
+        config.threads = args.threads
     trainer = Trainer(config, args.run_dir, args.device)
-    # NIfTI (same cache files train.npz / validation.npz as before) or DICOM datasets.
-    from training.datasets import load_training_data
+    if args.cases is not None:  # a GPU machine without SimpleITK/pydicom: no dataset readers
+        from training.device_bundle import read_cases
 
-    train, val = load_training_data(config, cache_dir=args.run_dir / "cache", limit=args.limit)
+        train, val = read_cases(args.cases)
+        train = train[: args.limit] if args.limit else train
+        val = val[: config.validation_cases]
+    else:  # NIfTI (cache files train.npz / validation.npz / all.npz) or DICOM datasets
+        from training.datasets import load_training_data
+
+        train, val = load_training_data(config, cache_dir=args.run_dir / "cache", limit=args.limit)
     trainer.start(resume=True)
     trainer.fit(train, val)
     return 0

@@ -44,6 +44,7 @@ from daemon.job_queue import SqliteJobQueue
 from daemon.node import ReceiveNode
 from daemon.retention import Retention
 from daemon.series_assembler import SeriesCompletion
+from daemon.series_intake import submit_completion
 from routing.engine import route
 from routing.series_attributes import SeriesAttributes
 
@@ -198,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
 
     def on_complete(completion: SeriesCompletion) -> None:
         log_completion(completion)
-        job_id = queue.submit_series(completion)
+        job_id = submit_completion(queue, completion, current().rules)
         log.info(
             "series %s version %d -> job %d", completion.series_uid, completion.version, job_id
         )

@@ -48,6 +48,13 @@ def run(args: argparse.Namespace) -> int:
         f"received:    {status['instances_received']} instance(s); "
         f"{status['series_receiving']} series still arriving"
     )
+    for held in status["series_held"][:5]:
+        print(f"held:        {held}; waiting for the rest (series.incomplete_wait_s)")
+    ignored = status["instances_ignored"]
+    print(
+        f"ignored:     {sum(ignored.values())} instance(s) of classes not contoured here"
+        + (f" ({', '.join(f'{k} {v}' for k, v in sorted(ignored.items()))})" if ignored else "")
+    )
     print(
         f"disk free:   {status['disk_free_mb']:.0f} MiB of {status['disk_total_mb']:.0f} MiB "
         f"(floor {config.node.min_free_disk_mb} MiB)"

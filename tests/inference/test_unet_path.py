@@ -11,7 +11,8 @@ from inference_helpers import LocalModel, load_body_model, write_ct_series
 from safetensors.torch import save_file
 
 from inference.pipeline import segment_series
-from inference.predictor import Predictor, PredictorCache, cpu_supports_bf16
+from inference.precision import cpu_supports_bf16
+from inference.predictor import Predictor, PredictorCache
 from inference.unet import UNet3D
 from model_store.card import ModelCard
 

@@ -96,7 +96,12 @@ def test_series_match_dicom2nifti_ground_truth_voxel_for_voxel(case: str) -> Non
             "failing/sliceincrement/002",
             r"missing slices: .* 1\.50 mm where the others are 0\.75 mm",
         ),
-        ("failing/sliceorientation/001", r"mixed slice orientations \(2 ImageOrientationPatient"),
+        (
+            "failing/sliceorientation/001",
+            r"primary stack of 2 of 4 images \(ImageType ORIGINAL\\PRIMARY\\M_SE\\M\\SE, axial "
+            r"orientation .*; set aside: 2 image\(s\) with non-axial orientation "
+            r".*\): has 2 slice\(s\) at distinct positions",
+        ),
         ("generic/rgb/001", r"no slice is left after dropping 0 localizer\(s\) and 4 secondary"),
         ("ge/anatomical/001_single_slice", r"has 1 slice\(s\)"),
     ],
@@ -189,7 +194,9 @@ def test_uneven_spacing_is_refused_with_the_steps(tmp_path: Path) -> None:
         tmp_path, shape_zyx=(5, 32, 32), positions_mm=[0.0, 5.0, 10.0, 13.0, 18.0]
     )
     with pytest.raises(
-        SeriesGeometryError, match=r"uneven slice spacing: steps 5\.00, 5\.00, 3\.00"
+        SeriesGeometryError,
+        match=r"uneven slice spacing: 1 of 4 steps differ from the median 5\.00 mm by more "
+        r"than 0\.25 mm: 3\.00 mm between 10\.00 and 13\.00 mm; expected evenly",
     ):
         load_series(written.paths)
 

@@ -35,6 +35,7 @@ def main() -> int:
                 "series_uid": completion.series_uid,
                 "version": completion.version,
                 "reason": completion.reason,
+                "incomplete": completion.incomplete,
                 "num_instances": completion.num_instances,
                 "sop_uids": sorted(p.stem for p in completion.instance_paths),
             }

@@ -86,9 +86,11 @@ def test_truncated_dataset_is_refused_with_cannot_understand(
     _assert_still_serving(node, tmp_path)
 
 
-def test_unknown_sop_class_is_refused_in_negotiation_and_logged(start_node, tmp_path, caplog):
+def test_contourable_only_refuses_other_classes_in_negotiation_and_logs_them(
+    start_node, tmp_path, caplog
+):
     caplog.set_level(logging.INFO)
-    node, _ = start_node()
+    node, _ = start_node(node={"accept_sop_classes": "contourable"})
     secondary = make_ct_series(
         tmp_path / "sc", 1, extra={"SOPClassUID": SecondaryCaptureImageStorage}
     )

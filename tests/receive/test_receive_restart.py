@@ -99,7 +99,7 @@ def test_sigkill_mid_push_keeps_every_acknowledged_instance_and_completes_once(t
     binary = require_tool("storescu", "dcmtk")
     files = make_ct_series(tmp_path / "in", 150, rows=128, columns=128)
     port = free_port()
-    config = _write_config(tmp_path, port)
+    config = _write_config(tmp_path, port, incomplete_wait_s=3.0)
     completions = tmp_path / "completions.jsonl"
     runner = RunnerProcess(config, completions, tmp_path / "node1.log")
     push = subprocess.Popen(
@@ -143,12 +143,13 @@ def test_sigkill_mid_push_keeps_every_acknowledged_instance_and_completes_once(t
         on_disk = sorted(p.stem for p in (data_dir / "spool").rglob("*.dcm"))
         assert done[0]["sop_uids"] == on_disk
         assert len(on_disk) >= acked
-        # The series is handed on once: no second completion during two more quiet periods.
+        # The push was cut short: the series is handed on once, as incomplete (never
+        # contoured), after series.incomplete_wait_s; no second completion follows.
         with pytest.raises(AssertionError):
             wait_for(lambda: len(_completion_lines(completions)) > 1, 3.5, "no duplicate")
-        assert [(c["version"], c["reason"]) for c in _completion_lines(completions)] == [
-            (1, "quiet_period")
-        ]
+        [done] = _completion_lines(completions)
+        assert (done["version"], done["reason"]) == (1, "incomplete")
+        assert "the node stopped while an association was still sending" in done["incomplete"]
     finally:
         runner.stop()
 

@@ -163,3 +163,30 @@ def test_compressed_series_are_stored_undecoded(start_node, folder_name, propose
         stored = _stored_path(node, path)
         assert dcmread(stored).file_meta.TransferSyntaxUID == source.file_meta.TransferSyntaxUID
         assert pixel_bytes(stored) == pixel_bytes(path)
+
+
+def test_study_push_with_secondary_capture_and_sr_succeeds_and_counts_them_ignored(
+    start_node, tmp_path
+):
+    from peer_tools import make_secondary_capture, make_sr_file
+
+    node, completions = start_node(series={"complete_after_s": 0.5})
+    ct = make_ct_series(tmp_path / "ct", 6)
+    study_uid = str(dcmread(ct[0]).StudyInstanceUID)
+    sc = make_secondary_capture(tmp_path / "other" / "sc.dcm", ct[0])
+    sr = make_sr_file(tmp_path / "other" / "sr.dcm", study_uid=study_uid)
+    # Plain storescu, no --no-halt: it stops at the first refused file, so every file counts.
+    result = storescu(node.port, [sc, *ct, sr])
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("Received Store Response (Success)") == 8
+    series_uid = str(dcmread(ct[0]).SeriesInstanceUID)
+    [done] = wait_for(lambda: completions.for_series(series_uid), 10, "CT completion")
+    assert done.num_instances == 6
+    assert [c.series_uid for c in completions.items] == [series_uid]
+    assert sorted(p.stem for p in node.spool.root.rglob("*.dcm")) == sorted(
+        sop_uid_of(p) for p in ct
+    )
+    assert node.db.ignored_counts() == {
+        "1.2.840.10008.5.1.4.1.1.7": 1,  # Secondary Capture Image Storage
+        "1.2.840.10008.5.1.4.1.1.88.33": 1,  # Comprehensive SR Storage
+    }
