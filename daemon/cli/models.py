@@ -234,6 +234,15 @@ def _show_text(record: ModelRecord) -> str:
         )
     if card.architecture:
         lines.append(f"  architecture:  {card.architecture.model_dump()}")
+    if card.nnunet:
+        nn = card.nnunet
+        network = nn.network_class.rsplit(".", 1)[-1]
+        lines.append(
+            f"  nnU-Net:       {nn.source} ({nn.dataset_name}); {network}, "
+            f"spacing_mm {list(nn.spacing_mm)}, patch {list(nn.patch_size)} (array order), "
+            f"{nn.normalization.scheme}, orientation {nn.orientation}"
+        )
+        lines.append(f"  inference:     {nn.describe()} (card mode; rules may override)")
     if card.training:
         lines.append(f"  training:      {card.training.model_dump(mode='json', exclude_none=True)}")
     lines.append("  ROIs:")
