@@ -247,7 +247,11 @@ def test_segment_cli_writes_an_rtstruct_with_the_nnunet_rois(
     assert proc.returncode == 0, proc.stderr
     (rs_path,) = out.rglob("RS_*.dcm")
     rs = pydicom.dcmread(rs_path)
-    assert sorted(r.ROIName for r in rs.StructureSetROISequence) == ["Box", "Sphere"]
+    names = {r.ROIName for r in rs.StructureSetROISequence}
+    # Sphere is always found; Box only if the short training learnt it (empty ROIs
+    # are reported as warnings and not written).
+    assert "Sphere" in names and names <= {"Box", "Sphere"}, names
+    assert "Box" in names or "'Box' from model shapes 1.0.0 is empty" in proc.stderr
 
 
 def test_import_is_deterministic_and_the_card_reads_the_plans(trained: Path, work: Path) -> None:
