@@ -140,6 +140,10 @@ class DispatchConfig(StrictModel):
     Attempt n (1-based) that fails is retried after
     ``min(retry_initial_s * retry_factor**(n-1), retry_max_s)`` seconds, until
     ``max_attempts`` attempts have failed; then the job is ``failed``.
+    ``lease_s``: how long one send attempt holds its delivery; a sender that
+    dies without the supervisor seeing it (the whole node killed) blocks the
+    delivery that long. Keep it above the longest send (connect, one
+    ``network_timeout_s`` per file, release).
     """
 
     calling_ae_title: str = "CONTOURD"
@@ -151,6 +155,7 @@ class DispatchConfig(StrictModel):
     network_timeout_s: float = Field(default=60.0, gt=0)
     poll_interval_s: float = Field(default=1.0, gt=0)
     max_pdu_bytes: int = Field(default=0, ge=0)
+    lease_s: float = Field(default=300.0, gt=0)
 
 
 class WorkerConfig(StrictModel):
@@ -186,11 +191,16 @@ class RetentionConfig(StrictModel):
 
 
 class HttpConfig(StrictModel):
-    """``/healthz`` and Prometheus ``/metrics`` (owner: daemon/health_http.py)."""
+    """``/healthz`` and Prometheus ``/metrics`` (owner: daemon/health_http.py).
+
+    ``dispatch_failing_unhealthy_s``: ``/healthz`` answers 503 once a result
+    has waited this long for a destination that keeps refusing it.
+    """
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    dispatch_failing_unhealthy_s: float = Field(default=600.0, gt=0)
 
 
 class ContourdConfig(StrictModel):
@@ -234,10 +244,12 @@ def default_config() -> ContourdConfig:
     return ContourdConfig.model_validate({"rules": EMBEDDED_RULES})
 
 
-def load_config(path: Path | None) -> ContourdConfig:
+def load_config(path: Path | None, *, relative_to: Path | None = None) -> ContourdConfig:
     """Read and validate a config file; ``None`` gives the embedded defaults.
 
-    A relative ``node.data_dir`` is resolved against the config file's folder.
+    A relative ``node.data_dir`` is resolved against ``relative_to`` (default:
+    the config file's folder; workers read the supervisor's copy of the last
+    valid config and pass the original file's folder).
 
     Raises
     ------
@@ -255,7 +267,8 @@ def load_config(path: Path | None) -> ContourdConfig:
         ) from err
     config = load_config_text(text, source=str(path))
     if not config.node.data_dir.is_absolute():
-        config.node.data_dir = (Path(path).parent / config.node.data_dir).resolve()
+        base = Path(path).parent if relative_to is None else Path(relative_to)
+        config.node.data_dir = (base / config.node.data_dir).resolve()
     return config
 
 

@@ -11,6 +11,12 @@ config applies to every series completed after it was saved.
 Routing, destinations, dispatch and retention settings take effect at once;
 ``node:`` (AE title, port, data folder, TLS) is bound at start and changes
 there are logged as needing a restart.
+
+Worker processes never read the operator's file: ``contourd serve`` writes
+the bytes of the last valid config to ``<data_dir>/run/config.last-valid.yaml``
+(:func:`write_last_valid`) whenever its holder accepts a version, and the
+workers hot-reload that copy. A broken edit followed by a worker restart
+therefore keeps the workers on the last valid config instead of stopping them.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class _FileState:
     mtime_ns: int
     size: int
     sha256: str
+    data: bytes
 
 
 def _stat(path: Path) -> tuple[int, int] | None:
@@ -72,6 +79,7 @@ class ConfigHolder:
         self._state = self._read_state()
         self._current = config if config is not None else loader(self.path)
         self._loaded_sha256 = self._state.sha256 if self._state is not None else None
+        self._valid_bytes = self._state.data if self._state is not None else None
         self.last_error: str | None = None
         self.generation = 0
 
@@ -81,15 +89,21 @@ class ConfigHolder:
         with self._lock:
             return self._current
 
+    @property
+    def valid_bytes(self) -> bytes | None:
+        """The file's bytes that gave :attr:`current` (``None``: not read from a file)."""
+        with self._lock:
+            return self._valid_bytes
+
     def _read_state(self) -> _FileState | None:
         stat = _stat(self.path)
         if stat is None:
             return None
         try:
-            digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+            data = self.path.read_bytes()
         except OSError:
             return None
-        return _FileState(stat[0], stat[1], digest)
+        return _FileState(stat[0], stat[1], hashlib.sha256(data).hexdigest(), data)
 
     def reload_if_changed(self) -> bool:
         """Reload the file when its content changed.
@@ -142,6 +156,7 @@ class ConfigHolder:
                 )
             self._current = new
             self._loaded_sha256 = state.sha256
+            self._valid_bytes = state.data
             self.last_error = None
             self.generation += 1
             log.info(
@@ -178,3 +193,31 @@ class ConfigWatcher:
                 self.holder.reload_if_changed()
             except Exception:  # boundary: a watcher bug must not stop the daemon
                 log.exception("config watcher failed; will retry")
+
+
+LAST_VALID_CONFIG = Path("run") / "config.last-valid.yaml"
+"""Where ``contourd serve`` keeps the last valid config for its workers (in the data folder)."""
+
+
+def write_last_valid(holder: ConfigHolder, data_dir: Path) -> Path | None:
+    """Write the holder's last valid config bytes to the data folder, atomically.
+
+    Returns the path, or ``None`` when it could not be written (full disk):
+    then a stale copy is removed so that workers fall back to the operator's
+    file, which was valid when ``serve`` loaded it.
+    """
+    path = Path(data_dir) / LAST_VALID_CONFIG
+    data = holder.valid_bytes
+    if data is None:
+        return None
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as err:
+        log.error("cannot write the workers' copy of the config to %s: %s", path, err)
+        tmp.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        return None
+    return path

@@ -13,6 +13,13 @@ The same files are sent every time, so a resend carries the same SOP
 Instance UIDs and a planning system never receives two different-looking
 copies of one result.
 
+Each file the peer acknowledges is recorded in the delivery's row at once,
+before the association is released or anything else can fail; a sender that
+dies after that point (SIGKILL, OOM) leaves the record, and the next attempt
+skips the acknowledged files instead of sending them twice. Only a death in
+the instant between the peer storing a file and its response reaching us can
+still cause a second copy (same SOP Instance UID), which DICOM cannot avoid.
+
 Speed: the SCU sets ``TCP_NODELAY`` on the association's socket (small PDUs
 such as P-DATA headers and C-STORE responses are not held back by Nagle's
 algorithm) and sends each file straight from disk in chunks
@@ -25,11 +32,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sqlite3
 import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -40,7 +48,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from contourd.errors import DispatchError
 from daemon.config import DestinationConfig, DispatchConfig
-from daemon.job_queue import DeliveryState, Job, SqliteJobQueue
+from daemon.job_queue import Delivery, DeliveryState, Job, LeaseLostError, SqliteJobQueue
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +99,20 @@ def send_cstore(
     config: DispatchConfig,
     *,
     name: str = "destination",
+    already_accepted: Collection[str] = (),
+    on_accepted: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Send ``files`` to a C-STORE SCP in one association.
+
+    Files whose SOP Instance UID is in ``already_accepted`` are not sent
+    again. ``on_accepted(sop_instance_uid)`` is called as soon as the peer
+    acknowledges a file, before the next file or the release.
 
     Returns
     -------
     list of str
-        The SOP Instance UIDs the peer acknowledged, in file order.
+        The SOP Instance UIDs the peer has acknowledged (now or before), in
+        file order.
 
     Raises
     ------
@@ -107,7 +122,12 @@ def send_cstore(
     """
     if dest.host is None or dest.port is None or dest.ae_title is None:
         raise DispatchError(f"destination {name!r} is not a C-STORE peer (no host/port/ae_title)")
-    metas = [_file_meta(Path(f)) for f in files]
+    all_metas = [_file_meta(Path(f)) for f in files]
+    todo = [(f, m) for f, m in zip(files, all_metas, strict=True) if m[1] not in already_accepted]
+    if not todo:
+        return [m[1] for m in all_metas]
+    files = [f for f, _ in todo]
+    metas = [m for _, m in todo]
     ae = AE(ae_title=config.calling_ae_title)
     ae.acse_timeout = config.connect_timeout_s
     ae.connection_timeout = config.connect_timeout_s
@@ -135,7 +155,7 @@ def send_cstore(
             f"association to {where} {reason}; check that the peer is running and "
             f"accepts calling AE {config.calling_ae_title!r} and called AE {dest.ae_title!r}"
         )
-    sent: list[str] = []
+    sent = [m[1] for m in all_metas if m[1] in already_accepted]
     try:
         sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
         if isinstance(sock, socket.socket):
@@ -163,6 +183,8 @@ def send_cstore(
                     f"{where} refused {Path(path).name} with status 0x{code:04X}; "
                     f"see the peer's log for the reason"
                 )
+            if on_accepted is not None:
+                on_accepted(sop_uid)
             sent.append(sop_uid)
     finally:
         if assoc.is_established:
@@ -247,7 +269,8 @@ class Dispatcher:
     owner
         The lease owner name for deliveries this dispatcher takes.
     lease_s
-        How long a delivery stays leased while it is being sent.
+        How long a delivery stays leased while it is being sent (default
+        ``config.lease_s``).
     """
 
     def __init__(
@@ -257,19 +280,21 @@ class Dispatcher:
         config: DispatchConfig,
         *,
         owner: str | None = None,
-        lease_s: float = 300.0,
+        lease_s: float | None = None,
     ) -> None:
         self.queue = queue
         self.destinations = destinations
         self.config = config
         self.owner = owner or f"dispatch-{socket.gethostname()}-{os.getpid()}"
-        self.lease_s = lease_s
+        self.lease_s = config.lease_s if lease_s is None else lease_s
         self._scheduler: BackgroundScheduler | None = None
         self._drain_lock = threading.Lock()
+        self._last_db_error: str | None = None
         self.on_sent: Callable[[Job, str, float], None] | None = None
 
     # -- one attempt ------------------------------------------------------------
-    def _send(self, job: Job, destination: str) -> list[str]:
+    def _send(self, job: Job, delivery: Delivery) -> list[str]:
+        destination = delivery.destination
         dests = self.destinations()
         dest = dests.get(destination)
         if dest is None:
@@ -287,7 +312,24 @@ class Dispatcher:
             )
         if dest.folder is not None:
             return copy_to_folder(files, dest.folder)
-        return send_cstore(files, dest, self.config, name=destination)
+        if delivery.accepted_sop_instance_uids:
+            log.warning(
+                "job %s: %s already acknowledged %d file(s) before the previous sender "
+                "stopped; they are not sent again",
+                job.id,
+                destination,
+                len(delivery.accepted_sop_instance_uids),
+            )
+        return send_cstore(
+            files,
+            dest,
+            self.config,
+            name=destination,
+            already_accepted=frozenset(delivery.accepted_sop_instance_uids),
+            on_accepted=lambda uid: self.queue.record_acceptance(
+                job.id, destination, self.owner, uid
+            ),
+        )
 
     def drain(self, *, job_id: int | None = None) -> int:
         """Send every delivery that is due now; returns how many attempts were made.
@@ -303,12 +345,16 @@ class Dispatcher:
                     return attempts
                 job, delivery = claimed
                 attempts += 1
-                self._attempt(job, delivery.destination, delivery.attempts)
+                self._attempt(job, delivery)
 
-    def _attempt(self, job: Job, destination: str, attempt: int) -> None:
+    def _attempt(self, job: Job, delivery: Delivery) -> None:
+        destination, attempt = delivery.destination, delivery.attempts
         started = time.monotonic()
         try:
-            uids = self._send(job, destination)
+            uids = self._send(job, delivery)
+        except LeaseLostError as err:
+            log.error("job %s: stopped sending to %s: %s", job.id, destination, err)
+            return
         except DispatchError as err:
             self._failed(job, destination, attempt, str(err))
             return
@@ -367,11 +413,25 @@ class Dispatcher:
             misfire_grace_time=None,
         )
 
+    def wake(self) -> None:
+        """Look for due deliveries now (e.g. a dead sender's lease was just released)."""
+        self._schedule_at(time.time())
+
     def _drain_quietly(self) -> None:
         try:
             self.drain()
+        except sqlite3.OperationalError as err:
+            # A full disk: say it once, not with a traceback at every sweep.
+            if str(err) != self._last_db_error:
+                log.error("dispatch sweep: job database not writable (%s); retrying", err)
+            self._last_db_error = str(err)
+            return
         except Exception:  # boundary: a scheduler tick must not kill the scheduler
             log.exception("dispatch sweep failed; it runs again at the next tick")
+            return
+        if self._last_db_error is not None:
+            log.info("dispatch sweep: job database writable again")
+            self._last_db_error = None
 
     def start(self) -> None:
         """Start the background sweeps (every ``poll_interval_s``) and due retries."""

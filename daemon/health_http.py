@@ -52,13 +52,32 @@ LATENCY_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 LATENCY_WINDOW_JOBS = 1000
 
 
+HEARTBEAT_BLOCK_BYTES = 4096
+"""The heartbeat is padded to whole blocks of this size, so that on a full disk
+it can still be rewritten in place (no new block is needed)."""
+
+
 def write_heartbeat(data_dir: Path, info: dict[str, Any]) -> None:
-    """Atomically write the running node's heartbeat (pid, ports, time)."""
+    """Write the running node's heartbeat (pid, ports, problems, time).
+
+    Atomically (temp file + rename) when the disk allows; on a full disk the
+    padded file is overwritten in place instead, so ``contourd status`` still
+    sees a running node. Raises ``OSError`` when neither works.
+    """
     payload = dict(info, pid=os.getpid(), updated_at=time.time())
+    data = json.dumps(payload).encode("utf-8")
+    data += b" " * (-len(data) % HEARTBEAT_BLOCK_BYTES)
     path = Path(data_dir) / HEARTBEAT_FILENAME
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        if not path.is_file() or path.stat().st_size < len(data):
+            raise
+        with open(path, "r+b") as fh:
+            fh.write(data + b" " * (path.stat().st_size - len(data)))
 
 
 def clear_heartbeat(data_dir: Path) -> None:
@@ -79,9 +98,14 @@ def _pid_alive(pid: int) -> bool:
 def read_heartbeat(data_dir: Path) -> dict[str, Any] | None:
     """The heartbeat of a running node, or ``None`` when none is fresh and alive."""
     path = Path(data_dir) / HEARTBEAT_FILENAME
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    info = None
+    for _attempt in range(3):  # an in-place rewrite may be read half-done: read again
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+            break
+        except (OSError, ValueError):
+            continue
+    if not isinstance(info, dict):
         return None
     if time.time() - float(info.get("updated_at", 0)) > HEARTBEAT_STALE_S:
         return None
@@ -233,8 +257,10 @@ class HealthServer:
     host, port
         Where to listen; port 0 picks a free port (see :attr:`port`).
     extra_checks
-        Returns ``{"healthy": bool, ...}`` details from the running node
-        (SCP listening, worker processes alive); merged into ``/healthz``.
+        Returns ``{"healthy": bool, "problems": [str, ...], ...}`` from the
+        running node (config, disk floor, workers, dispatch; see
+        :mod:`daemon.node_health`); merged into ``/healthz``, whose
+        ``problems`` list says why it answers 503.
     """
 
     def __init__(
@@ -268,6 +294,7 @@ class HealthServer:
             extra = self.extra_checks()
             healthy = bool(extra.get("healthy", True))
             status["checks"] = extra
+            status["problems"] = list(extra.get("problems", []))
         status["status"] = "ok" if healthy else "unhealthy"
         return (200 if healthy else 503), status
 

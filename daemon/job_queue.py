@@ -215,6 +215,11 @@ class Delivery:
     last_error: str | None
     sent_at: float | None
     sent_sop_instance_uids: list[str] = field(default_factory=list)
+    accepted_sop_instance_uids: list[str] = field(default_factory=list)
+    """Files the peer acknowledged during an attempt that did not finish (its
+    sender died); they are not sent again."""
+    failing_since: float | None = None
+    """Unix time of the first failed attempt since the last success."""
 
 
 class JobQueue(Protocol):
@@ -428,6 +433,21 @@ class SqliteJobQueue:
                     pk=("job_id", "destination"),
                     if_not_exists=True,
                 )
+            self._add_missing_columns(
+                "job_deliveries", {"accepted_sop_instance_uids": str, "failing_since": float}
+            )
+
+    def _add_missing_columns(self, table_name: str, columns: dict[str, type]) -> None:
+        """Add columns a newer version needs to a table an older version made."""
+        table = self.db.table(table_name)
+        for name, kind in columns.items():
+            if name in table.columns_dict:
+                continue
+            try:
+                table.add_column(name, kind)
+            except sqlite3.OperationalError as err:
+                if "duplicate column" not in str(err):
+                    raise  # otherwise another process added it at the same moment
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -878,8 +898,8 @@ class SqliteJobQueue:
         with self._lock:
             rows = self._conn.execute(
                 "SELECT job_id, destination, state, attempts, next_attempt_at, last_error, "
-                "sent_at, sent_sop_instance_uids FROM job_deliveries WHERE job_id = ? "
-                "ORDER BY destination",
+                "sent_at, sent_sop_instance_uids, accepted_sop_instance_uids, failing_since "
+                "FROM job_deliveries WHERE job_id = ? ORDER BY destination",
                 (job_id,),
             ).fetchall()
         return [
@@ -892,6 +912,8 @@ class SqliteJobQueue:
                 last_error=r[5],
                 sent_at=r[6],
                 sent_sop_instance_uids=json.loads(r[7]) if r[7] else [],
+                accepted_sop_instance_uids=json.loads(r[8]) if r[8] else [],
+                failing_since=r[9],
             )
             for r in rows
         ]
@@ -944,6 +966,90 @@ class SqliteJobQueue:
         delivery = next(d for d in self.deliveries(job_id) if d.destination == destination)
         return job, delivery
 
+    def record_acceptance(
+        self, job_id: int, destination: str, owner: str, sop_instance_uid: str
+    ) -> None:
+        """Note that the peer acknowledged one file (called before anything else).
+
+        Raises :class:`LeaseLostError` when ``owner`` no longer holds the
+        delivery (another sender took it over): stop sending then.
+        """
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT lease_owner, accepted_sop_instance_uids FROM job_deliveries "
+                "WHERE job_id = ? AND destination = ?",
+                (job_id, destination),
+            ).fetchone()
+            if row is None or row[0] != owner:
+                raise LeaseLostError(
+                    f"{owner!r} does not hold the delivery of job {job_id} to {destination!r}"
+                )
+            accepted = json.loads(row[1]) if row[1] else []
+            if sop_instance_uid not in accepted:
+                accepted.append(sop_instance_uid)
+            conn.execute(
+                "UPDATE job_deliveries SET accepted_sop_instance_uids = ? "
+                "WHERE job_id = ? AND destination = ?",
+                (json.dumps(accepted), job_id, destination),
+            )
+
+    def release_leases(self, owners: Sequence[str], reason: str) -> list[int]:
+        """Free every job and delivery lease ``owners`` hold (they are known dead).
+
+        The supervisor calls this when it has seen a worker process exit, so
+        its job is claimed again at once instead of when the lease runs out.
+        Returns the ids of the jobs concerned (an event with ``reason`` is
+        added to each).
+        """
+        if not owners:
+            return []
+        now = time.time()
+        marks = ", ".join("?" * len(owners))
+        held_jobs = f"FROM jobs WHERE lease_owner IN ({marks}) AND lease_expires_at IS NOT NULL"
+        held_sends = f"FROM job_deliveries WHERE state = 'sending' AND lease_owner IN ({marks})"
+        with self._write() as conn:
+            jobs = [int(r[0]) for r in conn.execute(f"SELECT id {held_jobs}", tuple(owners))]
+            sends = [
+                (int(r[0]), r[1])
+                for r in conn.execute(f"SELECT job_id, destination {held_sends}", tuple(owners))
+            ]
+            conn.execute(
+                f"UPDATE jobs SET lease_expires_at = 0 WHERE id IN (SELECT id {held_jobs})",
+                tuple(owners),
+            )
+            conn.execute(
+                "UPDATE job_deliveries SET lease_expires_at = 0 WHERE rowid IN "
+                f"(SELECT rowid {held_sends})",
+                tuple(owners),
+            )
+            for job_id in jobs:
+                self._event(conn, job_id, "lease_released", now, None, reason)
+            for job_id, destination in sends:
+                self._event(
+                    conn,
+                    job_id,
+                    "lease_released",
+                    now,
+                    None,
+                    f"{reason} (sending to {destination})",
+                )
+        return sorted(set(jobs) | {job_id for job_id, _ in sends})
+
+    def failing_destinations(self) -> list[tuple[str, float, str | None]]:
+        """Destinations that keep refusing results: ``(name, failing since, last error)``.
+
+        Only unfinished deliveries count (``pending`` or ``sending`` with a
+        failed attempt since their last success); longest failing first,
+        times in Unix seconds.
+        """
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT destination, MIN(failing_since), MAX(last_error) FROM job_deliveries "
+                "WHERE state IN ('pending', 'sending') AND failing_since IS NOT NULL "
+                "GROUP BY destination ORDER BY MIN(failing_since)"
+            ).fetchall()
+        return [(r[0], float(r[1]), r[2]) for r in rows]
+
     def finish_delivery(
         self,
         job_id: int,
@@ -976,7 +1082,8 @@ class SqliteJobQueue:
             if ok:
                 conn.execute(
                     "UPDATE job_deliveries SET state = 'sent', sent_at = ?, last_error = NULL, "
-                    "sent_sop_instance_uids = ?, lease_owner = NULL, lease_expires_at = NULL "
+                    "sent_sop_instance_uids = ?, lease_owner = NULL, lease_expires_at = NULL, "
+                    "accepted_sop_instance_uids = NULL, failing_since = NULL "
                     "WHERE job_id = ? AND destination = ?",
                     (now, json.dumps(list(sop_instance_uids)), job_id, destination),
                 )
@@ -985,9 +1092,10 @@ class SqliteJobQueue:
                 state = "pending" if retry_at is not None else "failed"
                 conn.execute(
                     "UPDATE job_deliveries SET state = ?, last_error = ?, next_attempt_at = ?, "
-                    "lease_owner = NULL, lease_expires_at = NULL "
+                    "lease_owner = NULL, lease_expires_at = NULL, "
+                    "failing_since = COALESCE(failing_since, ?) "
                     "WHERE job_id = ? AND destination = ?",
-                    (state, error, retry_at, job_id, destination),
+                    (state, error, retry_at, now, job_id, destination),
                 )
                 note = (
                     f"{destination}: {error}; retry at {utc_iso(retry_at)}"
@@ -1053,7 +1161,8 @@ class SqliteJobQueue:
                     "next_attempt_at) VALUES (?, ?, 'pending', 0, ?) "
                     "ON CONFLICT(job_id, destination) DO UPDATE SET state = 'pending', "
                     "attempts = 0, next_attempt_at = excluded.next_attempt_at, "
-                    "last_error = NULL, lease_owner = NULL, lease_expires_at = NULL",
+                    "last_error = NULL, lease_owner = NULL, lease_expires_at = NULL, "
+                    "accepted_sop_instance_uids = NULL, failing_since = NULL",
                     (job_id, name, now),
                 )
             conn.execute(

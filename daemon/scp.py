@@ -19,8 +19,10 @@ classes in :data:`STORAGE_SOP_CLASSES` are stored, the others are answered
 ``/metrics``). ``contourable`` refuses the other classes at negotiation.
 
 Failure replies carry an Error Comment. Access control (calling AE allow-list,
-optionally ``AE@address``, called AE title, free-disk floor) rejects the
-association in ``EVT_REQUESTED`` with a logged reason; pynetdicom enforces
+optionally ``AE@address``, called AE title) rejects the association in
+``EVT_REQUESTED`` with a logged reason. Under the free-disk floor
+(``node.min_free_disk_mb``) associations are still accepted, so C-ECHO keeps
+answering, and every C-STORE gets ``0xA700`` (logged once per association); pynetdicom enforces
 ``maximum_associations``. Logs carry peer, AE titles, UIDs, counts and
 durations, never patient name, ID or birth date.
 """
@@ -129,6 +131,7 @@ class _AssociationStats:
     ignored: dict[str, int] = field(default_factory=dict)  # SOP class name -> count
     bytes_stored: int = 0
     series: set[str] = field(default_factory=set)
+    refused_for_space: int = 0
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -277,14 +280,6 @@ class StorageSCP:
         if reason is None and called != self.node.ae_title:
             reason = f"called AE title {called!r} is not this node's {self.node.ae_title!r}"
             rsd = (0x01, 0x01, 0x07)
-        if reason is None and self.node.min_free_disk_mb > 0:
-            free_mb = self.spool.free_disk_mb()
-            if free_mb < self.node.min_free_disk_mb:
-                reason = (
-                    f"free disk space {free_mb:.0f} MiB under node.min_free_disk_mb "
-                    f"{self.node.min_free_disk_mb}; free space in {self.spool.root}"
-                )
-                rsd = (0x02, 0x03, 0x01)  # transient: temporary congestion
         if reason is None:
             return
         log.warning(
@@ -374,6 +369,20 @@ class StorageSCP:
         peer = stats.peer if stats else self._peer(assoc)
         request = cast(C_STORE, event.request)
         sop_uid_raw = request.AffectedSOPInstanceUID
+        full = self._disk_floor_reached()
+        if full is not None:
+            if stats is not None:
+                stats.failed += 1
+                stats.refused_for_space += 1
+            if stats is None or stats.refused_for_space == 1:
+                log.warning(
+                    "C-STORE from %s@%s refused with 0xA700 (further refusals in this "
+                    "association are counted, not logged): %s",
+                    calling,
+                    peer,
+                    full,
+                )
+            return _status(STATUS_OUT_OF_RESOURCES, full)
         sop_class = str(request.AffectedSOPClassUID or "")
         if sop_class not in STORAGE_SOP_CLASSES:
             return self._ignore(stats, calling, peer, sop_class)
@@ -407,6 +416,18 @@ class StorageSCP:
             (time.perf_counter() - started_s) * 1e3,
         )
         return STATUS_SUCCESS
+
+    def _disk_floor_reached(self) -> str | None:
+        """Why images are refused for space now, or ``None`` while there is enough."""
+        if self.node.min_free_disk_mb <= 0:
+            return None
+        free_mb = self.spool.free_disk_mb()
+        if free_mb >= self.node.min_free_disk_mb:
+            return None
+        return (
+            f"free disk {free_mb:.0f} MiB under node.min_free_disk_mb "
+            f"{self.node.min_free_disk_mb}; retry later"
+        )
 
     def _store(self, event: evt.Event, calling: str, peer: str) -> tuple[InstanceArrival, int]:
         request = cast(C_STORE, event.request)

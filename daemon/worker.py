@@ -29,10 +29,12 @@ One job, step by step (each step is a state in the job row):
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -170,6 +172,8 @@ class Worker:
         self.stop_requested = threading.Event()
         self.current_job: int | None = None
         self._registry: ModelRegistry | None = None
+        self._waiting_for_disk = False
+        self._claim_error: str | None = None
 
     # -- loop -----------------------------------------------------------------
     def run(self, *, once: bool = False) -> int:
@@ -179,13 +183,46 @@ class Worker:
         """
         done = 0
         while not self.stop_requested.is_set():
-            if self.process_one():
+            if self._disk_under_floor():
+                self.stop_requested.wait(self.config().worker.poll_interval_s)
+                continue
+            try:
+                worked = self.process_one()
+            except Exception as err:
+                if not _disk_full(err):
+                    raise
+                if str(err) != self._claim_error:  # once, not at every poll
+                    log.error("worker %s: cannot claim a job (%s); waiting", self.worker_id, err)
+                self._claim_error = str(err)
+                self.stop_requested.wait(self.config().worker.poll_interval_s)
+                continue
+            self._claim_error = None
+            if worked:
                 done += 1
                 continue
             if once:
                 break
             self.stop_requested.wait(self.config().worker.poll_interval_s)
         return done
+
+    def _disk_under_floor(self) -> bool:
+        """True while the data disk is under ``node.min_free_disk_mb`` (no job is claimed:
+        it could not write its result, and the emergency purge needs the space)."""
+        floor_mb = self.config().node.min_free_disk_mb
+        free_mb = shutil.disk_usage(self.queue.data_dir).free / 2**20 if floor_mb > 0 else 0.0
+        full = floor_mb > 0 and free_mb < floor_mb
+        if full and not self._waiting_for_disk:
+            log.warning(
+                "worker %s: free disk %.0f MiB under node.min_free_disk_mb %d MiB; "
+                "claiming no job until space returns",
+                self.worker_id,
+                free_mb,
+                floor_mb,
+            )
+        elif not full and self._waiting_for_disk:
+            log.info("worker %s: disk space is back; claiming jobs again", self.worker_id)
+        self._waiting_for_disk = full
+        return full
 
     def process_one(self) -> bool:
         """Claim one job and process it; False when none was claimable."""
@@ -202,11 +239,23 @@ class Worker:
         except ContourdError as err:
             self._fail(job, str(err))
         except Exception as err:  # boundary: one job; the error is kept on the job row
+            if _disk_full(err):
+                # Not the series' fault: give the job back; it runs again once space
+                # returns (workers claim nothing under node.min_free_disk_mb).
+                log.error("job %s: disk full while processing (%s); job given back", job.id, err)
+                self._give_back(job, f"disk full while processing ({err}); runs again later")
+                return True
             log.exception("job %s: unexpected error", job.id)
             self._fail(job, f"internal error {type(err).__name__}: {err}; see the worker log")
         finally:
             self.current_job = None
         return True
+
+    def _give_back(self, job: Job, reason: str) -> None:
+        try:
+            self.queue.release_leases([self.worker_id], reason)
+        except sqlite3.Error as err:
+            log.error("job %s: lease not released (%s); it runs out by itself", job.id, err)
 
     def _fail(self, job: Job, message: str) -> None:
         log.error("job %s failed: %s", job.id, message)
@@ -350,8 +399,14 @@ class Worker:
             return
         out_dir = self.queue.data_dir / "results" / str(job.id)
         t0 = time.perf_counter()
-        path = write_preview(out_dir / "preview.png", result.volume.array, result.rois)
-        self.queue.update_fields(job.id, preview_file=path)
+        try:
+            path = write_preview(out_dir / "preview.png", result.volume.array, result.rois)
+            self.queue.update_fields(job.id, preview_file=path)
+        except (OSError, sqlite3.Error) as err:
+            # The result is written (and maybe sent): a full disk, or the emergency
+            # purge removing a delivered job's folder, costs the preview only.
+            log.warning("job %s: no preview (%s); the result is not affected", job.id, err)
+            return
         log.debug("job %s: preview in %.2f s", job.id, time.perf_counter() - t0)
 
     def _attributes(self, job: Job) -> SeriesAttributes:
@@ -433,6 +488,13 @@ class Worker:
         seg.save_as(tmp, enforce_file_format=True)
         os.replace(tmp, path)
         return [path]
+
+
+def _disk_full(err: BaseException) -> bool:
+    """True for ENOSPC/EDQUOT and SQLite's "database or disk is full"."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "disk is full" in str(err) or "disk I/O error" in str(err)
 
 
 class SeriesFilesError(ContourdError):

@@ -7,11 +7,24 @@ and SQLite rows), so a crash in one never loses another's work:
   series version becomes a job (:meth:`SqliteJobQueue.submit_series`,
   idempotent, so a completion re-emitted after a restart is harmless);
 - ``worker.processes`` worker processes (``contourd worker``), restarted when
-  one dies; a dead worker's job is re-claimed when its lease runs out;
+  one dies; the supervisor releases a dead worker's leases at once, so its
+  job (or its send) is taken up again without waiting for the lease to run
+  out. Workers read the supervisor's copy of the last valid config
+  (``<data_dir>/run/config.last-valid.yaml``), never a broken edit;
 - the dispatcher (retries with backoff), retention, the ``/healthz`` and
   ``/metrics`` endpoint, and the config watcher (hot reload of rules,
   destinations, dispatch and retention settings);
-- a heartbeat file that ``contourd status`` reads.
+- a heartbeat file that ``contourd status`` reads, holding the problems
+  that ``/healthz`` reports (:mod:`daemon.node_health`).
+
+A full data disk does not stop the node: the emergency purge runs before
+anything else at start and whenever free space is under
+``retention.emergency_free_disk_mb``; under ``node.min_free_disk_mb`` the SCP
+answers C-ECHO and refuses images with 0xA700 and workers claim no jobs; the
+log falls back to stderr; a heartbeat that cannot be written is skipped; a
+1 MiB reserve file (:mod:`daemon.space_reserve`) is given back when the
+database cannot be opened on a full disk, so a restart there comes up too.
+Everything resumes by itself when space returns.
 
 Shutdown: the first SIGTERM (or Ctrl-C) stops accepting associations, lets
 each worker finish its running job and the dispatcher finish its send, then
@@ -23,13 +36,17 @@ database: open series, queued and scheduled jobs, pending deliveries.
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -37,14 +54,22 @@ from typing import Any
 from pydicom import Dataset
 
 from daemon.config import ContourdConfig, load_config
-from daemon.config_watcher import ConfigHolder, ConfigWatcher
+from daemon.config_watcher import (
+    LAST_VALID_CONFIG,
+    ConfigHolder,
+    ConfigWatcher,
+    write_last_valid,
+)
 from daemon.dispatch import Dispatcher
 from daemon.health_http import HealthServer, clear_heartbeat, write_heartbeat
 from daemon.job_queue import SqliteJobQueue
+from daemon.log_fallback import FallbackFileHandler
 from daemon.node import ReceiveNode
+from daemon.node_health import WORKER_CRASH_LOOP_WINDOW_S, NodeFacts, node_problems
 from daemon.retention import Retention
 from daemon.series_assembler import SeriesCompletion
 from daemon.series_intake import submit_completion
+from daemon.space_reserve import SpaceReserve
 from routing.engine import route
 from routing.series_attributes import SeriesAttributes
 
@@ -52,6 +77,8 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 5.0
 WORKER_RESTART_DELAY_S = 1.0
+EMERGENCY_PURGE_INTERVAL_S = 5.0
+"""Seconds between retention passes while free space is under the emergency floor."""
 
 
 def register(subparsers: Any) -> None:
@@ -86,9 +113,7 @@ def log_completion(completion: SeriesCompletion) -> None:
 
 
 def _add_file_log(data_dir: Path) -> None:
-    logs = data_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(logs / "contourd.log", encoding="utf-8")
+    handler = FallbackFileHandler(data_dir / "logs" / "contourd.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
 
@@ -102,13 +127,28 @@ class WorkerPool:
         Number of worker processes.
     config_path
         Passed on as ``-c`` (``None``: the workers use the embedded defaults).
+    config_copy
+        The supervisor's copy of the last valid config (``--config-copy``).
+    on_exit
+        Called with a worker's name when the supervisor sees it exit, before
+        it is restarted (``contourd serve`` releases the worker's leases).
     """
 
-    def __init__(self, count: int, config_path: Path | None) -> None:
+    def __init__(
+        self,
+        count: int,
+        config_path: Path | None,
+        *,
+        config_copy: Path | None = None,
+        on_exit: Callable[[str], None] | None = None,
+    ) -> None:
         self.count = count
         self.config_path = config_path
+        self.config_copy = config_copy
+        self.on_exit = on_exit
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.restarts = 0
+        self._restart_times: collections.deque[float] = collections.deque(maxlen=1000)
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._supervise, name="workers", daemon=True)
@@ -117,6 +157,8 @@ class WorkerPool:
         cmd = [sys.executable, "-m", "daemon", "worker", "--id", name]
         if self.config_path is not None:
             cmd += ["-c", str(self.config_path)]
+            if self.config_copy is not None:
+                cmd += ["--config-copy", str(self.config_copy)]
         self.procs[name] = subprocess.Popen(cmd)
         log.info("worker %s started (pid %d)", name, self.procs[name].pid)
 
@@ -136,8 +178,18 @@ class WorkerPool:
                         log.error(
                             "worker %s (pid %d) exited with %s; restarting", name, proc.pid, code
                         )
+                        self._exited(name, proc.pid, code)
                         self.restarts += 1
+                        self._restart_times.append(time.monotonic())
                         self._spawn(name)
+
+    def _exited(self, name: str, pid: int, code: int) -> None:
+        if self.on_exit is None:
+            return
+        try:
+            self.on_exit(name)
+        except Exception:  # boundary: the leases then run out by themselves
+            log.exception("could not release the leases of worker %s (pid %d)", name, pid)
 
     def pids(self) -> list[int]:
         """Process ids of the current workers."""
@@ -146,8 +198,18 @@ class WorkerPool:
 
     def alive(self) -> bool:
         """Whether every worker process runs."""
+        return self.alive_count() == len(self.procs)
+
+    def restarts_within(self, window_s: float) -> int:
+        """Restarts in the last ``window_s`` seconds (a crash loop shows here)."""
+        since = time.monotonic() - window_s
         with self._lock:
-            return all(p.poll() is None for p in self.procs.values())
+            return sum(t >= since for t in self._restart_times)
+
+    def alive_count(self) -> int:
+        """How many worker processes run now."""
+        with self._lock:
+            return sum(p.poll() is None for p in self.procs.values())
 
     def stop(self, *, graceful: bool = True, timeout_s: float | None = None) -> None:
         """SIGTERM every worker (each finishes its job) and wait; SIGKILL when not graceful."""
@@ -182,6 +244,125 @@ def _release_hook(holder: ConfigHolder | None, static: ContourdConfig) -> Any:
     return hook
 
 
+class _NodeHealth:
+    """Gathers :class:`NodeFacts` for ``/healthz`` and the heartbeat."""
+
+    def __init__(
+        self,
+        queue: SqliteJobQueue,
+        workers: WorkerPool,
+        holder: ConfigHolder | None,
+        current: Callable[[], ContourdConfig],
+    ) -> None:
+        self.queue, self.workers, self.holder, self.current = queue, workers, holder, current
+
+    def problems(self) -> list[str]:
+        """Why the node cannot do its job now (empty: healthy)."""
+        config = self.current()
+        try:
+            failing = self.queue.failing_destinations()
+        except sqlite3.Error as err:
+            failing = [("(job database)", 0.0, f"cannot be read: {err}")]
+        return node_problems(
+            NodeFacts(
+                config_path=self.holder.path if self.holder is not None else None,
+                config_error=self.holder.last_error if self.holder is not None else None,
+                data_dir=config.data_dir,
+                free_disk_mb=shutil.disk_usage(config.data_dir).free / 2**20,
+                min_free_disk_mb=config.node.min_free_disk_mb,
+                workers_alive=self.workers.alive_count(),
+                workers_total=self.workers.count,
+                worker_restarts=self.workers.restarts,
+                worker_restarts_recent=self.workers.restarts_within(WORKER_CRASH_LOOP_WINDOW_S),
+                dispatch_failing_unhealthy_s=config.http.dispatch_failing_unhealthy_s,
+                now=time.time(),
+                failing_destinations=failing,
+            )
+        )
+
+    def checks(self) -> dict[str, Any]:
+        """The ``checks`` part of ``/healthz``."""
+        problems = self.problems()
+        return {
+            "healthy": not problems,
+            "problems": problems,
+            "workers_alive": self.workers.alive_count(),
+            "worker_restarts": self.workers.restarts,
+            "config_error": self.holder.last_error if self.holder is not None else None,
+        }
+
+
+class _Retention:
+    """Retention passes: at start, every ``check_interval_s``, and often while the
+    disk is under the emergency floor (the purge must not wait five minutes)."""
+
+    def __init__(self, queue: SqliteJobQueue, current: Callable[[], ContourdConfig]) -> None:
+        self.current = current
+        self.retention = Retention(queue, current().retention)
+        self.next_at = 0.0
+        self.next_emergency_at = 0.0
+
+    def tick(self) -> None:
+        """Run a pass when one is due; never raises."""
+        config = self.current().retention
+        now = time.monotonic()
+        emergency = self.retention.free_disk_mb() < config.emergency_free_disk_mb
+        if now < self.next_at and not (emergency and now >= self.next_emergency_at):
+            return
+        self.retention.config = config
+        try:
+            report = self.retention.run_once()
+            if report.series_purged:
+                log.info("retention purged %d series", len(report.series_purged))
+        except Exception as err:  # boundary: retention must not stop the node
+            log.error("retention pass failed (%s); it runs again later", err)
+        done = time.monotonic()
+        self.next_emergency_at = done + EMERGENCY_PURGE_INTERVAL_S
+        if now >= self.next_at:
+            self.next_at = done + config.check_interval_s
+
+
+def _heartbeat_writer(data_dir: Path, info: Callable[[], dict[str, Any]]) -> Callable[[], None]:
+    """``write_heartbeat`` that logs a failure (full disk) once and keeps going."""
+    failing = {"now": False}
+
+    def beat() -> None:
+        try:
+            write_heartbeat(data_dir, info())
+        except OSError as err:
+            if not failing["now"]:
+                log.error(
+                    "cannot write the heartbeat in %s (%s); `contourd status` will say "
+                    "the node is down until it can",
+                    data_dir,
+                    err,
+                )
+            failing["now"] = True
+            return
+        if failing["now"]:
+            log.info("heartbeat written again")
+        failing["now"] = False
+
+    return beat
+
+
+def _open_queue(data_dir: Path, config: ContourdConfig, reserve: SpaceReserve) -> SqliteJobQueue:
+    """Open the job database; on a full disk give back the reserve and try again."""
+    try:
+        return SqliteJobQueue(data_dir, max_attempts=config.worker.max_attempts)
+    except sqlite3.OperationalError as err:
+        free_mb = shutil.disk_usage(data_dir).free / 2**20
+        if not reserve.release():
+            raise
+        log.warning(
+            "the job database could not be opened (%s, %.1f MiB free); retrying with the "
+            "reserve given back",
+            err,
+            free_mb,
+        )
+        return SqliteJobQueue(data_dir, max_attempts=config.worker.max_attempts)
+
+
 def run(args: argparse.Namespace) -> int:
     """Start the node and block until a stop signal; return the exit code."""
     config_path = Path(args.config).resolve() if args.config is not None else None
@@ -195,7 +376,11 @@ def run(args: argparse.Namespace) -> int:
         config.node.port = args.port
     data_dir = Path(config.node.data_dir)
     _add_file_log(data_dir)
-    queue = SqliteJobQueue(data_dir, max_attempts=config.worker.max_attempts)
+    reserve = SpaceReserve(data_dir)
+    queue = _open_queue(data_dir, config, reserve)
+    # The emergency purge runs before anything else can need space.
+    retention = _Retention(queue, current)
+    retention.tick()
 
     def on_complete(completion: SeriesCompletion) -> None:
         log_completion(completion)
@@ -204,11 +389,29 @@ def run(args: argparse.Namespace) -> int:
             "series %s version %d -> job %d", completion.series_uid, completion.version, job_id
         )
 
+    def release_worker(name: str) -> None:
+        jobs = queue.release_leases(
+            [name, f"{name}-send"],
+            f"worker {name} exited (seen by the supervisor); its lease is released",
+        )
+        if jobs:
+            log.warning("worker %s died holding job(s) %s; released at once", name, jobs)
+            dispatcher.wake()  # a send it held is taken up now, not at the next sweep
+
     node = ReceiveNode(config, on_complete, complete_on_release=_release_hook(holder, config))
-    workers = WorkerPool(config.worker.processes, config_path)
+    config_copy = write_last_valid(holder, data_dir) if holder is not None else None
+    copied_generation = holder.generation if holder is not None else 0
+    workers = WorkerPool(
+        config.worker.processes,
+        config_path,
+        config_copy=data_dir / LAST_VALID_CONFIG if config_path is not None else None,
+        on_exit=release_worker,
+    )
+    if config_path is not None and config_copy is None:
+        log.warning("workers read %s until its copy can be written", config_path)
     dispatcher = Dispatcher(queue, lambda: current().destinations, config.dispatch)
-    retention = Retention(queue, config.retention)
     watcher = ConfigWatcher(holder) if holder is not None else None
+    health = _NodeHealth(queue, workers, holder, current)
     http: HealthServer | None = None
 
     stop = threading.Event()
@@ -236,17 +439,7 @@ def run(args: argparse.Namespace) -> int:
         watcher.start()
     http_port = args.http_port if args.http_port is not None else config.http.port
     if config.http.enabled:
-        http = HealthServer(
-            queue,
-            config.http.host,
-            http_port,
-            extra_checks=lambda: {
-                "healthy": workers.alive(),
-                "workers_alive": workers.alive(),
-                "worker_restarts": workers.restarts,
-                "config_error": holder.last_error if holder is not None else None,
-            },
-        ).start()
+        http = HealthServer(queue, config.http.host, http_port, extra_checks=health.checks).start()
     # Tests and supervisors read these lines to learn the ports when 0 was asked for.
     print(f"contourd listening on port {node.port}", flush=True)
     host = config.node.host if config.node.host not in ("0.0.0.0", "::", "") else "THIS_HOST"
@@ -262,31 +455,26 @@ def run(args: argparse.Namespace) -> int:
     if http is not None:
         print(f"contourd http on port {http.port}", flush=True)
 
-    def heartbeat() -> None:
-        write_heartbeat(
-            data_dir,
-            {
-                "port": node.port,
-                "http_port": http.port if http is not None else None,
-                "worker_pids": workers.pids(),
-            },
-        )
+    heartbeat = _heartbeat_writer(
+        data_dir,
+        lambda: {
+            "port": node.port,
+            "http_port": http.port if http is not None else None,
+            "worker_pids": workers.pids(),
+            "problems": health.problems(),
+        },
+    )
 
-    next_retention = time.monotonic()
     try:
         heartbeat()
         while not stop.wait(1.0):
             heartbeat()
             dispatcher.config = current().dispatch
-            if time.monotonic() >= next_retention:
-                retention.config = current().retention
-                try:
-                    report = retention.run_once()
-                    if report.series_purged:
-                        log.info("retention purged %d series", len(report.series_purged))
-                except Exception:  # boundary: retention must not stop the node
-                    log.exception("retention pass failed; it runs again later")
-                next_retention = time.monotonic() + current().retention.check_interval_s
+            if holder is not None and holder.generation != copied_generation:
+                copied_generation = holder.generation
+                write_last_valid(holder, data_dir)
+            retention.tick()
+            reserve.ensure(current().node.min_free_disk_mb)
     finally:
         log.info("stopping: no new associations; waiting for running jobs")
         node.stop()

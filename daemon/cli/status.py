@@ -1,4 +1,8 @@
-"""``contourd status``: node up, queue length, disk free, last error (``--json``)."""
+"""``contourd status``: node up, health, queue length, disk free, last error (``--json``).
+
+The health problems are the running node's own (it writes them into its
+heartbeat): the same sentences ``/healthz`` answers 503 with.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from daemon.config import load_config
+import yaml
+
+from contourd.errors import ConfigError
+from daemon.config import ContourdConfig, NodeConfig, load_config
 from daemon.health_http import collect_status
 from daemon.job_queue import SqliteJobQueue, utc_iso
 
@@ -25,13 +32,15 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the status; exit code 0 when the node is up, 3 when it is not."""
-    config = load_config(args.config)
+    """Print the status; exit code 0 when the node is up and healthy, 3 when it is
+    not running, 4 when it runs but reports problems."""
+    config, config_error = _load_leniently(args.config)
     status = collect_status(SqliteJobQueue(config.data_dir))
     status["disk_floor_mb"] = config.node.min_free_disk_mb
+    status["config_error"] = config_error
     if args.json:
         print(json.dumps(status, indent=2))
-        return 0 if status["node_up"] else 3
+        return _exit_code(status)
     node = status["node"]
     if node:
         print(
@@ -40,6 +49,11 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         print("node:        not running (no fresh heartbeat in the data folder)")
+    if config_error is not None:
+        print(
+            "config:      INVALID (a running node keeps its last valid config; "
+            f"`contourd check -c {args.config}` lists the errors)"
+        )
     print(f"data folder: {status['data_dir']}")
     print(f"queue:       {status['queue_length']} job(s) not finished")
     busy = {k: v for k, v in status["jobs_by_state"].items() if v}
@@ -59,9 +73,43 @@ def run(args: argparse.Namespace) -> int:
         f"disk free:   {status['disk_free_mb']:.0f} MiB of {status['disk_total_mb']:.0f} MiB "
         f"(floor {config.node.min_free_disk_mb} MiB)"
     )
+    problems = (node or {}).get("problems") or []
+    if problems:
+        print(f"health:      NOT OK, {len(problems)} problem(s):")
+        for problem in problems:
+            print(f"  - {problem}")
+    elif node:
+        print("health:      ok")
     last = status["last_error"]
     if last:
         print(f"last error:  job {last['job_id']} at {utc_iso(last['at'])}: {last['error']}")
     else:
         print("last error:  none")
-    return 0 if status["node_up"] else 3
+    return _exit_code(status)
+
+
+def _load_leniently(path: Path | None) -> tuple[ContourdConfig, str | None]:
+    """The config, or for a broken file its data folder only and the error.
+
+    A broken edit must not hide the running node's status: the data folder
+    is then read from the file's ``node: data_dir:`` as far as it parses.
+    """
+    try:
+        return load_config(path), None
+    except ConfigError as err:
+        if path is None:
+            raise
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            data_dir = Path(raw["node"]["data_dir"])
+        except (OSError, yaml.YAMLError, TypeError, KeyError):
+            raise err from None
+        if not data_dir.is_absolute():
+            data_dir = (Path(path).parent / data_dir).resolve()
+        return ContourdConfig(node=NodeConfig(data_dir=data_dir)), str(err)
+
+
+def _exit_code(status: dict[str, Any]) -> int:
+    if not status["node_up"]:
+        return 3
+    return 4 if (status["node"] or {}).get("problems") else 0

@@ -1,6 +1,8 @@
 """``contourd worker``: one worker process (started by ``contourd serve``).
 
-Runs jobs from the data folder's queue until SIGTERM. The first SIGTERM (or
+Runs jobs from the data folder's queue until SIGTERM. Started by ``serve``,
+it reads the supervisor's copy of the last valid config (``--config-copy``),
+never the operator's file, which may hold a broken edit. The first SIGTERM (or
 Ctrl-C) lets the running job finish, then exits; a second one exits at once
 (the job's lease runs out and another worker takes it over).
 """
@@ -8,6 +10,7 @@ Ctrl-C) lets the running job finish, then exits; a second one exits at once
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -31,6 +34,13 @@ def register(subparsers: Any) -> None:
         description="Claim jobs from the queue, run the approved models, write results.",
     )
     parser.add_argument("-c", "--config", type=Path, default=None, help="config YAML file")
+    parser.add_argument(
+        "--config-copy",
+        type=Path,
+        default=None,
+        help="the supervisor's copy of the last valid config (relative paths in it are "
+        "resolved against the folder of -c)",
+    )
     parser.add_argument("--id", default=None, help="worker id (default worker-HOST-PID)")
     parser.add_argument(
         "--once", action="store_true", help="exit when no job is left instead of waiting"
@@ -41,7 +51,13 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Process jobs until stopped; return 0."""
     if args.config is not None:
-        holder = ConfigHolder(args.config)
+        copy = args.config_copy
+        if copy is not None and Path(copy).is_file():
+            holder = ConfigHolder(
+                copy, loader=functools.partial(load_config, relative_to=Path(args.config).parent)
+            )
+        else:
+            holder = ConfigHolder(args.config)
 
         def current() -> ContourdConfig:
             holder.reload_if_changed()

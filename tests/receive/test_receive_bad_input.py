@@ -142,13 +142,20 @@ def test_wrong_called_ae_title_is_rejected(start_node, caplog):
     assert echoscu(node.port).returncode == 0
 
 
-def test_association_is_refused_while_free_disk_is_under_the_floor(start_node, caplog):
+def test_under_the_disk_floor_echo_answers_and_stores_get_out_of_resources(
+    start_node, tmp_path, caplog
+):
     caplog.set_level(logging.INFO)
     node, _ = start_node(node={"min_free_disk_mb": 10**12})
-    result = echoscu(node.port)
-    assert "Association Rejected" in result.stderr, result.stderr
-    assert "Transient" in result.stderr
-    assert any("under node.min_free_disk_mb" in r.getMessage() for r in caplog.records)
+    echo = echoscu(node.port)
+    assert echo.returncode == 0, echo.stderr  # the node still answers C-ECHO
+    files = make_ct_series(tmp_path / "full", 3, seed=7)
+    result = storescu(node.port, files, extra_args=["--no-halt"])
+    assert result.stderr.count("Refused: OutOfResources") == 3, result.stderr
+    assert _spool_files(node) == []
+    refusals = [r for r in caplog.records if "refused with 0xA700" in r.getMessage()]
+    assert len(refusals) == 1  # one line per association, not one per image
+    assert "under node.min_free_disk_mb" in refusals[0].getMessage()
 
 
 def test_associations_over_the_maximum_are_rejected(start_node, caplog):
