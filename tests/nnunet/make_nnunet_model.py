@@ -1,6 +1,6 @@
 """Make a real nnU-Net v2 model with nnunetv2 itself (run as a script, test extra).
 
-``python make_nnunet_model.py WORK --folds 0 1 --iterations 40``
+``python make_nnunet_model.py WORK --folds 0 1 --iterations 30``
 
 Writes a synthetic CT dataset in nnU-Net's raw format under ``WORK/raw``
 (``nnunet_cases.make_case``), runs nnU-Net's fingerprinting, planning and
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("work", type=Path)
     parser.add_argument("--cases", type=int, default=5)
     parser.add_argument("--folds", type=int, nargs="+", default=[0])
-    parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--iterations", type=int, default=30)
     args = parser.parse_args()
     work = args.work.resolve()
     for key, sub in (

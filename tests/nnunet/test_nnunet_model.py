@@ -83,7 +83,16 @@ def trained(work: Path) -> Path:
         return copy
     env = {**os.environ, "nnUNet_n_proc_DA": "0", "OMP_NUM_THREADS": "2"}
     proc = subprocess.run(
-        [sys.executable, str(HERE / "make_nnunet_model.py"), str(work), "--folds", "0", "1"],
+        [
+            sys.executable,
+            str(HERE / "make_nnunet_model.py"),
+            str(work),
+            "--folds",
+            "0",
+            "1",
+            "--iterations",
+            "30",
+        ],
         capture_output=True,
         text=True,
         timeout=1500,
