@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DEBIAN_TOOLS := dcmtk plastimatch dicom3tools orthanc
+DEBIAN_TOOLS := dcmtk plastimatch dicom3tools orthanc orthanc-dicomweb chromium chromium-driver postgresql
 PY_DIRS := contourd daemon routing inference model_store training tests benchmarks
 
 .PHONY: demo test lint venv debian-tools clean
@@ -23,7 +23,7 @@ demo: venv
 # Installs DCMTK, plastimatch and dicom3tools when we may (root or passwordless
 # sudo); otherwise the tests that need them skip and say how to install them.
 debian-tools:
-	@if command -v storescu >/dev/null && command -v plastimatch >/dev/null && command -v dciodvfy >/dev/null && command -v Orthanc >/dev/null; then \
+	@if command -v storescu >/dev/null && command -v plastimatch >/dev/null && command -v dciodvfy >/dev/null && command -v Orthanc >/dev/null && command -v chromedriver >/dev/null && test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  true; \
 	elif [ "$$(id -u)" = 0 ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_TOOLS); \

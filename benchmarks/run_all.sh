@@ -18,4 +18,7 @@ run end_to_end "$PY" benchmarks/end_to_end_benchmark.py --runs 3 --slices 200
 # rt-utils (the named peer) is not a dependency: pip install --target DIR rt-utils opencv-python-headless, then RTUTILS_PATH=DIR
 run writer "$PY" benchmarks/writer_benchmark.py --slices 200 --repeat 3 ${RTUTILS_PATH:+--peer-path "$RTUTILS_PATH"}
 run ingest "$PY" benchmarks/ingest_benchmark.py --slices 300 --repeats 3
+run stow "$PY" benchmarks/stow_benchmark.py --slices 100 --repeats 3
+run feedback "$PY" benchmarks/feedback_benchmark.py --slices 120 --repeat 2
+run queue "$PY" benchmarks/queue_benchmark.py --jobs 10000 --workers 8
 run series_digest "$PY" benchmarks/series_digest_benchmark.py

@@ -68,3 +68,11 @@ class JobError(ContourdError):
 
 class TrainingError(ContourdError):
     """A training dataset or run is invalid."""
+
+
+class DatabaseError(ContourdError):
+    """The database cannot be opened or its schema is not one this contourd can use."""
+
+
+class WebAuthError(ContourdError):
+    """A web or API user is unknown, gave a wrong password, or lacks the role for an action."""

@@ -13,9 +13,17 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from contourd.errors import ConfigError
+from contourd.database import Database
+from contourd.errors import ConfigError, DatabaseError
 from daemon.config_diagnostics import (
     ConfigIssue,
     MarkedYaml,
@@ -109,10 +117,15 @@ class DestinationTlsConfig(StrictModel):
 
 
 class DestinationConfig(StrictModel):
-    """A C-STORE peer or a folder that results are sent to (owner: dispatch).
+    """A C-STORE peer, a folder or a DICOMweb STOW-RS service that results are sent to
+    (owner: dispatch).
 
-    Either ``ae_title`` + ``host`` + ``port`` (DICOM C-STORE) or ``folder``
-    (files are written there for planning systems that import from a share).
+    Either ``ae_title`` + ``host`` + ``port`` (DICOM C-STORE), or ``folder``
+    (files are written there for planning systems that import from a share),
+    or ``stow_url`` (the DICOMweb service root, e.g.
+    ``https://pacs.example/dicom-web``; results are POSTed to
+    ``{stow_url}/studies``), with ``stow_username`` and ``stow_password_file``
+    (a file holding the password) when it needs HTTP Basic.
     """
 
     ae_title: str | None = None
@@ -120,17 +133,33 @@ class DestinationConfig(StrictModel):
     port: int | None = Field(default=None, ge=1, le=65535)
     folder: Path | None = None
     tls: DestinationTlsConfig | None = None
+    stow_url: str | None = Field(default=None, pattern=r"^https?://")
+    stow_username: str | None = None
+    stow_password_file: Path | None = None
 
     @model_validator(mode="after")
     def _network_or_folder(self) -> DestinationConfig:
         network = [self.ae_title, self.host, self.port]
-        if self.folder is None and any(v is None for v in network):
+        kinds = sum(
+            [
+                any(v is not None for v in network),
+                self.folder is not None,
+                self.stow_url is not None,
+            ]
+        )
+        if kinds > 1:
             raise ValueError(
-                "a destination needs either ae_title, host and port (C-STORE) or folder; "
-                f"got ae_title={self.ae_title!r}, host={self.host!r}, port={self.port!r}"
+                "a destination is one of a C-STORE peer, a folder or a stow_url, not several"
             )
-        if self.folder is not None and any(v is not None for v in network):
-            raise ValueError("a destination is either a C-STORE peer or a folder, not both")
+        if self.folder is None and self.stow_url is None and any(v is None for v in network):
+            raise ValueError(
+                "a destination needs either ae_title, host and port (C-STORE), folder, or "
+                f"stow_url; got ae_title={self.ae_title!r}, host={self.host!r}, port={self.port!r}"
+            )
+        if (self.stow_username is None) != (self.stow_password_file is None):
+            raise ValueError(
+                "stow_username and stow_password_file go together; set both or neither"
+            )
         return self
 
 
@@ -163,7 +192,21 @@ class WorkerConfig(StrictModel):
 
     processes: int = Field(default=1, ge=1)
     lease_s: float = Field(default=60.0, gt=0)
-    poll_interval_s: float = Field(default=0.5, gt=0)
+    poll_interval_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="SQLite: how often an idle worker looks for a job. PostgreSQL: "
+        "workers wake on NOTIFY and look again at least every listen_recheck_s.",
+    )
+    listen_recheck_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="PostgreSQL: an idle worker also looks for jobs this often (jobs "
+        "whose lease ran out or whose schedule opened send no notification).",
+    )
+    heartbeat_s: float = Field(
+        default=5.0, gt=0, description="How often an idle worker updates its workers row."
+    )
     max_attempts: int = Field(default=3, ge=1)
     device: str = "auto"
     uid_root: str | None = Field(
@@ -191,21 +234,79 @@ class RetentionConfig(StrictModel):
 
 
 class HttpConfig(StrictModel):
-    """``/healthz`` and Prometheus ``/metrics`` (owner: daemon/health_http.py).
+    """The node's one HTTP server (owner: daemon/web): ``/healthz``, ``/metrics``,
+    the pages, the REST API (``/api``) and DICOMweb STOW-RS (``/dicomweb``).
+
+    ``/healthz`` and ``/metrics`` need no login; everything else does: a user
+    of ``contourd users`` (password, or HTTP Basic for scripts) or, with
+    ``auth: proxy_header``, the user a reverse proxy authenticated and names in
+    ``proxy_user_header`` (the user must still exist in ``contourd users`` for
+    its role; only set this behind a proxy that strips the header from clients).
 
     ``dispatch_failing_unhealthy_s``: ``/healthz`` answers 503 once a result
     has waited this long for a destination that keeps refusing it.
     """
 
     enabled: bool = True
-    host: str = "127.0.0.1"
+    host: str = Field(
+        default="127.0.0.1",
+        description="Listen address; 127.0.0.1 keeps the pages on this machine",
+    )
     port: int = Field(default=8080, ge=0, le=65535)
     dispatch_failing_unhealthy_s: float = Field(default=600.0, gt=0)
+    auth: Literal["password", "proxy_header"] = "password"
+    proxy_user_header: str = "X-Remote-User"
+    tls_certificate: Path | None = Field(
+        default=None, description="PEM certificate: serve HTTPS (with tls_private_key)"
+    )
+    tls_private_key: Path | None = None
+    session_max_age_s: int = Field(default=8 * 3600, gt=0)
+    show_patient_identifiers: bool = Field(
+        default=False,
+        description="Show patient name, ID and birth date to logged-in users on job pages "
+        "and in /api/jobs/{id}; off: never shown anywhere",
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HttpConfig:
+        if (self.tls_certificate is None) != (self.tls_private_key is None):
+            raise ValueError(
+                "http.tls_certificate and http.tls_private_key go together; set both or neither"
+            )
+        return self
+
+
+class FeedbackConfig(StrictModel):
+    """Measuring the clinicians' edits (owner: daemon/feedback_intake.py).
+
+    An RTSTRUCT that arrives and references a series contourd contoured is
+    compared with the structure set contourd made for it, when its sender's
+    AE title is in ``senders`` (empty: any sender) and its Approval Status is
+    in ``approval_statuses``. ``tolerance_mm``: surface Dice and added path
+    length tolerance. ``roi_names``: model ROI name -> the names the planning
+    system uses for it (exact, case-insensitive), beyond TG-263 matching.
+    ``metrics_window_days``: the rolling window of the medians on ``/metrics``.
+    ``keep_for_training``: keep the images of reviewed cases out of retention.
+    """
+
+    enabled: bool = True
+    senders: list[str] = Field(default_factory=list)
+    approval_statuses: list[str] = Field(default_factory=lambda: ["APPROVED"])
+    tolerance_mm: float = Field(default=2.0, ge=0)
+    roi_names: dict[str, list[str]] = Field(default_factory=dict)
+    metrics_window_days: float = Field(default=30.0, gt=0)
+    keep_for_training: bool = False
 
 
 class ContourdConfig(StrictModel):
     """The whole configuration file."""
 
+    database: str | None = Field(
+        default=None,
+        description="Where jobs, series, models and audit rows live: absent for SQLite "
+        "in the data folder (one machine), or postgresql://USER:PASSWORD@HOST:PORT/DBNAME "
+        "shared by several receivers and workers (see docs/operations.md, Scaling out).",
+    )
     node: NodeConfig = Field(default_factory=NodeConfig)
     series: SeriesConfig = Field(default_factory=SeriesConfig)
     destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
@@ -213,6 +314,7 @@ class ContourdConfig(StrictModel):
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     rules: list[Rule] = Field(default_factory=list)
     body_part_synonyms: dict[str, list[str]] = Field(
         default_factory=dict,
@@ -224,6 +326,20 @@ class ContourdConfig(StrictModel):
     def data_dir(self) -> Path:
         """The data folder (spool, SQLite database, model store, results)."""
         return self.node.data_dir
+
+    def open_database(self) -> Database:
+        """The node's database: ``database`` when set, else SQLite in the data folder."""
+        return Database(self.node.data_dir, self.database)
+
+    @field_validator("database")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                Database(Path("."), value)
+            except DatabaseError as err:
+                raise ValueError(str(err)) from err
+        return value
 
 
 EMBEDDED_RULES: list[dict[str, object]] = [

@@ -1,4 +1,4 @@
-"""Sending results to destinations: C-STORE SCU (optionally TLS) or a folder.
+"""Sending results to destinations: C-STORE SCU (optionally TLS), a folder, or DICOMweb STOW-RS.
 
 The :class:`Dispatcher` takes due deliveries from the job queue
 (:meth:`SqliteJobQueue.claim_delivery`), sends the job's result files and
@@ -227,8 +227,58 @@ def copy_to_folder(files: Sequence[Path], folder: Path) -> list[str]:
     return uids
 
 
+def send_stow(files: Sequence[Path], dest: DestinationConfig, config: DispatchConfig) -> list[str]:
+    """POST ``files`` to ``{dest.stow_url}/studies`` (DICOMweb STOW-RS, dicomweb-client).
+
+    Returns the SOP Instance UIDs the service stored. The same files carry the
+    same UIDs on a resend.
+
+    Raises
+    ------
+    DispatchError
+        When the service cannot be reached, answers with an HTTP error, or
+        lists any instance as failed.
+    """
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+    from dicomweb_client.session_utils import create_session, create_session_from_user_pass
+
+    assert dest.stow_url is not None
+    if dest.stow_username is not None and dest.stow_password_file is not None:
+        try:
+            password = Path(dest.stow_password_file).read_text(encoding="utf-8").strip()
+        except OSError as err:
+            raise DispatchError(
+                f"stow_password_file {dest.stow_password_file} cannot be read ({err}); "
+                "check the path and that the contourd user may read it"
+            ) from err
+        session = create_session_from_user_pass(dest.stow_username, password)
+    else:
+        session = create_session()
+    client = DICOMwebClient(url=dest.stow_url.rstrip("/"), session=session)
+    client.set_http_retry_params(retry=False)
+    datasets = [pydicom.dcmread(path) for path in files]
+    try:
+        answer = client.store_instances(datasets)
+    except (requests.RequestException, OSError) as err:
+        raise DispatchError(
+            f"STOW-RS to {dest.stow_url}/studies failed: {err}; check the URL, the service "
+            f"and the credentials"
+        ) from err
+    failed = answer.get("FailedSOPSequence") or []
+    if failed:
+        reasons = ", ".join(
+            f"{item.get('ReferencedSOPInstanceUID', '?')} (reason {item.get('FailureReason', '?')})"
+            for item in failed
+        )
+        raise DispatchError(f"STOW-RS to {dest.stow_url} refused {reasons}")
+    return [str(ds.SOPInstanceUID) for ds in datasets]
+
+
 def echo(dest: DestinationConfig, config: DispatchConfig, *, name: str = "destination") -> bool:
     """C-ECHO a C-STORE destination; True when it answered with success."""
+    if dest.stow_url is not None:
+        return True  # no STOW-RS "echo"; the first send says whether it works
     if dest.host is None or dest.port is None:
         return dest.folder is not None and Path(dest.folder).is_dir()
     ae = AE(ae_title=config.calling_ae_title)
@@ -312,6 +362,8 @@ class Dispatcher:
             )
         if dest.folder is not None:
             return copy_to_folder(files, dest.folder)
+        if dest.stow_url is not None:
+            return send_stow(files, dest, self.config)
         if delivery.accepted_sop_instance_uids:
             log.warning(
                 "job %s: %s already acknowledged %d file(s) before the previous sender "

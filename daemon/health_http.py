@@ -3,8 +3,10 @@
 - :func:`collect_status` gathers what ``contourd status`` and ``/healthz``
   show: node up (from the heartbeat file the running node rewrites every few
   seconds), queue length, jobs by state, free disk, last error.
-- :class:`HealthServer` serves ``GET /healthz`` (JSON; 200 when healthy, 503
-  otherwise) and ``GET /metrics`` (Prometheus text format, prometheus-client).
+- ``GET /healthz`` (JSON; 200 when healthy, 503 otherwise) and ``GET /metrics``
+  (Prometheus text format, prometheus-client) are served by the node's web
+  application (:mod:`daemon.web.app`); ``HealthServer`` is kept as another
+  name of :class:`daemon.web.server.WebServer`.
 
 Metrics are read from the database at scrape time, so figures from the
 worker processes (a separate process) are included without any shared memory:
@@ -29,20 +31,17 @@ import json
 import logging
 import os
 import shutil
-import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pydicom.uid import UID
 
-from daemon.job_queue import FINISHED_STATES, SqliteJobQueue, stage_durations_s
+from contourd.database import DbConnection
+from daemon.job_queue import FINISHED_STATES, DatabaseJobQueue, stage_durations_s
 
 log = logging.getLogger(__name__)
 
@@ -114,52 +113,59 @@ def read_heartbeat(data_dir: Path) -> dict[str, Any] | None:
     return dict(info)
 
 
-def _rows_read_only(db_path: Path, sql: str) -> list[tuple[Any, ...]]:
-    """Rows of a query on the receive side's tables (none before they exist)."""
-    try:
-        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as conn:
-            return list(conn.execute(sql).fetchall())
-    except sqlite3.Error:
-        return []
+class HasConnection(Protocol):
+    """Anything holding a database connection (the job queue, the instance tables)."""
+
+    @property
+    def conn(self) -> DbConnection: ...
 
 
-def _count_read_only(db_path: Path, sql: str) -> int:
-    """``SELECT COUNT(*) ...`` on the receive side's tables (0 before they exist)."""
-    rows = _rows_read_only(db_path, sql)
-    return int(rows[0][0]) if rows else 0
+def instances_received(queue: DatabaseJobQueue) -> int:
+    """Rows in the receive side's ``instances`` table."""
+    return queue.count_rows("SELECT COUNT(*) FROM instances")
 
 
-def instances_received(db_path: Path) -> int:
-    """Rows in the receive side's ``instances`` table (0 before it exists)."""
-    return _count_read_only(db_path, "SELECT COUNT(*) FROM instances")
-
-
-def instances_ignored(db_path: Path) -> dict[str, int]:
+def instances_ignored(queue: HasConnection) -> dict[str, int]:
     """``{SOP class name: instances received and ignored}`` (empty before any)."""
-    rows = _rows_read_only(db_path, "SELECT sop_class_uid, count FROM ignored_instances")
-    return {UID(str(uid)).name: int(n) for uid, n in rows}
+    rows = queue.conn.rows("SELECT sop_class_uid, count FROM ignored_instances")
+    return {UID(str(r["sop_class_uid"])).name: int(r["count"]) for r in rows}
 
 
-def series_receiving(db_path: Path) -> int:
+def series_receiving(queue: DatabaseJobQueue) -> int:
     """Series whose newest version is still arriving (``receiving``; no job yet)."""
-    return _count_read_only(
-        db_path,
+    return queue.count_rows(
         "SELECT COUNT(*) FROM series s WHERE s.state = 'receiving' AND s.version = "
-        "(SELECT MAX(version) FROM series m WHERE m.series_uid = s.series_uid)",
+        "(SELECT MAX(version) FROM series m WHERE m.series_uid = s.series_uid)"
     )
 
 
-def series_held(db_path: Path) -> list[str]:
+def series_held(queue: HasConnection) -> list[str]:
     """Why each series still receiving is held back as incomplete (newest first)."""
-    rows = _rows_read_only(
-        db_path,
+    rows = queue.conn.rows(
         "SELECT series_uid, version, completeness FROM series WHERE state = 'receiving' "
-        "AND completeness LIKE 'incomplete%' ORDER BY last_received_at DESC",
+        "AND completeness LIKE 'incomplete%' ORDER BY last_received_at DESC"
     )
-    return [f"series {uid} version {v}: {why}" for uid, v, why in rows]
+    return [f"series {r['series_uid']} version {r['version']}: {r['completeness']}" for r in rows]
 
 
-def collect_status(queue: SqliteJobQueue) -> dict[str, Any]:
+def worker_rows(queue: DatabaseJobQueue, now: float | None = None) -> list[dict[str, Any]]:
+    """Every worker in the ``workers`` table with the age of its heartbeat (s)."""
+    now = time.time() if now is None else now
+    return [
+        {
+            "worker_id": w.worker_id,
+            "host": w.host,
+            "pid": w.pid,
+            "state": w.state,
+            "current_job": w.current_job,
+            "last_heartbeat": w.last_heartbeat,
+            "heartbeat_age_s": round(max(0.0, now - w.last_heartbeat), 1),
+        }
+        for w in queue.workers()
+    ]
+
+
+def collect_status(queue: DatabaseJobQueue) -> dict[str, Any]:
     """What ``contourd status`` and ``/healthz`` report (no patient data)."""
     data_dir = queue.data_dir
     counts = queue.counts_by_state()
@@ -174,10 +180,13 @@ def collect_status(queue: SqliteJobQueue) -> dict[str, Any]:
         "jobs_by_state": counts,
         "disk_free_mb": round(usage.free / 2**20, 1),
         "disk_total_mb": round(usage.total / 2**20, 1),
-        "instances_received": instances_received(queue.db_path),
-        "instances_ignored": instances_ignored(queue.db_path),
-        "series_receiving": series_receiving(queue.db_path),
-        "series_held": series_held(queue.db_path),
+        "instances_received": instances_received(queue),
+        "instances_ignored": instances_ignored(queue),
+        "series_receiving": series_receiving(queue),
+        "series_held": series_held(queue),
+        "database": queue.database.label,
+        "workers": worker_rows(queue),
+        "waiting_by_priority": {str(p): n for p, n in queue.waiting_by_priority().items()},
         "last_error": None
         if last is None
         else {"job_id": last[0], "error": last[1], "at": last[2]},
@@ -188,7 +197,7 @@ def collect_status(queue: SqliteJobQueue) -> dict[str, Any]:
 class QueueCollector(Collector):
     """Prometheus collector reading the job queue at scrape time."""
 
-    def __init__(self, queue: SqliteJobQueue) -> None:
+    def __init__(self, queue: DatabaseJobQueue) -> None:
         self.queue = queue
 
     def collect(self) -> Iterator[Metric]:
@@ -199,20 +208,20 @@ class QueueCollector(Collector):
         received = GaugeMetricFamily(
             "contourd_instances_received_total", "Instances received and kept in the spool table"
         )
-        received.add_metric([], float(instances_received(self.queue.db_path)))
+        received.add_metric([], float(instances_received(self.queue)))
         yield received
         ignored = GaugeMetricFamily(
             "contourd_instances_ignored_total",
             "Instances of SOP classes the node does not contour: answered success, not stored",
             labels=["sop_class"],
         )
-        for name, n in sorted(instances_ignored(self.queue.db_path).items()):
+        for name, n in sorted(instances_ignored(self.queue).items()):
             ignored.add_metric([name], float(n))
         yield ignored
         receiving = GaugeMetricFamily(
             "contourd_series_receiving", "Series still arriving (no job until they complete)"
         )
-        receiving.add_metric([], float(series_receiving(self.queue.db_path)))
+        receiving.add_metric([], float(series_receiving(self.queue)))
         yield receiving
         counts = self.queue.counts_by_state()
         jobs = GaugeMetricFamily("contourd_jobs", "Jobs by state", labels=["state"])
@@ -222,10 +231,37 @@ class QueueCollector(Collector):
         length = GaugeMetricFamily("contourd_queue_length", "Jobs not finished yet")
         length.add_metric([], float(sum(n for s, n in counts.items() if s not in FINISHED_STATES)))
         yield length
+        waiting = GaugeMetricFamily(
+            "contourd_jobs_waiting", "Jobs waiting for a worker, by priority", labels=["priority"]
+        )
+        for priority, n in self.queue.waiting_by_priority().items():
+            waiting.add_metric([str(priority)], float(n))
+        yield waiting
+        yield from self._workers()
         free = GaugeMetricFamily("contourd_disk_free_bytes", "Free space on the data disk")
         free.add_metric([], float(shutil.disk_usage(self.queue.data_dir).free))
         yield free
         yield self._latencies()
+
+    def _workers(self) -> Iterator[Metric]:
+        rows = worker_rows(self.queue)
+        labels = ["worker", "host", "pid"]
+        beat = GaugeMetricFamily(
+            "contourd_worker_last_heartbeat_seconds",
+            "Unix time of each worker's last heartbeat",
+            labels=labels,
+        )
+        job = GaugeMetricFamily(
+            "contourd_worker_current_job",
+            "Id of the job each worker runs (0 when idle)",
+            labels=labels,
+        )
+        for row in rows:
+            key = [row["worker_id"], row["host"], str(row["pid"])]
+            beat.add_metric(key, float(row["last_heartbeat"]))
+            job.add_metric(key, float(row["current_job"] or 0))
+        yield beat
+        yield job
 
     def _latencies(self) -> HistogramMetricFamily:
         samples: dict[str, list[float]] = {}
@@ -244,100 +280,11 @@ class QueueCollector(Collector):
         return hist
 
 
-HealthCheck = Callable[[], dict[str, Any]]
+def __getattr__(name: str) -> Any:
+    """``HealthServer``: the former name of :class:`daemon.web.server.WebServer`, which
+    now serves ``/healthz`` and ``/metrics`` together with the pages and the API."""
+    if name == "HealthServer":
+        from daemon.web.server import WebServer
 
-
-class HealthServer:
-    """``/healthz`` and ``/metrics`` on a background thread.
-
-    Parameters
-    ----------
-    queue
-        The job queue (metrics and status read it).
-    host, port
-        Where to listen; port 0 picks a free port (see :attr:`port`).
-    extra_checks
-        Returns ``{"healthy": bool, "problems": [str, ...], ...}`` from the
-        running node (config, disk floor, workers, dispatch; see
-        :mod:`daemon.node_health`); merged into ``/healthz``, whose
-        ``problems`` list says why it answers 503.
-    """
-
-    def __init__(
-        self,
-        queue: SqliteJobQueue,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        extra_checks: HealthCheck | None = None,
-    ) -> None:
-        self.queue = queue
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(QueueCollector(queue))
-        self.extra_checks = extra_checks
-        server = ThreadingHTTPServer((host, port), self._handler_class())
-        server.daemon_threads = True
-        self._server = server
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        """The TCP port the server listens on."""
-        return int(self._server.server_address[1])
-
-    def health(self) -> tuple[int, dict[str, Any]]:
-        """(HTTP status, body) for ``/healthz``."""
-        status = collect_status(self.queue)
-        status.pop("node", None)
-        healthy = True
-        if self.extra_checks is not None:
-            extra = self.extra_checks()
-            healthy = bool(extra.get("healthy", True))
-            status["checks"] = extra
-            status["problems"] = list(extra.get("problems", []))
-        status["status"] = "ok" if healthy else "unhealthy"
-        return (200 if healthy else 503), status
-
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                try:
-                    if self.path.split("?")[0] == "/healthz":
-                        code, body = outer.health()
-                        data = json.dumps(body).encode()
-                        content_type = "application/json"
-                    elif self.path.split("?")[0] == "/metrics":
-                        code, data = 200, generate_latest(outer.registry)
-                        content_type = CONTENT_TYPE_LATEST
-                    else:
-                        code, data, content_type = 404, b"not found\n", "text/plain"
-                except Exception as err:  # boundary: one HTTP request
-                    log.exception("health endpoint failed")
-                    code, data, content_type = 500, f"{err}\n".encode(), "text/plain"
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                log.debug("http: " + format, *args)
-
-        return Handler
-
-    def start(self) -> HealthServer:
-        """Serve on a daemon thread; returns self."""
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="contourd-http", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        return WebServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

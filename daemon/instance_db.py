@@ -1,4 +1,4 @@
-"""The ``instances`` and ``series`` tables of ``<data_dir>/contourd.db``.
+"""The ``instances`` and ``series`` tables of the node's database.
 
 Owned by the receive side (daemon/spool.py + daemon/series_assembler.py); other
 modules read these tables but never write them.
@@ -7,92 +7,55 @@ modules read these tables but never write them.
 its row). ``series``: one row per series *version*: version 1 is the first
 batch; images that arrive after a version was completed open version 2, and so
 on. ``state`` is ``receiving`` or ``complete``; ``handed_off`` is 1 once the
-completion callback returned normally. Times are ISO 8601 UTC strings.
+completion callback returned normally. Times are ISO 8601 UTC strings. File
+paths inside the data folder are stored relative to it (``./spool/...``).
 
-The spool folder is the source of truth: rows lost in a crash (the database
-runs in WAL mode with ``synchronous=NORMAL``) are rebuilt from the files at
-start by the node.
+The spool folder is the source of truth: rows lost in a crash (SQLite runs in
+WAL mode with ``synchronous=NORMAL``) are rebuilt from the files at start by
+the node. The connection comes from :class:`contourd.database.Database`
+(SQLite in the data folder, or the shared PostgreSQL).
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
+from contourd.database import DB_FILENAME, Database, load_path, store_path
+from contourd.schema import instances, series
 
-DB_FILENAME = "contourd.db"
+__all__ = ["DB_FILENAME", "INSTANCE_COLUMNS", "SERIES_COLUMNS", "InstanceDB"]
 
-INSTANCE_COLUMNS: dict[str, Any] = {
-    "sop_instance_uid": str,
-    "study_uid": str,
-    "series_uid": str,
-    "series_version": int,
-    "sop_class_uid": str,
-    "transfer_syntax_uid": str,
-    "path": str,
-    "size_bytes": int,
-    "received_at": str,
-    "calling_ae": str,
-    "peer_address": str,
-}
-
-SERIES_COLUMNS: dict[str, Any] = {
-    "series_uid": str,
-    "version": int,
-    "study_uid": str,
-    "state": str,
-    "handed_off": int,
-    "num_received": int,
-    "expected_count": int,
-    "first_instance_path": str,
-    "calling_ae": str,
-    "called_ae": str,
-    "peer_address": str,
-    "modality": str,
-    "body_part": str,
-    "series_description": str,
-    "first_received_at": str,
-    "last_received_at": str,
-    "completed_at": str,
-    "reason": str,
-    "associations_open": int,
-    "interrupted": str,
-    "completeness": str,
-    "content_sha256": str,
-    "uids_sha256": str,
-    "content_count": int,
-}
-"""``associations_open``: associations sending this version that had not ended
+INSTANCE_COLUMNS: list[str] = [c.name for c in instances.columns]
+SERIES_COLUMNS: list[str] = [c.name for c in series.columns]
+"""The columns are defined in :mod:`contourd.schema`. Of ``series``:
+``associations_open``: associations sending this version that had not ended
 (a non-zero value at start means the node stopped mid-push);
 ``interrupted``: why an association of this version ended abnormally;
 ``completeness``: the completeness verdict at completion and its signal
 (see daemon/series_completeness.py); ``content_sha256``, ``uids_sha256``,
-``content_count``: what the series held at completion (daemon/series_content.py)."""
-
-
-IGNORED_COLUMNS: dict[str, Any] = {
-    "sop_class_uid": str,
-    "count": int,
-    "last_received_at": str,
-    "last_calling_ae": str,
-}
-"""``ignored_instances``: per SOP class the node does not contour, how many
+``content_count``: what the series held at completion (daemon/series_content.py).
+``ignored_instances``: per SOP class the node does not contour, how many
 instances were received, answered with success and not stored."""
 
 
-def _replace_sql(table: str, columns: dict[str, Any]) -> str:
+def _upsert_sql(table: str, columns: list[str], key: tuple[str, ...]) -> str:
     names = ", ".join(columns)
     marks = ", ".join("?" for _ in columns)
-    return f"INSERT OR REPLACE INTO {table} ({names}) VALUES ({marks})"
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return (
+        f"INSERT INTO {table} ({names}) VALUES ({marks}) "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+    )
 
 
-_INSERT_INSTANCE = _replace_sql("instances", INSTANCE_COLUMNS)
-_INSERT_SERIES = _replace_sql("series", SERIES_COLUMNS)
+_PATH_COLUMNS = ("path", "first_instance_path")
+"""Kept relative to the data folder (:func:`contourd.database.store_path`)."""
+
+_INSERT_INSTANCE = _upsert_sql("instances", INSTANCE_COLUMNS, ("sop_instance_uid",))
+_INSERT_SERIES = _upsert_sql("series", SERIES_COLUMNS, ("series_uid", "version"))
 
 
 class InstanceDB:
@@ -100,69 +63,51 @@ class InstanceDB:
 
     Parameters
     ----------
-    path
-        The SQLite file (normally ``<data_dir>/contourd.db``); created if missing.
+    database
+        The node's :class:`~contourd.database.Database`, or (as before
+        PostgreSQL) the SQLite file ``<data_dir>/contourd.db``; created if missing.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30.0)
-        self._lock = threading.RLock()
-        self.db = sqlite_utils.Database(conn)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=30000")
-        self._create_tables()
-
-    def _create_tables(self) -> None:
-        with self._lock:
-            instances = self.db.table("instances")
-            if not instances.exists():
-                instances.create(INSTANCE_COLUMNS, pk="sop_instance_uid", not_null={"path"})
-                instances.create_index(["series_uid"])
-            series = self.db.table("series")
-            if not series.exists():
-                series.create(SERIES_COLUMNS, pk=("series_uid", "version"))
-                series.create_index(["state", "handed_off"])
-            else:  # a data folder from an older release: add the newer columns
-                present = set(series.columns_dict)
-                for name, kind in SERIES_COLUMNS.items():
-                    if name not in present:
-                        series.add_column(name, kind)
-            ignored = self.db.table("ignored_instances")
-            if not ignored.exists():
-                ignored.create(IGNORED_COLUMNS, pk="sop_class_uid")
+    def __init__(self, database: Database | Path) -> None:
+        if not isinstance(database, Database):
+            database = Database(Path(database).parent)
+        self.database = database
+        self.data_dir = database.data_dir
+        self.path = database.sqlite_path
+        self.conn = database.connect()
+        self._lock = self.conn.lock
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Hold the lock and run the body in one SQLite transaction."""
-        with self._lock, self.db.conn:
+        """Hold the lock and run the body in one transaction."""
+        with self.conn.transaction():
             yield
 
     def close(self) -> None:
         """Close the connection."""
-        with self._lock:
-            self.db.conn.close()
+        self.conn.close()
 
     # -- writes ---------------------------------------------------------
     def record_instance(self, instance: dict[str, Any], series: dict[str, Any]) -> None:
-        """Upsert one instance row and its series-version row in one transaction.
-
-        Plain prepared SQL (not ``Table.upsert``): this runs once per C-STORE
-        and sqlite-utils' introspection per call costs more than the insert.
-        """
+        """Upsert one instance row and its series-version row in one transaction."""
         with self.transaction():
-            self.db.conn.execute(_INSERT_INSTANCE, [instance.get(c) for c in INSTANCE_COLUMNS])
-            self.db.conn.execute(_INSERT_SERIES, [series.get(c) for c in SERIES_COLUMNS])
+            self.conn.execute(_INSERT_INSTANCE, self._values(instance, INSTANCE_COLUMNS))
+            self.conn.execute(_INSERT_SERIES, self._values(series, SERIES_COLUMNS))
+
+    def _values(self, row: dict[str, Any], columns: list[str]) -> list[Any]:
+        return [
+            store_path(row[c], self.data_dir) if c in _PATH_COLUMNS and row.get(c) else row.get(c)
+            for c in columns
+        ]
 
     def record_ignored(self, sop_class_uid: str, calling_ae: str, received_at: str) -> None:
         """Count one instance of a SOP class the node does not contour."""
         with self.transaction():
-            self.db.conn.execute(
+            self.conn.execute(
                 "INSERT INTO ignored_instances (sop_class_uid, count, last_received_at, "
                 "last_calling_ae) VALUES (?, 1, ?, ?) ON CONFLICT(sop_class_uid) DO UPDATE "
-                "SET count = count + 1, last_received_at = excluded.last_received_at, "
+                "SET count = ignored_instances.count + 1, "
+                "last_received_at = excluded.last_received_at, "
                 "last_calling_ae = excluded.last_calling_ae",
                 (sop_class_uid, received_at, calling_ae),
             )
@@ -175,29 +120,35 @@ class InstanceDB:
     def save_series(self, series: dict[str, Any]) -> None:
         """Upsert one series-version row (every column)."""
         with self.transaction():
-            self.db.conn.execute(_INSERT_SERIES, [series.get(c) for c in SERIES_COLUMNS])
+            self.conn.execute(_INSERT_SERIES, self._values(series, SERIES_COLUMNS))
 
     def mark_complete(
         self, series_uid: str, version: int, *, completed_at: str, reason: str
     ) -> None:
         """Set a series version ``complete`` (not yet handed off)."""
         with self.transaction():
-            self.db.table("series").update(
-                (series_uid, version),
-                {"state": "complete", "completed_at": completed_at, "reason": reason},
+            self.conn.execute(
+                "UPDATE series SET state = 'complete', completed_at = ?, reason = ? "
+                "WHERE series_uid = ? AND version = ?",
+                (completed_at, reason, series_uid, version),
             )
 
     def mark_handed_off(self, series_uid: str, version: int) -> None:
         """Record that the completion callback returned normally."""
         with self.transaction():
-            self.db.table("series").update((series_uid, version), {"handed_off": 1})
+            self.conn.execute(
+                "UPDATE series SET handed_off = 1 WHERE series_uid = ? AND version = ?",
+                (series_uid, version),
+            )
 
     # -- reads ----------------------------------------------------------
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        with self._lock:
-            cursor = self.db.execute(sql, params)
-            names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        rows = self.conn.rows(sql, params)
+        for row in rows:
+            for column in _PATH_COLUMNS:
+                if row.get(column):
+                    row[column] = str(load_path(row[column], self.data_dir))
+        return rows
 
     def series_rows(self, series_uid: str | None = None) -> list[dict[str, Any]]:
         """Every series-version row (of one series when given), oldest first."""

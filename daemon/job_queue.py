@@ -25,16 +25,18 @@ Sending is tracked per destination in ``job_deliveries`` (pending -> sending
 -> sent | failed) with its own attempts, next attempt time and lease, so the
 dispatcher can retry one destination without resending to the others.
 
-:class:`JobQueue` is the protocol the daemon codes against; :class:`SqliteJobQueue`
-implements it on ``<data_dir>/contourd.db`` (tables ``jobs``, ``job_events``,
-``job_deliveries``) so that another backend (a server database shared by
-several machines) can be added without touching the workers.
+:class:`JobQueue` is the protocol the daemon codes against; :class:`DatabaseJobQueue`
+implements it on the node's database (tables ``jobs``, ``job_events``,
+``job_deliveries``, ``workers``): SQLite ``<data_dir>/contourd.db`` by default,
+or PostgreSQL shared by several receivers and workers (``database:`` setting,
+:mod:`contourd.database`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
+import os
+import socket
 import sqlite3
 import threading
 import time
@@ -46,11 +48,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-import sqlite_utils
-
+from contourd.database import DB_FILENAME as DB_FILENAME  # re-exported for older callers
+from contourd.database import Database, DbConnection, JobListener, load_path, store_path
 from contourd.errors import JobError
-
-DB_FILENAME = "contourd.db"
+from contourd.schema import jobs as schema_jobs
 
 
 class LeaseLostError(JobError):
@@ -100,17 +101,52 @@ _ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.RUNNING: frozenset({JobState.WRITTEN, JobState.SHADOW, JobState.FAILED}),
     JobState.WRITTEN: frozenset({JobState.SENDING, JobState.SENT, JobState.FAILED}),
     JobState.SENDING: frozenset({JobState.SENDING, JobState.SENT, JobState.FAILED}),
-    JobState.SENT: frozenset({JobState.WRITTEN}),
-    JobState.FAILED: frozenset({JobState.WRITTEN}),
-    JobState.NOT_ROUTED: frozenset(),
-    JobState.SHADOW: frozenset({JobState.WRITTEN}),
+    JobState.SENT: frozenset({JobState.WRITTEN, JobState.COMPLETE}),
+    JobState.FAILED: frozenset({JobState.WRITTEN, JobState.COMPLETE}),
+    JobState.NOT_ROUTED: frozenset({JobState.COMPLETE}),
+    JobState.SHADOW: frozenset({JobState.WRITTEN, JobState.COMPLETE}),
 }
-"""Legal transitions; finished states go back to ``written`` only by a resend."""
+"""Legal transitions; finished states go back to ``written`` only by a resend, and
+any finished state back to ``complete`` only by a retry (:meth:`SqliteJobQueue.retry`)."""
+
+RETRYABLE_STATES = frozenset({JobState.FAILED, JobState.NOT_ROUTED})
+"""States a job can be run again from once its cause is fixed."""
 
 
 def utc_iso(epoch_s: float) -> str:
     """ISO 8601 UTC text (millisecond precision) for Unix seconds."""
     return datetime.fromtimestamp(epoch_s, tz=UTC).isoformat(timespec="milliseconds")
+
+
+_SINCE_UNITS_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_since(text: str, now_s: float | None = None) -> float:
+    """Unix seconds of ``text``: an age (``30m``, ``12h``, ``2d``) or an ISO 8601 time (UTC if
+    no zone is given).
+
+    Raises
+    ------
+    JobError
+        When ``text`` is neither.
+    """
+    value = text.strip()
+    now = time.time() if now_s is None else now_s
+    if value[-1:].lower() in _SINCE_UNITS_S:
+        try:
+            return now - float(value[:-1]) * _SINCE_UNITS_S[value[-1].lower()]
+        except ValueError:
+            pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as err:
+        raise JobError(
+            f"--since {text!r} is neither an age (30m, 12h, 2d) nor an ISO 8601 time "
+            f"(2026-12-03 or 2026-12-03T08:00); give one of those"
+        ) from err
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 class SeriesCompletionLike(Protocol):
@@ -223,7 +259,7 @@ class Delivery:
 
 
 class JobQueue(Protocol):
-    """The queue the daemon's stages share. See :class:`SqliteJobQueue`."""
+    """The queue the daemon's stages share. See :class:`DatabaseJobQueue`."""
 
     def submit_series(
         self, completion: SeriesCompletionLike, *, supersedes: dict[str, Any] | None = None
@@ -297,43 +333,11 @@ class JobQueue(Protocol):
         ...
 
 
-_JOB_COLUMNS: dict[str, type] = {
-    "id": int,
-    "study_uid": str,
-    "series_uid": str,
-    "version": int,
-    "rule_slot": int,
-    "pinned_rule": str,
-    "state": str,
-    "spool_dir": str,
-    "instance_paths": str,
-    "num_instances": int,
-    "calling_ae": str,
-    "called_ae": str,
-    "modality": str,
-    "series_description": str,
-    "priority": int,
-    "rule": str,
-    "models": str,
-    "destinations": str,
-    "outputs": str,
-    "label": str,
-    "shadow": int,
-    "not_before": float,
-    "attempts": int,
-    "error": str,
-    "warnings": str,
-    "timings_s": str,
-    "result_files": str,
-    "preview_file": str,
-    "lease_owner": str,
-    "lease_expires_at": float,
-    "created_at": float,
-    "updated_at": float,
-    "finished_at": float,
-    "images_deleted_at": float,
-    "supersedes": str,
-}
+_CLAIMABLE_STATES = frozenset({JobState.COMPLETE, JobState.ROUTED, JobState.SCHEDULED})
+"""A worker may claim a job in these states (see :meth:`DatabaseJobQueue.claim`)."""
+
+_JOB_COLUMNS = frozenset(c.name for c in schema_jobs.columns)
+"""Columns of ``jobs`` (defined in :mod:`contourd.schema`)."""
 _JSON_COLUMNS = frozenset(
     {
         "supersedes",
@@ -348,136 +352,112 @@ _JSON_COLUMNS = frozenset(
 )
 
 
-class SqliteJobQueue:
-    """:class:`JobQueue` on the data folder's SQLite database (WAL mode).
+def open_database(db_path: Path, busy_timeout_s: float) -> sqlite3.Connection:
+    """A SQLite connection in the data folder (daemon/feedback_store.py; the queue itself
+    opens its database through :class:`contourd.database.Database`)."""
+    conn = sqlite3.connect(
+        str(db_path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+    )
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+@contextmanager
+def immediate_transaction(
+    conn: sqlite3.Connection, lock: threading.RLock
+) -> Iterator[sqlite3.Connection]:
+    """One ``BEGIN IMMEDIATE`` transaction under ``lock``, committed unless it raises."""
+    with lock:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
+class DatabaseJobQueue:
+    """:class:`JobQueue` on the node's database (SQLite in the data folder or PostgreSQL).
 
     Safe to share between threads of one process (one connection behind a
-    lock) and between processes (SQLite locking, ``BEGIN IMMEDIATE`` for every
-    read-modify-write, busy timeout ``busy_timeout_s``).
+    lock) and between processes and hosts: every read-modify-write runs in one
+    transaction (SQLite ``BEGIN IMMEDIATE``; PostgreSQL row locks, claims with
+    ``FOR UPDATE SKIP LOCKED``). On PostgreSQL a change that makes a job
+    claimable sends ``NOTIFY contourd_jobs`` so idle workers wake at once
+    (:meth:`listener`).
+
+    Paths under the data folder (spool, instances, results) are stored
+    relative to it (``./spool/...``), so hosts that mount the data folder at
+    different places share the rows; other paths are stored as they are.
 
     Parameters
     ----------
     data_dir
-        The node's data folder; the database is ``data_dir / "contourd.db"``.
+        The node's data folder (files; and ``contourd.db`` without ``database``).
     max_attempts
         Claims of one job before it is failed (a series that kills workers).
     busy_timeout_s
         How long a write waits for another process's lock before failing.
+    database
+        Where the rows live; default SQLite ``data_dir / "contourd.db"``.
     """
 
-    def __init__(self, data_dir: Path, *, max_attempts: int = 3, busy_timeout_s: float = 30.0):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        max_attempts: int = 3,
+        busy_timeout_s: float = 30.0,
+        database: Database | None = None,
+    ):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db_path = self.data_dir / DB_FILENAME
+        self.database = database or Database(self.data_dir, busy_timeout_s=busy_timeout_s)
+        self.db_path = self.database.sqlite_path
         self.max_attempts = max_attempts
-        conn = sqlite3.connect(
-            str(self.db_path),
-            timeout=busy_timeout_s,
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn = conn
-        self.db = sqlite_utils.Database(conn)
-        self._lock = threading.RLock()
-        self._create_tables()
+        self._conn = self.database.connect()
+        self._lock = self._conn.lock
 
-    # -- schema -----------------------------------------------------------------
-    def _create_tables(self) -> None:
-        with self._lock:
-            jobs = self.db.table("jobs")
-            if not jobs.exists():
-                jobs.create(_JOB_COLUMNS, pk="id", if_not_exists=True)
-                jobs.create_index(
-                    ["series_uid", "version", "rule_slot"], unique=True, if_not_exists=True
-                )
-                jobs.create_index(["state"], if_not_exists=True)
-            else:  # a data folder from an older release: add the newer columns
-                for name, kind in _JOB_COLUMNS.items():
-                    if name not in jobs.columns_dict:
-                        # Another process may add it first.
-                        with contextlib.suppress(sqlite3.OperationalError):
-                            jobs.add_column(name, kind)
-            events = self.db.table("job_events")
-            if not events.exists():
-                events.create(
-                    {
-                        "id": int,
-                        "job_id": int,
-                        "state": str,
-                        "at": float,
-                        "at_utc": str,
-                        "worker": str,
-                        "message": str,
-                    },
-                    pk="id",
-                    if_not_exists=True,
-                )
-                events.create_index(["job_id"], if_not_exists=True)
-            deliveries = self.db.table("job_deliveries")
-            if not deliveries.exists():
-                deliveries.create(
-                    {
-                        "job_id": int,
-                        "destination": str,
-                        "state": str,
-                        "attempts": int,
-                        "next_attempt_at": float,
-                        "last_error": str,
-                        "sent_at": float,
-                        "sent_sop_instance_uids": str,
-                        "lease_owner": str,
-                        "lease_expires_at": float,
-                    },
-                    pk=("job_id", "destination"),
-                    if_not_exists=True,
-                )
-            self._add_missing_columns(
-                "job_deliveries", {"accepted_sop_instance_uids": str, "failing_since": float}
-            )
+    @property
+    def conn(self) -> DbConnection:
+        """The queue's connection (read-only use by status and metrics)."""
+        return self._conn
 
-    def _add_missing_columns(self, table_name: str, columns: dict[str, type]) -> None:
-        """Add columns a newer version needs to a table an older version made."""
-        table = self.db.table(table_name)
-        for name, kind in columns.items():
-            if name in table.columns_dict:
-                continue
-            try:
-                table.add_column(name, kind)
-            except sqlite3.OperationalError as err:
-                if "duplicate column" not in str(err):
-                    raise  # otherwise another process added it at the same moment
+    def listener(self) -> JobListener:
+        """Something to wait on for new claimable jobs (NOTIFY on PostgreSQL)."""
+        return self.database.listener()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction, committed unless it raises."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+    def _write(self) -> Iterator[DbConnection]:
+        """One write transaction, committed unless it raises."""
+        with self._conn.transaction() as conn:
+            yield conn
 
     def close(self) -> None:
         """Close the database connection."""
-        with self._lock:
-            self._conn.close()
+        self._conn.close()
+
+    # -- paths relative to the data folder -------------------------------------
+    def _store_path(self, path: Path | str) -> str:
+        return store_path(path, self.data_dir)
+
+    def _load_path(self, text: str) -> Path:
+        return load_path(text, self.data_dir)
 
     # -- decoding ---------------------------------------------------------------
-    def _row(self, job_id: int) -> dict[str, Any]:
-        cursor = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
+    def _row(self, job_id: int, *, lock: bool = False) -> dict[str, Any]:
+        for_update = self._conn.for_update if lock else ""
+        cursor = self._conn.execute("SELECT * FROM jobs WHERE id = ?" + for_update, (job_id,))
         row = cursor.fetchone()
         if row is None:
             raise JobError(
-                f"no job with id {job_id} in {self.db_path}; list jobs with `contourd jobs`"
+                f"no job with id {job_id} in {self.database.label}; list jobs with `contourd jobs`"
             )
         return dict(zip([c[0] for c in cursor.description], row, strict=True))
 
-    @staticmethod
-    def _decode(row: dict[str, Any]) -> Job:
+    def _decode(self, row: dict[str, Any]) -> Job:
         def js(name: str, default: Any) -> Any:
             text = row.get(name)
             return json.loads(text) if text else default
@@ -488,8 +468,8 @@ class SqliteJobQueue:
             series_uid=row["series_uid"],
             version=int(row["version"]),
             state=JobState(row["state"]),
-            spool_dir=Path(row["spool_dir"] or ""),
-            instance_paths=[Path(p) for p in js("instance_paths", [])],
+            spool_dir=self._load_path(row["spool_dir"] or ""),
+            instance_paths=[self._load_path(p) for p in js("instance_paths", [])],
             num_instances=int(row["num_instances"] or 0),
             calling_ae=row["calling_ae"] or "",
             called_ae=row["called_ae"] or "",
@@ -507,8 +487,8 @@ class SqliteJobQueue:
             error=row["error"],
             warnings=list(js("warnings", [])),
             timings_s=dict(js("timings_s", {})),
-            result_files=[Path(p) for p in js("result_files", [])],
-            preview_file=Path(row["preview_file"]) if row["preview_file"] else None,
+            result_files=[self._load_path(p) for p in js("result_files", [])],
+            preview_file=self._load_path(row["preview_file"]) if row["preview_file"] else None,
             lease_owner=row["lease_owner"],
             lease_expires_at=row["lease_expires_at"],
             created_at=float(row["created_at"]),
@@ -520,8 +500,7 @@ class SqliteJobQueue:
             supersedes=js("supersedes", None),
         )
 
-    @staticmethod
-    def _encode(fields: dict[str, Any]) -> dict[str, Any]:
+    def _encode(self, fields: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in fields.items():
             if key not in _JOB_COLUMNS or key == "id":
@@ -531,10 +510,10 @@ class SqliteJobQueue:
                 )
             if key in _JSON_COLUMNS:
                 if key in ("instance_paths", "result_files"):
-                    value = [str(p) for p in value]
+                    value = [self._store_path(p) for p in value]
                 value = json.dumps(value)
             elif isinstance(value, Path):
-                value = str(value)
+                value = self._store_path(value)
             elif isinstance(value, bool):
                 value = int(value)
             out[key] = value
@@ -542,7 +521,7 @@ class SqliteJobQueue:
 
     def _event(
         self,
-        conn: sqlite3.Connection,
+        conn: DbConnection,
         job_id: int,
         state: str,
         now: float,
@@ -557,7 +536,7 @@ class SqliteJobQueue:
 
     # -- submission -------------------------------------------------------------
     def _insert_complete_job(
-        self, conn: sqlite3.Connection, fields: dict[str, Any], now: float, message: str
+        self, conn: DbConnection, fields: dict[str, Any], now: float, message: str
     ) -> int:
         """Insert a job row in state ``complete`` with its first event; return its id."""
         row = self._encode(
@@ -573,9 +552,12 @@ class SqliteJobQueue:
         )
         names = ", ".join(row)
         marks = ", ".join("?" for _ in row)
-        cursor = conn.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", tuple(row.values()))
-        job_id = int(cursor.lastrowid or 0)
+        cursor = conn.execute(
+            f"INSERT INTO jobs ({names}) VALUES ({marks}) RETURNING id", tuple(row.values())
+        )
+        job_id = int(cursor.fetchone()[0])
         self._event(conn, job_id, JobState.COMPLETE.value, now, None, message)
+        conn.notify()
         return job_id
 
     def submit_series(
@@ -693,7 +675,7 @@ class SqliteJobQueue:
                     "OR (state = 'scheduled' AND (not_before IS NULL OR not_before <= ?) AND "
                     "  (lease_expires_at IS NULL OR lease_expires_at < ?)) "
                     "OR (state = 'running' AND lease_expires_at < ?) "
-                    "ORDER BY priority DESC, id ASC LIMIT 1",
+                    "ORDER BY priority DESC, id ASC LIMIT 1" + conn.skip_locked(),
                     (now, now, now, now),
                 ).fetchone()
                 if row is None:
@@ -775,7 +757,7 @@ class SqliteJobQueue:
         state = JobState(state)
         now = time.time()
         with self._write() as conn:
-            row = self._row(job_id)
+            row = self._row(job_id, lock=True)
             current = JobState(row["state"])
             if worker_id is not None and row["lease_owner"] != worker_id:
                 raise LeaseLostError(
@@ -802,13 +784,15 @@ class SqliteJobQueue:
             assignments = ", ".join(f"{k} = ?" for k in update)
             conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*update.values(), job_id))
             self._event(conn, job_id, state.value, now, worker_id, message)
+            if state in _CLAIMABLE_STATES or (release_lease and state not in FINISHED_STATES):
+                conn.notify()
             return self._decode(self._row(job_id))
 
     def update_fields(self, job_id: int, *, worker_id: str | None = None, **fields: Any) -> Job:
         """Set job columns without a state change (e.g. ``images_deleted_at``)."""
         now = time.time()
         with self._write() as conn:
-            row = self._row(job_id)
+            row = self._row(job_id, lock=True)
             if worker_id is not None and row["lease_owner"] != worker_id:
                 raise LeaseLostError(
                     f"worker {worker_id!r} cannot update job {job_id}: "
@@ -888,8 +872,9 @@ class SqliteJobQueue:
         with self._write() as conn:
             for name in destinations:
                 conn.execute(
-                    "INSERT OR IGNORE INTO job_deliveries (job_id, destination, state, "
-                    "attempts, next_attempt_at) VALUES (?, ?, 'pending', 0, ?)",
+                    "INSERT INTO job_deliveries (job_id, destination, state, "
+                    "attempts, next_attempt_at) VALUES (?, ?, 'pending', 0, ?) "
+                    "ON CONFLICT (job_id, destination) DO NOTHING",
                     (job_id, name, now),
                 )
 
@@ -943,7 +928,7 @@ class SqliteJobQueue:
                 "ON j.id = d.job_id WHERE j.state IN ('written', 'sending') AND ("
                 "(d.state = 'pending' AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= ?))"
                 " OR (d.state = 'sending' AND d.lease_expires_at < ?))" + only + " "
-                "ORDER BY j.priority DESC, d.next_attempt_at ASC LIMIT 1",
+                "ORDER BY j.priority DESC, d.next_attempt_at ASC LIMIT 1" + conn.skip_locked("d"),
                 params,
             ).fetchone()
             if row is None:
@@ -1018,8 +1003,8 @@ class SqliteJobQueue:
                 tuple(owners),
             )
             conn.execute(
-                "UPDATE job_deliveries SET lease_expires_at = 0 WHERE rowid IN "
-                f"(SELECT rowid {held_sends})",
+                f"UPDATE job_deliveries SET lease_expires_at = 0 WHERE state = 'sending' "
+                f"AND lease_owner IN ({marks})",
                 tuple(owners),
             )
             for job_id in jobs:
@@ -1072,7 +1057,8 @@ class SqliteJobQueue:
         now = time.time()
         with self._write() as conn:
             held = conn.execute(
-                "SELECT lease_owner FROM job_deliveries WHERE job_id = ? AND destination = ?",
+                "SELECT lease_owner FROM job_deliveries WHERE job_id = ? AND destination = ?"
+                + conn.for_update,
                 (job_id, destination),
             ).fetchone()
             if held is None or held[0] != owner:
@@ -1135,6 +1121,65 @@ class SqliteJobQueue:
                 self._event(conn, job_id, new_state.value, now, owner, message)
             return self._decode(self._row(job_id))
 
+    def retry(self, job_id: int, by: str, *, any_finished: bool = False) -> Job:
+        """Run a failed (or not routed) job again from routing, once its cause is fixed.
+
+        The job goes back to ``complete`` with its attempts, error, lease and
+        earlier results cleared, so the next worker routes it with the rules
+        and models in force now (a model approved since, a config mended).
+        The earlier deliveries are dropped (their outcome is kept in the
+        event's message): the new result has new UIDs and goes to the
+        destinations of the rule that matches now. ``by`` names who asked
+        (kept in the job's history). ``any_finished``: a sent or shadow job
+        too (segment a received series again).
+
+        Raises
+        ------
+        JobError
+            When the job is not failed or not routed, or its images are gone.
+        """
+        now = time.time()
+        with self._write() as conn:
+            row = self._row(job_id)
+            refusal = _retry_refusal(job_id, row, any_finished)
+            if refusal is not None:
+                raise JobError(refusal)
+            previous = row["error"] or row["state"]
+            conn.execute(
+                "UPDATE jobs SET state = 'complete', attempts = 0, error = NULL, "
+                "warnings = '[]', result_files = '[]', preview_file = NULL, timings_s = '{}', "
+                "not_before = NULL, lease_owner = NULL, lease_expires_at = NULL, "
+                "finished_at = NULL, updated_at = ? WHERE id = ?",
+                (now, job_id),
+            )
+            earlier = conn.execute(
+                "SELECT destination, state FROM job_deliveries WHERE job_id = ? "
+                "ORDER BY destination",
+                (job_id,),
+            ).fetchall()
+            conn.execute("DELETE FROM job_deliveries WHERE job_id = ?", (job_id,))
+            delivered = ", ".join(f"{d} {s}" for d, s in earlier)
+            self._event(
+                conn,
+                job_id,
+                JobState.COMPLETE.value,
+                now,
+                None,
+                f"retry requested by {by} (was: {str(previous)[:300]}"
+                + (f"; earlier deliveries: {delivered}" if delivered else "")
+                + ")",
+            )
+            return self._decode(self._row(job_id))
+
+    def retryable_since(self, since_s: float) -> list[Job]:
+        """Failed jobs whose failure is at or after ``since_s`` (Unix seconds), oldest first."""
+        return self._select(
+            "state = 'failed' AND images_deleted_at IS NULL AND finished_at >= ?",
+            (since_s,),
+            "id ASC",
+            1_000_000,
+        )
+
     def requeue_delivery(self, job_id: int, destinations: Sequence[str]) -> Job:
         """Queue the job's existing result files for sending again.
 
@@ -1144,7 +1189,7 @@ class SqliteJobQueue:
         """
         now = time.time()
         with self._write() as conn:
-            row = self._row(job_id)
+            row = self._row(job_id, lock=True)
             state = JobState(row["state"])
             if not json.loads(row["result_files"] or "[]"):
                 raise JobError(
@@ -1179,6 +1224,109 @@ class SqliteJobQueue:
                 f"resend requested to {', '.join(destinations)}",
             )
             return self._decode(self._row(job_id))
+
+    # -- workers ---------------------------------------------------------------------
+    def heartbeat(
+        self,
+        worker_id: str,
+        *,
+        current_job: int | None,
+        state: str = "idle",
+        host: str | None = None,
+        pid: int | None = None,
+    ) -> None:
+        """Record that ``worker_id`` is alive (``workers`` table), and its current job."""
+        now = time.time()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO workers (worker_id, host, pid, current_job, started_at, "
+                "last_heartbeat, state) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (worker_id) DO UPDATE SET host = excluded.host, "
+                "pid = excluded.pid, current_job = excluded.current_job, "
+                "last_heartbeat = excluded.last_heartbeat, state = excluded.state",
+                (
+                    worker_id,
+                    host or socket.gethostname(),
+                    os.getpid() if pid is None else pid,
+                    current_job,
+                    now,
+                    now,
+                    state,
+                ),
+            )
+
+    def remove_worker(self, worker_id: str) -> None:
+        """Drop a worker's row (it stopped cleanly)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
+
+    def workers(self) -> list[WorkerInfo]:
+        """Every worker that has reported, most recent heartbeat first."""
+        rows = self._conn.rows(
+            "SELECT worker_id, host, pid, current_job, started_at, last_heartbeat, state "
+            "FROM workers ORDER BY last_heartbeat DESC"
+        )
+        return [
+            WorkerInfo(
+                worker_id=r["worker_id"],
+                host=r["host"] or "",
+                pid=int(r["pid"] or 0),
+                current_job=None if r["current_job"] is None else int(r["current_job"]),
+                started_at=float(r["started_at"] or 0.0),
+                last_heartbeat=float(r["last_heartbeat"] or 0.0),
+                state=r["state"] or "",
+            )
+            for r in rows
+        ]
+
+    def waiting_by_priority(self) -> dict[int, int]:
+        """Jobs waiting for a worker (complete, routed, scheduled; no live lease) per priority."""
+        rows = self._conn.rows(
+            "SELECT priority, COUNT(*) AS n FROM jobs WHERE state IN "
+            "('complete', 'routed', 'scheduled') AND "
+            "(lease_expires_at IS NULL OR lease_expires_at < ?) "
+            "GROUP BY priority ORDER BY priority DESC",
+            (time.time(),),
+        )
+        return {int(r["priority"] or 0): int(r["n"]) for r in rows}
+
+    def count_rows(self, sql: str) -> int:
+        """The single integer a ``SELECT COUNT(*) ...`` query returns (0 when none)."""
+        rows = self._conn.rows(sql)
+        return int(next(iter(rows[0].values())) or 0) if rows else 0
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One row of the ``workers`` table. Times are Unix seconds (UTC)."""
+
+    worker_id: str
+    host: str
+    pid: int
+    current_job: int | None
+    started_at: float
+    last_heartbeat: float
+    state: str
+
+
+SqliteJobQueue = DatabaseJobQueue
+"""The name the queue had before PostgreSQL; SQLite is still what it opens by default."""
+
+
+def _retry_refusal(job_id: int, row: dict[str, Any], any_finished: bool) -> str | None:
+    """Why job ``row`` cannot be retried, or ``None`` when it can."""
+    state = JobState(row["state"])
+    if state not in (FINISHED_STATES if any_finished else RETRYABLE_STATES):
+        return (
+            f"job {job_id} is {state.value}; only failed or not routed jobs are retried "
+            f"(a sent job is sent again with `contourd resend {job_id}`)"
+        )
+    if row["images_deleted_at"] is not None:
+        return (
+            f"job {job_id}'s images were deleted by retention at "
+            f"{utc_iso(float(row['images_deleted_at']))}; push the series again from the scanner"
+        )
+    return None
 
 
 def stage_durations_s(events: Sequence[JobEvent]) -> dict[str, float]:

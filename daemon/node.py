@@ -19,7 +19,7 @@ from pydicom.uid import UID
 from pynetdicom.dsutils import split_dataset
 
 from daemon.config import ContourdConfig
-from daemon.instance_db import DB_FILENAME, InstanceDB
+from daemon.instance_db import InstanceDB
 from daemon.received_dataset import check_complete
 from daemon.scp import StorageSCP
 from daemon.series_assembler import (
@@ -63,7 +63,7 @@ class ReceiveNode:
             fsync=config.node.fsync,
             fsync_directory=config.node.fsync_directory,
         )
-        self.db = InstanceDB(data_dir / DB_FILENAME)
+        self.db = InstanceDB(config.open_database())
         self.assembler = SeriesAssembler(
             self.db,
             on_series_complete,

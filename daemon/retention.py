@@ -5,7 +5,9 @@ Rules (``retention:`` in the config):
 - The images of a series are deleted ``delete_images_after_h`` hours after
   the last of its jobs (every version) finished: ``sent``, ``failed`` (beyond
   its retries), ``not_routed`` or ``shadow``. A series with any job still
-  open (complete, routed, scheduled, running, written, sending) keeps them.
+  open (complete, routed, scheduled, running, written, sending) keeps them,
+  and so does a series whose reviewed structure set was kept for training
+  (``keep_series``; see :mod:`daemon.feedback_dataset`).
 - Only the files the jobs name are deleted, then folders left empty; an
   image that arrived after the last job was created (the start of a new
   version) is never touched.
@@ -71,14 +73,17 @@ class Retention:
         config: RetentionConfig,
         *,
         free_disk_mb: Callable[[], float] | None = None,
+        keep_series: Callable[[], set[str]] | None = None,
     ) -> None:
         self.queue = queue
         self.config = config
         self.free_disk_mb = free_disk_mb or (lambda: disk_free_mb(queue.data_dir))
+        self.keep_series = keep_series or set
 
     def _series_groups(self) -> list[tuple[float, str, list[Job]]]:
         """(finish time of last job, series UID, jobs) for purgeable series, oldest first."""
         candidates = {j.series_uid for j in self.queue.finished_jobs_with_images(limit=100_000)}
+        candidates -= self.keep_series()  # reviewed cases kept for training
         groups: list[tuple[float, str, list[Job]]] = []
         for series_uid in candidates:
             jobs = self.queue.jobs_for_series(series_uid)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -431,55 +431,19 @@ class StorageSCP:
 
     def _store(self, event: evt.Event, calling: str, peer: str) -> tuple[InstanceArrival, int]:
         request = cast(C_STORE, event.request)
-        sop_uid = validate_uid(request.AffectedSOPInstanceUID, "AffectedSOPInstanceUID")
-        transfer_syntax = UID(event.context.transfer_syntax)
-        implicit = transfer_syntax.is_implicit_VR
-        little = transfer_syntax.is_little_endian
-        stream = event.encoded_dataset(include_meta=False)
-        check_complete(stream, implicit_vr=implicit, little_endian=little)
-        try:
-            header = read_header(stream, implicit_vr=implicit, little_endian=little)
-            study_raw = header.get("StudyInstanceUID")
-            series_raw = header.get("SeriesInstanceUID")
-            sop_in_dataset = header.get("SOPInstanceUID")
-        except Exception as err:
-            raise TruncatedDatasetError(
-                f"data set of {sop_uid} cannot be parsed: {err}; re-send a valid instance"
-            ) from err
-        study_uid = validate_uid(study_raw, "StudyInstanceUID")
-        series_uid = validate_uid(series_raw, "SeriesInstanceUID")
-        if sop_in_dataset is not None and str(sop_in_dataset).rstrip("\x00 ") != sop_uid:
-            raise _SopMismatchError(
-                f"SOP Instance UID in the data set ({sop_in_dataset}) differs from the "
-                f"request's ({sop_uid}); the sender must send matching UIDs"
-            )
-        file_meta = event.file_meta
-        file_meta.SourceApplicationEntityTitle = calling
-        meta = _PREAMBLE + encode_file_meta(file_meta)
-        stored = self.spool.store(study_uid, series_uid, sop_uid, [meta, stream])
-        arrival = InstanceArrival(
-            study_uid=study_uid,
-            series_uid=series_uid,
-            sop_instance_uid=sop_uid,
+        return store_instance(
+            self.spool,
+            self.assembler,
+            sop_uid_raw=request.AffectedSOPInstanceUID,
             sop_class_uid=str(request.AffectedSOPClassUID),
-            transfer_syntax_uid=str(transfer_syntax),
-            path=stored.path,
-            size_bytes=stored.size_bytes,
+            transfer_syntax=UID(event.context.transfer_syntax),
+            stream=event.encoded_dataset(include_meta=False),
+            file_meta=event.file_meta,
             calling_ae=calling,
             called_ae=str(event.assoc.acceptor.ae_title).strip(),
-            peer_address=peer,
+            peer=peer,
             association_id=_assoc_id(event.assoc),
-            header=header,
-            received_at=datetime.now(UTC),
         )
-        try:
-            version = self.assembler.instance_received(arrival)
-        except Exception as err:
-            raise SpoolError(
-                f"instance {sop_uid} is on disk at {stored.path} but its database row "
-                f"could not be written: {err}; it is indexed again at the next start"
-            ) from err
-        return arrival, version
 
     def _ignore(
         self, stats: _AssociationStats | None, calling: str, peer: str, sop_class: str
@@ -520,3 +484,82 @@ class StorageSCP:
 
 class _SopMismatchError(Exception):
     """The data set's SOP Instance UID is not the request's."""
+
+
+SopMismatchError = _SopMismatchError
+"""Public name for other receivers (STOW-RS) that map it to their own status."""
+
+
+def store_instance(
+    spool: Spool,
+    assembler: SeriesAssembler,
+    *,
+    sop_uid_raw: object,
+    sop_class_uid: str,
+    transfer_syntax: UID,
+    stream: bytes,
+    file_meta: FileMetaDataset,
+    calling_ae: str,
+    called_ae: str,
+    peer: str,
+    association_id: int,
+) -> tuple[InstanceArrival, int]:
+    """Put one received instance durably in the spool and hand it to the assembler.
+
+    The one path every receiver (C-STORE, STOW-RS) takes: the data set bytes
+    are checked to be complete, the UIDs that key the spool path validated,
+    the file written and fsynced (:meth:`Spool.store`), and the row recorded,
+    before the caller acknowledges anything. Returns the arrival and the
+    series version it joined.
+
+    Raises
+    ------
+    InvalidUIDError, TruncatedDatasetError, SopMismatchError, SpoolError
+        Each mapped by the caller to its protocol's refusal.
+    """
+    sop_uid = validate_uid(sop_uid_raw, "AffectedSOPInstanceUID")
+    implicit = transfer_syntax.is_implicit_VR
+    little = transfer_syntax.is_little_endian
+    check_complete(stream, implicit_vr=implicit, little_endian=little)
+    try:
+        header = read_header(stream, implicit_vr=implicit, little_endian=little)
+        study_raw = header.get("StudyInstanceUID")
+        series_raw = header.get("SeriesInstanceUID")
+        sop_in_dataset = header.get("SOPInstanceUID")
+    except Exception as err:
+        raise TruncatedDatasetError(
+            f"data set of {sop_uid} cannot be parsed: {err}; re-send a valid instance"
+        ) from err
+    study_uid = validate_uid(study_raw, "StudyInstanceUID")
+    series_uid = validate_uid(series_raw, "SeriesInstanceUID")
+    if sop_in_dataset is not None and str(sop_in_dataset).rstrip("\x00 ") != sop_uid:
+        raise _SopMismatchError(
+            f"SOP Instance UID in the data set ({sop_in_dataset}) differs from the "
+            f"request's ({sop_uid}); the sender must send matching UIDs"
+        )
+    file_meta.SourceApplicationEntityTitle = calling_ae
+    meta = _PREAMBLE + encode_file_meta(file_meta)
+    stored = spool.store(study_uid, series_uid, sop_uid, [meta, stream])
+    arrival = InstanceArrival(
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_instance_uid=sop_uid,
+        sop_class_uid=sop_class_uid,
+        transfer_syntax_uid=str(transfer_syntax),
+        path=stored.path,
+        size_bytes=stored.size_bytes,
+        calling_ae=calling_ae,
+        called_ae=called_ae,
+        peer_address=peer,
+        association_id=association_id,
+        header=header,
+        received_at=datetime.now(UTC),
+    )
+    try:
+        version = assembler.instance_received(arrival)
+    except Exception as err:
+        raise SpoolError(
+            f"instance {sop_uid} is on disk at {stored.path} but its database row "
+            f"could not be written: {err}; it is indexed again at the next start"
+        ) from err
+    return arrival, version

@@ -45,11 +45,15 @@ from typing import Any
 import numpy as np
 
 from contourd import __version__
+from contourd.database import POSTGRESQL
 from contourd.errors import ContourdError, ModelNotApprovedError, ModelNotFoundError
 from daemon.config import ContourdConfig
 from daemon.dispatch import Dispatcher
-from daemon.job_queue import Job, JobState, LeaseLostError, SqliteJobQueue
+from daemon.feedback_intake import handle_reviewed_set
+from daemon.job_queue import DatabaseJobQueue, Job, JobState, LeaseLostError
+from daemon.preview import draw_slice
 from daemon.supersession import mark_predecessor
+from inference.grid_file import GRID_FILENAME, write_grid
 from inference.pipeline import SegmentationResult, segment_series
 from inference.predictor import PredictorCache
 from inference.roi_mask import AlgorithmInfo, RoiMask
@@ -73,7 +77,7 @@ def default_worker_id() -> str:
 class _LeaseKeeper:
     """Renews a job's lease every third of its length while the job runs."""
 
-    def __init__(self, queue: SqliteJobQueue, job_id: int, worker_id: str, lease_s: float):
+    def __init__(self, queue: DatabaseJobQueue, job_id: int, worker_id: str, lease_s: float):
         self.queue, self.job_id, self.worker_id, self.lease_s = queue, job_id, worker_id, lease_s
         self.lost = threading.Event()
         self._stop = threading.Event()
@@ -83,6 +87,7 @@ class _LeaseKeeper:
         while not self._stop.wait(self.lease_s / 3):
             try:
                 self.queue.renew_lease(self.job_id, self.worker_id, self.lease_s)
+                self.queue.heartbeat(self.worker_id, current_job=self.job_id, state="busy")
             except LeaseLostError:
                 if self.queue.get(self.job_id).state != JobState.RUNNING:
                     return  # this worker released the lease itself (results written)
@@ -105,8 +110,7 @@ def write_preview(
     """Save a PNG montage: slices (``[slice, row, column]``) with ROI contours drawn.
 
     Slices are spread evenly over the extent that holds any ROI; each ROI is
-    drawn as its mask's outline in its display colour. Image display window:
-    W 400 / L 40 HU (soft tissue).
+    drawn as its mask's outline in its display colour (:func:`daemon.preview.draw_slice`).
     """
     import matplotlib
 
@@ -128,11 +132,7 @@ def write_preview(
     for ax in axes.ravel():
         ax.axis("off")
     for ax, k in zip(axes.ravel(), picks, strict=False):
-        ax.imshow(volume_hu[k], cmap="gray", vmin=40 - 200, vmax=40 + 200)
-        for roi in rois:
-            if roi.mask[k].any():
-                color = tuple(c / 255 for c in roi.color_rgb)
-                ax.contour(roi.mask[k].astype(np.uint8), levels=[0.5], colors=[color], linewidths=1)
+        draw_slice(ax, volume_hu, rois, k)
         ax.set_title(f"slice {k + 1}/{volume_hu.shape[0]}", fontsize=8)
     names = ", ".join(r.name for r in rois) or "no ROI"
     fig.suptitle(f"AUTOMATIC, UNAPPROVED: {names}", fontsize=9)
@@ -161,7 +161,7 @@ class Worker:
     def __init__(
         self,
         config: ConfigSource,
-        queue: SqliteJobQueue,
+        queue: DatabaseJobQueue,
         *,
         worker_id: str | None = None,
     ) -> None:
@@ -182,27 +182,47 @@ class Worker:
         With ``once``, returns as soon as the queue has no claimable job.
         """
         done = 0
-        while not self.stop_requested.is_set():
-            if self._disk_under_floor():
-                self.stop_requested.wait(self.config().worker.poll_interval_s)
-                continue
-            try:
-                worked = self.process_one()
-            except Exception as err:
-                if not _disk_full(err):
-                    raise
-                if str(err) != self._claim_error:  # once, not at every poll
-                    log.error("worker %s: cannot claim a job (%s); waiting", self.worker_id, err)
-                self._claim_error = str(err)
-                self.stop_requested.wait(self.config().worker.poll_interval_s)
-                continue
-            self._claim_error = None
-            if worked:
-                done += 1
-                continue
-            if once:
-                break
-            self.stop_requested.wait(self.config().worker.poll_interval_s)
+        listener = self.queue.listener()
+        last_beat = 0.0
+        try:
+            while not self.stop_requested.is_set():
+                if time.monotonic() - last_beat >= self.config().worker.heartbeat_s:
+                    try:
+                        self.queue.heartbeat(self.worker_id, current_job=None, state="idle")
+                    except Exception as err:
+                        if not _disk_full(err):
+                            raise
+                    last_beat = time.monotonic()
+                if self._disk_under_floor():
+                    self.stop_requested.wait(self.config().worker.poll_interval_s)
+                    continue
+                try:
+                    worked = self.process_one()
+                except Exception as err:
+                    if not _disk_full(err):
+                        raise
+                    if str(err) != self._claim_error:  # once, not at every poll
+                        log.error(
+                            "worker %s: cannot claim a job (%s); waiting", self.worker_id, err
+                        )
+                    self._claim_error = str(err)
+                    self.stop_requested.wait(self.config().worker.poll_interval_s)
+                    continue
+                self._claim_error = None
+                if worked:
+                    done += 1
+                    last_beat = 0.0
+                    continue
+                if once:
+                    break
+                worker = self.config().worker
+                if self.queue.database.dialect == POSTGRESQL:
+                    listener.wait(worker.listen_recheck_s, self.stop_requested)
+                else:
+                    self.stop_requested.wait(worker.poll_interval_s)
+        finally:
+            listener.close()
+            self.queue.remove_worker(self.worker_id)
         return done
 
     def _disk_under_floor(self) -> bool:
@@ -231,6 +251,7 @@ class Worker:
         if job is None:
             return False
         self.current_job = job.id
+        self.queue.heartbeat(self.worker_id, current_job=job.id, state="busy")
         try:
             with _LeaseKeeper(self.queue, job.id, self.worker_id, config.worker.lease_s):
                 self._process(job, config)
@@ -269,6 +290,10 @@ class Worker:
     # -- one job ------------------------------------------------------------------
     def _process(self, job: Job, config: ContourdConfig) -> None:
         wid = self.worker_id
+        feedback = handle_reviewed_set(job, config, self.queue)
+        if feedback is not None:  # a clinician's reviewed RTSTRUCT, measured
+            self.queue.transition(job.id, JobState.NOT_ROUTED, worker_id=wid, message=feedback)
+            return
         attrs = self._attributes(job)
         decision = route(attrs, config.rules, body_part_synonyms=config.body_part_synonyms)
         description = attrs.series_description or ""
@@ -422,7 +447,7 @@ class Worker:
     def _resolve(self, match: RouteMatch, config: ContourdConfig) -> list[Any]:
         """Approved, hash-checked models of the rule (looked up for every job)."""
         if self._registry is None or self._registry.data_dir != Path(config.data_dir):
-            self._registry = ModelRegistry(config.data_dir)
+            self._registry = ModelRegistry(config.data_dir, database=self.queue.database)
         models = []
         for ref in match.models:
             try:
@@ -452,6 +477,7 @@ class Worker:
             software_version=__version__,
         )
         files: list[Path] = []
+        write_grid(result.volume, out_dir / GRID_FILENAME)  # for feedback; never sent
         outputs = set(match.outputs) or {"rtstruct"}
         if "rtstruct" in outputs:
             ds = write_rtstruct(

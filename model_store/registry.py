@@ -1,4 +1,4 @@
-"""The model registry: tables ``models``, ``roi_overrides``, ``audit`` in ``contourd.db``.
+"""The model registry: tables ``models``, ``roi_overrides``, ``audit`` in the node's database.
 
 Imported packages are copied, unchanged, to ``<data_dir>/models/<name>/<version>/``
 (files made read-only). A version's ``status`` goes ``imported`` -> ``approved``
@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sqlite3
 import stat
 import uuid
 import zipfile
@@ -31,8 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
+from contourd.database import DB_FILENAME, Database, DbConnection, integrity_errors
 from contourd.errors import (
     ModelIntegrityError,
     ModelNotApprovedError,
@@ -55,7 +53,9 @@ from model_store.tg263 import name_warning
 
 log = logging.getLogger(__name__)
 
-DB_FILE = "contourd.db"
+DB_FILE = DB_FILENAME
+"""The SQLite file name in the data folder (kept for older callers)."""
+
 MODELS_DIR = "models"
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 BUILTIN_BY = "contourd (built-in)"
@@ -63,54 +63,6 @@ BUILTIN_BY = "contourd (built-in)"
 IMPORTED = "imported"
 APPROVED = "approved"
 RETIRED = "retired"
-
-_MODELS_COLUMNS: dict[str, Any] = {
-    "name": str,
-    "version": str,
-    "status": str,
-    "model_type": str,
-    "modality": str,
-    "body_site": str,
-    "description": str,
-    "card_yaml": str,
-    "package_dir": str,  # relative to the data folder
-    "card_sha256": str,
-    "weights_sha256": str,  # NULL for classical models
-    "source": str,
-    "builtin": int,
-    "imported_by": str,
-    "imported_at": str,
-    "approved_by": str,
-    "approved_at": str,
-    "approval_note": str,
-    "approved_card_sha256": str,
-    "approved_weights_sha256": str,
-    "retired_by": str,
-    "retired_at": str,
-    "retire_note": str,
-}
-_OVERRIDE_COLUMNS: dict[str, Any] = {
-    "name": str,
-    "version": str,
-    "label": int,
-    "roi_name": str,
-    "color": str,  # JSON [r, g, b]
-    "interpreted_type": str,
-    "updated_by": str,
-    "updated_at": str,
-}
-_AUDIT_COLUMNS: dict[str, Any] = {
-    "id": int,
-    "at": str,
-    "by": str,
-    "action": str,
-    "name": str,
-    "version": str,
-    "label": int,
-    "before": str,  # JSON
-    "after": str,  # JSON
-    "note": str,
-}
 
 
 def utc_now() -> str:
@@ -222,22 +174,30 @@ class ModelRegistry:
     builtin_dir
         Folder of built-in packages registered on open (default: the ones
         shipped in ``model_store/builtin``); ``None`` registers none.
+    database
+        Where the rows live (default SQLite ``data_dir / "contourd.db"``); on a
+        shared PostgreSQL, approving a version once approves it for every worker.
     """
 
-    def __init__(self, data_dir: Path, *, builtin_dir: Path | None = BUILTIN_DIR) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        builtin_dir: Path | None = BUILTIN_DIR,
+        database: Database | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.models_dir = self.data_dir / MODELS_DIR
-        self.db_path = self.data_dir / DB_FILE
-        self.db = sqlite_utils.Database(self.db_path)
-        self.db.execute("PRAGMA busy_timeout = 30000")
-        self._create_tables()
+        self.database = database or Database(self.data_dir)
+        self.db_path = self.database.sqlite_path
+        self.conn = self.database.connect()
         if builtin_dir is not None:
             self.register_builtins(builtin_dir)
 
     def close(self) -> None:
         """Close the database connection."""
-        self.db.close()
+        self.conn.close()
 
     def __enter__(self) -> ModelRegistry:
         return self
@@ -247,30 +207,21 @@ class ModelRegistry:
 
     # -- schema and transactions -------------------------------------------------
 
-    def _create_tables(self) -> None:
-        self.db["models"].create(  # type: ignore[union-attr]
-            _MODELS_COLUMNS, pk=("name", "version"), if_not_exists=True
-        )
-        self.db["roi_overrides"].create(  # type: ignore[union-attr]
-            _OVERRIDE_COLUMNS, pk=("name", "version", "label"), if_not_exists=True
-        )
-        self.db["audit"].create(_AUDIT_COLUMNS, pk="id", if_not_exists=True)  # type: ignore[union-attr]
-
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... commit, so concurrent writers queue rather than interleave."""
-        conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+    def _transaction(self) -> Iterator[DbConnection]:
+        """One write transaction, so concurrent writers queue rather than interleave."""
+        with self.conn.transaction() as conn:
             yield conn
-        except BaseException:
-            conn.rollback()
-            raise
-        conn.commit()
+
+    def _count(self, name: str, version: str) -> int:
+        rows = self.conn.rows(
+            "SELECT COUNT(*) AS n FROM models WHERE name = ? AND version = ?", (name, version)
+        )
+        return int(rows[0]["n"])
 
     def _audit(
         self,
-        conn: sqlite3.Connection,
+        conn: DbConnection,
         *,
         by: str,
         action: str,
@@ -297,11 +248,38 @@ class ModelRegistry:
             ),
         )
 
+    def record(
+        self,
+        *,
+        by: str,
+        action: str,
+        subject: str,
+        after: dict[str, Any] | None = None,
+        note: str | None = None,
+    ) -> None:
+        """Write a change that is not a model's to the audit trail (a job resent or
+        retried, a web user added): ``subject`` names what changed (``job 12``,
+        ``user alice``) and goes in the ``name`` column; ``version`` stays empty."""
+        who = _check_by(by)
+        with self._transaction() as conn:
+            self._audit(
+                conn,
+                by=who,
+                action=action,
+                name=subject,
+                version="",
+                before=None,
+                after=after,
+                note=note,
+            )
+
     # -- reading -------------------------------------------------------------------
 
     def _overrides(self, name: str, version: str) -> dict[int, RoiOverride]:
         result = {}
-        for row in self.db["roi_overrides"].rows_where("name = ? AND version = ?", [name, version]):
+        for row in self.conn.rows(
+            "SELECT * FROM roi_overrides WHERE name = ? AND version = ?", (name, version)
+        ):
             result[row["label"]] = RoiOverride(
                 label=row["label"],
                 name=row["roi_name"],
@@ -339,13 +317,13 @@ class ModelRegistry:
 
     def list_models(self) -> list[ModelRecord]:
         """Every registered version, by name then newest version first."""
-        records = [self._record(row) for row in self.db["models"].rows]
+        records = [self._record(row) for row in self.conn.rows("SELECT * FROM models")]
         records.sort(key=lambda r: semver_key(r.version), reverse=True)
         records.sort(key=lambda r: r.name)
         return records
 
     def _versions(self, name: str) -> list[ModelRecord]:
-        rows = self.db["models"].rows_where("name = ?", [name])
+        rows = self.conn.rows("SELECT * FROM models WHERE name = ?", (name,))
         return sorted((self._record(r) for r in rows), key=lambda r: semver_key(r.version))
 
     def get(self, name: str, version: str | None = None) -> ModelRecord:
@@ -358,9 +336,10 @@ class ModelRegistry:
         """
         versions = self._versions(name)
         if not versions:
-            known = sorted({r["name"] for r in self.db["models"].rows})
+            known = sorted({r["name"] for r in self.conn.rows("SELECT name FROM models")})
             raise ModelNotFoundError(
-                f"no model named {name!r} in {self.db_path} (known: {', '.join(known) or 'none'}); "
+                f"no model named {name!r} in {self.database.label} "
+                f"(known: {', '.join(known) or 'none'}); "
                 "import it with `contourd models import PACKAGE`"
             )
         if version is None:
@@ -382,7 +361,12 @@ class ModelRegistry:
         if version is not None:
             where.append("version = ?")
             args.append(version)
-        rows = self.db["audit"].rows_where(" AND ".join(where) or None, args, order_by="id")
+        rows = self.conn.rows(
+            "SELECT * FROM audit"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY id",
+            args,
+        )
         return [
             AuditEntry(
                 id=r["id"],
@@ -434,7 +418,7 @@ class ModelRegistry:
         with open_package(Path(path)) as package:
             card = package.card
             dest = self.models_dir / card.name / card.version
-            if self.db["models"].count_where("name = ? AND version = ?", [card.name, card.version]):
+            if self._count(card.name, card.version):
                 raise ModelRegistryError(
                     f"model {card.name} {card.version} is already registered; give the changed "
                     "package a new version in its model.yaml and import that"
@@ -494,7 +478,7 @@ class ModelRegistry:
                     if dest.exists():  # left by an import that crashed before its commit
                         _remove_tree(dest)
                     tmp.rename(dest)
-            except sqlite3.IntegrityError as err:
+            except integrity_errors() as err:
                 _remove_tree(tmp)
                 raise ModelRegistryError(
                     f"model {card.name} {card.version} was registered by another process "
@@ -531,9 +515,7 @@ class ModelRegistry:
                 continue
             try:
                 card = parse_card(card_path.read_text(encoding="utf-8"), source=str(card_path))
-                if self.db["models"].count_where(
-                    "name = ? AND version = ?", [card.name, card.version]
-                ):
+                if self._count(card.name, card.version):
                     continue
                 added.append(self.import_package(folder, BUILTIN_BY, builtin=True))
             except ModelRegistryError:

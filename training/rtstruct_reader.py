@@ -154,12 +154,110 @@ def read_rtstruct(source: Path | Dataset) -> StructureSet:
     )
 
 
+class PlaneLocator:
+    """Assigns contours to the image planes of a volume (the rule in the module doc).
+
+    Parameters
+    ----------
+    volume
+        The image series the contours were drawn on.
+    max_plane_offset
+        Largest distance, in slices, between a contour and the plane it is
+        assigned to when it is placed by position.
+    """
+
+    def __init__(self, volume: ImageVolume, *, max_plane_offset: float = 0.5) -> None:
+        self.num_slices = volume.shape[0]
+        self.max_plane_offset = max_plane_offset
+        self._sop_to_slice = {
+            str(h.get("SOPInstanceUID", "")): k
+            for k, h in enumerate(volume.headers)
+            if volume.frame_numbers is None
+        }
+        self._inverse = np.linalg.inv(volume.affine[:3, :3])
+        self._origin = volume.affine[:3, 3]
+
+    def locate(self, contour: Contour) -> tuple[int | None, np.ndarray]:
+        """``(slice index or None, (N, 3) fractional (column, row, slice) indices)``."""
+        crs = (contour.points_lps_mm - self._origin) @ self._inverse.T
+        k = self._sop_to_slice.get(contour.referenced_sop_uid or "")
+        if k is None:
+            slice_pos = float(np.mean(crs[:, 2]))
+            k = int(round(slice_pos))
+            if not (0 <= k < self.num_slices) or abs(slice_pos - k) > self.max_plane_offset:
+                return None, crs
+        return k, crs
+
+
+def scanline_fill(
+    rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels whose centre lies inside a polygon (even-odd), by scanlines.
+
+    The same pixels as ``skimage.draw.polygon`` wherever no pixel centre lies
+    exactly on the outline (e.g. contourd's own contours, whose vertices sit
+    on pixel corners); on the outline, centres on a non-horizontal edge or
+    on a horizontal edge count as inside, an isolated vertex does not. Cost
+    O(rows x edges) instead of O(bounding-box pixels x edges): large, finely
+    traced outlines (a body contour) fill hundreds of times faster.
+
+    Parameters
+    ----------
+    rows, cols
+        Fractional vertex indices (pixel centre ``(r, c)`` at ``(r, c)``).
+    shape
+        ``(rows, columns)`` of the plane; pixels outside it are dropped.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        Row and column indices of the pixels inside.
+    """
+    ny, nx = shape
+    r0 = np.asarray(rows, dtype=np.float64)
+    c0 = np.asarray(cols, dtype=np.float64)
+    empty = (np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp))
+    if r0.size < 3:
+        return empty
+    r1, c1 = np.roll(r0, -1), np.roll(c0, -1)
+    first = max(int(np.ceil(r0.min())), 0)
+    last = min(int(np.floor(r0.max())), ny - 1)
+    if first > last:
+        return empty
+    ys = np.arange(first, last + 1, dtype=np.float64)[:, None]
+    lo, hi = np.minimum(r0, r1), np.maximum(r0, r1)
+    sloped = r0 != r1
+    crossing = sloped & (lo <= ys) & (ys < hi)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.where(crossing, c0 + (ys - r0) * (c1 - c0) / np.where(sloped, r1 - r0, 1.0), np.inf)
+    x.sort(axis=1)
+    runs = np.zeros((len(ys), nx + 1), dtype=np.int32)
+    width = int(crossing.sum(axis=1).max(initial=0)) // 2 * 2
+    if width:
+        left = np.clip(np.ceil(x[:, 0:width:2]), 0, nx)
+        right = np.clip(np.floor(x[:, 1:width:2]) + 1, 0, nx)
+        valid = np.isfinite(x[:, 1:width:2]) & (right > left)
+        row_idx = np.broadcast_to(np.arange(len(ys))[:, None], left.shape)
+        np.add.at(runs, (row_idx[valid], left[valid].astype(np.intp)), 1)
+        np.add.at(runs, (row_idx[valid], right[valid].astype(np.intp)), -1)
+    inside = np.cumsum(runs[:, :nx], axis=1) > 0
+    flat = ~sloped & (r0 == np.round(r0)) & (r0 >= first) & (r0 <= last)
+    for k in np.flatnonzero(flat):  # horizontal edges on a row of centres
+        a = max(int(np.ceil(min(c0[k], c1[k]))), 0)
+        b = min(int(np.floor(max(c0[k], c1[k]))), nx - 1)
+        if a <= b:
+            inside[int(r0[k]) - first, a : b + 1] = True
+    rr, cc = np.nonzero(inside)
+    return rr + first, cc
+
+
 def rasterise_roi(
     roi: RoiContours,
     volume: ImageVolume,
     *,
     max_plane_offset: float = 0.5,
     notes: list[str] | None = None,
+    scanline: bool = False,
 ) -> np.ndarray:
     """Boolean mask ``[slice, row, column]`` of one ROI on ``volume``'s grid.
 
@@ -174,32 +272,28 @@ def rasterise_roi(
         assigned to when it is placed by position.
     notes
         Receives one line per skipped contour.
+    scanline
+        Fill with :func:`scanline_fill` instead of ``skimage.draw.polygon``
+        (same pixels unless a pixel centre lies exactly on the outline; much
+        faster for long outlines).
     """
     nz, ny, nx = volume.shape
     mask = np.zeros((nz, ny, nx), dtype=bool)
-    sop_to_slice = {
-        str(h.get("SOPInstanceUID", "")): k
-        for k, h in enumerate(volume.headers)
-        if volume.frame_numbers is None
-    }
-    inverse = np.linalg.inv(volume.affine[:3, :3])
-    origin = volume.affine[:3, 3]
+    locator = PlaneLocator(volume, max_plane_offset=max_plane_offset)
     for i, contour in enumerate(roi.contours):
         if contour.geometric_type not in CLOSED_TYPES:
             continue
-        crs = (contour.points_lps_mm - origin) @ inverse.T  # (column, row, slice)
-        slice_pos = float(np.mean(crs[:, 2]))
-        k = sop_to_slice.get(contour.referenced_sop_uid or "")
+        k, crs = locator.locate(contour)
         if k is None:
-            k = int(round(slice_pos))
-            if not (0 <= k < nz) or abs(slice_pos - k) > max_plane_offset:
-                if notes is not None:
-                    notes.append(
-                        f"ROI {roi.name!r} contour {i + 1} lies at slice position "
-                        f"{slice_pos:.2f}, not on one of the {nz} image planes; skipped"
-                    )
-                continue
-        rr, cc = fill_polygon(crs[:, 1], crs[:, 0], shape=(ny, nx))
+            if notes is not None:
+                notes.append(
+                    f"ROI {roi.name!r} contour {i + 1} lies at slice position "
+                    f"{float(np.mean(crs[:, 2])):.2f}, not on one of the {nz} image planes; "
+                    "skipped"
+                )
+            continue
+        fill = scanline_fill if scanline else fill_polygon
+        rr, cc = fill(crs[:, 1], crs[:, 0], shape=(ny, nx))
         plane = np.zeros((ny, nx), dtype=bool)
         plane[rr, cc] = True
         mask[k] ^= plane

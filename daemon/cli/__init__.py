@@ -27,8 +27,11 @@ SUBCOMMAND_MODULES = [
     "worker",
     "status",
     "resend",
+    "retry",
+    "users",
     "train",
     "evaluate",
+    "feedback",
     "demo",
 ]
 

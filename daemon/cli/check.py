@@ -79,7 +79,7 @@ def model_issues(config: ContourdConfig, config_path: Path | None) -> list[Confi
             )
         ]
     issues: list[ConfigIssue] = []
-    with ModelRegistry(config.data_dir) as registry:
+    with ModelRegistry(config.data_dir, database=config.open_database()) as registry:
         for index, position, ref, rule in refs:
             path: tuple[str | int, ...] = ("rules", index, "model")
             if isinstance(rule.model, list):

@@ -87,7 +87,8 @@ def _resolve_model(args: argparse.Namespace) -> Any:
     if path.exists():
         return load_package_model(path)
     name, _, version = args.model.partition("@")
-    registry = ModelRegistry(load_config(args.config).data_dir)
+    config = load_config(args.config)
+    registry = ModelRegistry(config.data_dir, database=config.open_database())
     return registry.resolve(name, version or None, require_approved=False)
 
 

@@ -84,7 +84,7 @@ def _stages(stage_s: dict[str, float]) -> str:
 def run(args: argparse.Namespace) -> int:
     """Print the jobs; return 0."""
     config = load_config(args.config)
-    queue = SqliteJobQueue(config.data_dir)
+    queue = SqliteJobQueue(config.data_dir, database=config.open_database())
     if args.job_id is not None:
         detail = job_detail(queue, queue.get(args.job_id))
         if args.json:

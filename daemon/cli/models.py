@@ -121,7 +121,8 @@ def register(subparsers: Any) -> None:
 
 def open_registry(args: argparse.Namespace) -> ModelRegistry:
     """The registry of the data folder the config names."""
-    return ModelRegistry(load_config(getattr(args, "config", None)).data_dir)
+    config = load_config(getattr(args, "config", None))
+    return ModelRegistry(config.data_dir, database=config.open_database())
 
 
 def parse_model_ref(ref: str) -> tuple[str, str | None]:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 from pathlib import Path
 from typing import Any
 
 from contourd.errors import DispatchError
-from daemon.config import load_config
+from daemon.audit import record_change
+from daemon.config import ContourdConfig, load_config
 from daemon.dispatch import Dispatcher
 from daemon.health_http import read_heartbeat
-from daemon.job_queue import SqliteJobQueue
+from daemon.job_queue import Job, SqliteJobQueue
 
 
 def register(subparsers: Any) -> None:
@@ -36,12 +38,15 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Queue (and maybe send) the resend; 0 when queued or sent, 1 when sending failed."""
-    config = load_config(args.config)
-    queue = SqliteJobQueue(config.data_dir)
-    job = queue.get(args.job_id)
-    targets = list(args.to or job.destinations)
+def resend_targets(config: ContourdConfig, job: Job, to: list[str] | None) -> list[str]:
+    """The destinations to resend ``job`` to: ``to``, else the job's own; all must be known.
+
+    Raises
+    ------
+    DispatchError
+        When there is none, or one is not in the config's ``destinations:``.
+    """
+    targets = list(to or job.destinations)
     if not targets:
         raise DispatchError(
             f"job {job.id} has no destinations (rule {job.rule!r}); name one with --to "
@@ -53,7 +58,24 @@ def run(args: argparse.Namespace) -> int:
             f"unknown destination(s) {', '.join(map(repr, unknown))}; expected one of "
             f"{', '.join(sorted(config.destinations)) or 'none (add a destinations: section)'}"
         )
+    return targets
+
+
+def run(args: argparse.Namespace) -> int:
+    """Queue (and maybe send) the resend; 0 when queued or sent, 1 when sending failed."""
+    config = load_config(args.config)
+    queue = SqliteJobQueue(config.data_dir, database=config.open_database())
+    job = queue.get(args.job_id)
+    targets = resend_targets(config, job, args.to)
     queue.requeue_delivery(job.id, targets)
+    record_change(
+        config.data_dir,
+        by=getpass.getuser(),
+        action="job-resend",
+        subject=f"job {job.id}",
+        after={"destinations": targets},
+        note="cli",
+    )
     if read_heartbeat(config.data_dir) is not None and not args.now:
         print(f"job {job.id}: queued for {', '.join(targets)}; the running node sends it")
         return 0

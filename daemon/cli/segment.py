@@ -112,7 +112,7 @@ def write_outputs(
 def run(args: argparse.Namespace) -> int:
     """Segment every series under the given folders; 1 when any series failed."""
     config = load_config(args.config)
-    registry = ModelRegistry(config.data_dir)
+    registry = ModelRegistry(config.data_dir, database=config.open_database())
     models = []
     for ref in args.model:
         name, version = _parse_ref(ref)

@@ -11,8 +11,8 @@ and SQLite rows), so a crash in one never loses another's work:
   job (or its send) is taken up again without waiting for the lease to run
   out. Workers read the supervisor's copy of the last valid config
   (``<data_dir>/run/config.last-valid.yaml``), never a broken edit;
-- the dispatcher (retries with backoff), retention, the ``/healthz`` and
-  ``/metrics`` endpoint, and the config watcher (hot reload of rules,
+- the dispatcher (retries with backoff), retention, the web server (pages,
+  REST API, STOW-RS, ``/healthz``, ``/metrics``), and the config watcher (hot reload of rules,
   destinations, dispatch and retention settings);
 - a heartbeat file that ``contourd status`` reads, holding the problems
   that ``/healthz`` reports (:mod:`daemon.node_health`).
@@ -25,6 +25,12 @@ log falls back to stderr; a heartbeat that cannot be written is skipped; a
 1 MiB reserve file (:mod:`daemon.space_reserve`) is given back when the
 database cannot be opened on a full disk, so a restart there comes up too.
 Everything resumes by itself when space returns.
+
+Roles (``--role``): ``both`` (default) runs all of it on one machine;
+``receive`` runs everything but the workers (a receiving node of a cluster);
+``work`` runs only the worker processes and ``/healthz`` + ``/metrics`` (a GPU
+server). Receivers and workers of one cluster share the ``database``
+(PostgreSQL) and the data folder (a network share), see docs/operations.md.
 
 Shutdown: the first SIGTERM (or Ctrl-C) stops accepting associations, lets
 each worker finish its running job and the dispatcher finish its send, then
@@ -41,6 +47,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -61,7 +68,9 @@ from daemon.config_watcher import (
     write_last_valid,
 )
 from daemon.dispatch import Dispatcher
-from daemon.health_http import HealthServer, clear_heartbeat, write_heartbeat
+from daemon.feedback_dataset import kept_series_uids
+from daemon.feedback_metrics import FeedbackCollector
+from daemon.health_http import clear_heartbeat, write_heartbeat
 from daemon.job_queue import SqliteJobQueue
 from daemon.log_fallback import FallbackFileHandler
 from daemon.node import ReceiveNode
@@ -70,12 +79,16 @@ from daemon.retention import Retention
 from daemon.series_assembler import SeriesCompletion
 from daemon.series_intake import submit_completion
 from daemon.space_reserve import SpaceReserve
+from daemon.web.app import WebContext
+from daemon.web.server import WebServer
+from daemon.web.stow import StowReceiver
 from routing.engine import route
 from routing.series_attributes import SeriesAttributes
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 5.0
+ROLES = ("both", "receive", "work")
 WORKER_RESTART_DELAY_S = 1.0
 EMERGENCY_PURGE_INTERVAL_S = 5.0
 """Seconds between retention passes while free space is under the emergency floor."""
@@ -94,6 +107,19 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--http-port", type=int, default=None, help="override http.port (0: any free port)"
+    )
+    parser.add_argument(
+        "--role",
+        choices=ROLES,
+        default="both",
+        help="both (default): receive and work on this host; receive: storage SCP, "
+        "dispatcher and retention without workers; work: worker processes only",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="override worker.processes (worker processes on this host)",
     )
     parser.set_defaults(func=run)
 
@@ -166,7 +192,7 @@ class WorkerPool:
         """Start the workers and the supervising thread."""
         with self._lock:
             for i in range(self.count):
-                self._spawn(f"worker-{os.getpid()}-{i + 1}")
+                self._spawn(f"worker-{socket.gethostname()}-{os.getpid()}-{i + 1}")
         self._thread.start()
 
     def _supervise(self) -> None:
@@ -298,7 +324,9 @@ class _Retention:
 
     def __init__(self, queue: SqliteJobQueue, current: Callable[[], ContourdConfig]) -> None:
         self.current = current
-        self.retention = Retention(queue, current().retention)
+        self.retention = Retention(
+            queue, current().retention, keep_series=lambda: kept_series_uids(queue.data_dir)
+        )
         self.next_at = 0.0
         self.next_emergency_at = 0.0
 
@@ -349,7 +377,9 @@ def _heartbeat_writer(data_dir: Path, info: Callable[[], dict[str, Any]]) -> Cal
 def _open_queue(data_dir: Path, config: ContourdConfig, reserve: SpaceReserve) -> SqliteJobQueue:
     """Open the job database; on a full disk give back the reserve and try again."""
     try:
-        return SqliteJobQueue(data_dir, max_attempts=config.worker.max_attempts)
+        return SqliteJobQueue(
+            data_dir, max_attempts=config.worker.max_attempts, database=config.open_database()
+        )
     except sqlite3.OperationalError as err:
         free_mb = shutil.disk_usage(data_dir).free / 2**20
         if not reserve.release():
@@ -360,7 +390,9 @@ def _open_queue(data_dir: Path, config: ContourdConfig, reserve: SpaceReserve) -
             err,
             free_mb,
         )
-        return SqliteJobQueue(data_dir, max_attempts=config.worker.max_attempts)
+        return SqliteJobQueue(
+            data_dir, max_attempts=config.worker.max_attempts, database=config.open_database()
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -374,13 +406,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.port is not None:
         config.node.port = args.port
+    if args.workers is not None:
+        config.worker.processes = args.workers
     data_dir = Path(config.node.data_dir)
     _add_file_log(data_dir)
+    receives = args.role in ("both", "receive")
+    works = args.role in ("both", "work")
     reserve = SpaceReserve(data_dir)
     queue = _open_queue(data_dir, config, reserve)
     # The emergency purge runs before anything else can need space.
     retention = _Retention(queue, current)
-    retention.tick()
+    if receives:  # retention belongs to the receiving nodes
+        retention.tick()
 
     def on_complete(completion: SeriesCompletion) -> None:
         log_completion(completion)
@@ -398,11 +435,15 @@ def run(args: argparse.Namespace) -> int:
             log.warning("worker %s died holding job(s) %s; released at once", name, jobs)
             dispatcher.wake()  # a send it held is taken up now, not at the next sweep
 
-    node = ReceiveNode(config, on_complete, complete_on_release=_release_hook(holder, config))
+    node = (
+        ReceiveNode(config, on_complete, complete_on_release=_release_hook(holder, config))
+        if receives
+        else None
+    )
     config_copy = write_last_valid(holder, data_dir) if holder is not None else None
     copied_generation = holder.generation if holder is not None else 0
     workers = WorkerPool(
-        config.worker.processes,
+        config.worker.processes if works else 0,
         config_path,
         config_copy=data_dir / LAST_VALID_CONFIG if config_path is not None else None,
         on_exit=release_worker,
@@ -412,7 +453,7 @@ def run(args: argparse.Namespace) -> int:
     dispatcher = Dispatcher(queue, lambda: current().destinations, config.dispatch)
     watcher = ConfigWatcher(holder) if holder is not None else None
     health = _NodeHealth(queue, workers, holder, current)
-    http: HealthServer | None = None
+    http: WebServer | None = None
 
     stop = threading.Event()
     signals = {"count": 0}
@@ -432,14 +473,38 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    node.start()
+    if node is not None:
+        node.start()
     workers.start()
-    dispatcher.start()
+    if receives:
+        dispatcher.start()
     if watcher is not None:
         watcher.start()
     http_port = args.http_port if args.http_port is not None else config.http.port
-    if config.http.enabled:
-        http = HealthServer(queue, config.http.host, http_port, extra_checks=health.checks).start()
+    if config.http.enabled and node is not None:  # the web face belongs to receivers
+        web = WebContext(
+            queue=queue,
+            config=current,
+            extra_checks=health.checks,
+            collectors=[
+                FeedbackCollector(data_dir, lambda: current().feedback.metrics_window_days)
+            ],
+            stow=StowReceiver(
+                node.spool,
+                node.assembler,
+                called_ae=config.node.ae_title,
+                min_free_disk_mb=config.node.min_free_disk_mb,
+            ),
+        )
+        http = WebServer(queue, config.http.host, http_port, context=web).start()
+    log.info("role %s, database %s", args.role, queue.database.label)
+    if node is None:
+        print(
+            f"contourd: worker host, {workers.count} worker process(es), data folder "
+            f"{data_dir.resolve()}, database {queue.database.label}",
+            flush=True,
+        )
+        return _run_worker_host(workers, stop, watcher)
     # Tests and supervisors read these lines to learn the ports when 0 was asked for.
     print(f"contourd listening on port {node.port}", flush=True)
     host = config.node.host if config.node.host not in ("0.0.0.0", "::", "") else "THIS_HOST"
@@ -454,6 +519,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if http is not None:
         print(f"contourd http on port {http.port}", flush=True)
+        scheme = "https" if config.http.tls_certificate is not None else "http"
+        web_host = "localhost" if config.http.host in ("127.0.0.1", "::1") else config.http.host
+        print(
+            f"  web pages:      {scheme}://{web_host}:{http.port}/  (users: contourd users add)",
+            flush=True,
+        )
 
     heartbeat = _heartbeat_writer(
         data_dir,
@@ -469,6 +540,8 @@ def run(args: argparse.Namespace) -> int:
         heartbeat()
         while not stop.wait(1.0):
             heartbeat()
+            if not receives:
+                continue
             dispatcher.config = current().dispatch
             if holder is not None and holder.generation != copied_generation:
                 copied_generation = holder.generation
@@ -477,13 +550,32 @@ def run(args: argparse.Namespace) -> int:
             reserve.ensure(current().node.min_free_disk_mb)
     finally:
         log.info("stopping: no new associations; waiting for running jobs")
-        node.stop()
+        if node is not None:
+            node.stop()
         workers.stop(graceful=True)
-        dispatcher.stop(wait=True)
+        if receives:
+            dispatcher.stop(wait=True)
         if watcher is not None:
             watcher.stop()
         if http is not None:
             http.stop()
-        clear_heartbeat(data_dir)
+        if node is not None:
+            clear_heartbeat(data_dir)
+    log.info("contourd stopped")
+    return 0
+
+
+def _run_worker_host(
+    workers: WorkerPool, stop: threading.Event, watcher: ConfigWatcher | None
+) -> int:
+    """``--role work``: supervise the worker processes until a stop signal."""
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        log.info("stopping: each worker finishes its running job")
+        workers.stop(graceful=True)
+        if watcher is not None:
+            watcher.stop()
     log.info("contourd stopped")
     return 0

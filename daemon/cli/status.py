@@ -1,7 +1,10 @@
-"""``contourd status``: node up, health, queue length, disk free, last error (``--json``).
+"""``contourd status``: node up, health, queue, workers, disk free, last error (``--json``).
 
 The health problems are the running node's own (it writes them into its
-heartbeat): the same sentences ``/healthz`` answers 503 with.
+heartbeat): the same sentences ``/healthz`` answers 503 with. Workers are read
+from the database, so on a shared PostgreSQL every host's workers show (host,
+pid, current job, age of the last heartbeat), and the queue is shown per
+priority.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the status; exit code 0 when the node is up and healthy, 3 when it is
     not running, 4 when it runs but reports problems."""
     config, config_error = _load_leniently(args.config)
-    status = collect_status(SqliteJobQueue(config.data_dir))
+    status = collect_status(SqliteJobQueue(config.data_dir, database=config.open_database()))
     status["disk_floor_mb"] = config.node.min_free_disk_mb
     status["config_error"] = config_error
     if args.json:
@@ -62,6 +65,19 @@ def run(args: argparse.Namespace) -> int:
         f"received:    {status['instances_received']} instance(s); "
         f"{status['series_receiving']} series still arriving"
     )
+    waiting = status["waiting_by_priority"]
+    print(
+        "waiting:     "
+        + (", ".join(f"priority {p}: {n}" for p, n in waiting.items()) or "none")
+        + f"   (database {status['database']})"
+    )
+    print(f"workers:     {len(status['workers'])}")
+    for w in status["workers"]:
+        job = f"job {w['current_job']}" if w["current_job"] is not None else "idle"
+        print(
+            f"  {w['worker_id']}  host {w['host']}  pid {w['pid']}  {job}  "
+            f"heartbeat {w['heartbeat_age_s']:.0f} s ago"
+        )
     for held in status["series_held"][:5]:
         print(f"held:        {held}; waiting for the rest (series.incomplete_wait_s)")
     ignored = status["instances_ignored"]

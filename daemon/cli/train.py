@@ -9,6 +9,10 @@ auto-detected, maps the exported ROI names to ``--rois`` (TG-263 names; a
 continues a run), then exports the package, evaluates it as shipped on the
 validation cases and writes the results into its card and a report beside
 it. Import and approve the package with ``contourd models`` before use.
+
+``--from-feedback MODEL`` first lays out the clinically approved cases kept
+by ``feedback.keep_for_training`` (:mod:`daemon.feedback_dataset`) in
+``--dataset``; with ``--init-from`` the run fine-tunes MODEL's weights.
 """
 
 from __future__ import annotations
@@ -47,6 +51,13 @@ def register(subparsers: Any) -> None:
         metavar="RUN.yaml",
         help="training settings (training.trainer.TrainingConfig); options below override it",
     )
+    parser.add_argument(
+        "--from-feedback",
+        metavar="MODEL",
+        default=None,
+        help="first lay out the reviewed cases kept for MODEL (feedback.keep_for_training) "
+        "in --dataset DIR (a new folder); --rois default to MODEL's ROI names",
+    )
     parser.add_argument("--validation", type=Path, default=None, metavar="DIR")
     parser.add_argument("--mapping", type=Path, default=None, help="ROI name mapping YAML")
     parser.add_argument("--steps", type=int, default=None, help="maximum training steps")
@@ -76,6 +87,25 @@ def register(subparsers: Any) -> None:
         help="override a training setting, e.g. --set base_channels=8 --set patch_size=[32,64,64]",
     )
     parser.set_defaults(func=run)
+
+
+def prepare_feedback_dataset(args: argparse.Namespace) -> None:
+    """``--from-feedback MODEL``: lay the kept cases out in ``--dataset``; default --rois."""
+    from daemon.config import load_config
+    from daemon.feedback_dataset import build_feedback_dataset
+    from model_store.registry import ModelRegistry
+
+    node_config = load_config(args.config)
+    cases = build_feedback_dataset(node_config.data_dir, args.from_feedback, args.dataset)
+    print(f"{len(cases)} reviewed case(s) of {args.from_feedback} laid out in {args.dataset}")
+    if not args.rois:
+        name, _, version = args.from_feedback.partition(" ")
+        with ModelRegistry(node_config.data_dir) as registry:
+            args.rois = [r.name for r in registry.get(name, version or None).effective_rois()]
+    if args.mapping is None and node_config.feedback.roi_names:
+        mapping = args.dataset.with_name(args.dataset.name + "-roi-names.yaml")
+        mapping.write_text(yaml.safe_dump(node_config.feedback.roi_names), encoding="utf-8")
+        args.mapping = mapping
 
 
 def build_config(args: argparse.Namespace) -> TrainingConfig:
@@ -120,6 +150,8 @@ def build_config(args: argparse.Namespace) -> TrainingConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Train, export, evaluate; exit code 0 on success."""
+    if args.from_feedback:
+        prepare_feedback_dataset(args)
     config = build_config(args)
     out: Path = args.out
     run_dir: Path = args.run_dir or out.with_name(out.name + "-run")

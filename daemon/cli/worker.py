@@ -70,7 +70,11 @@ def run(args: argparse.Namespace) -> int:
             return static
 
     config = current()
-    queue = SqliteJobQueue(config.data_dir, max_attempts=config.worker.max_attempts)
+    queue = SqliteJobQueue(
+        config.data_dir,
+        max_attempts=config.worker.max_attempts,
+        database=config.open_database(),
+    )
     worker = Worker(current, queue, worker_id=args.id or default_worker_id())
     signals = {"count": 0}
 

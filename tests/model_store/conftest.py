@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,13 +12,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from model_store_helpers import write_package  # noqa: E402
 
+from contourd.database import Database  # noqa: E402
 from model_store.registry import ModelRegistry  # noqa: E402
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Iterator[ModelRegistry]:
-    """A registry on an empty data folder, without built-ins."""
-    reg = ModelRegistry(tmp_path / "var", builtin_dir=None)
+def registry(tmp_path: Path, make_database: Callable[[Path], Database]) -> Iterator[ModelRegistry]:
+    """A registry on an empty data folder, without built-ins, on each backend."""
+    data_dir = tmp_path / "var"
+    reg = ModelRegistry(data_dir, builtin_dir=None, database=make_database(data_dir))
     yield reg
     reg.close()
 

@@ -171,3 +171,19 @@ def test_unapproved_version_can_be_resolved_for_evaluation_only_explicitly(
     assert model.status == "imported" and not model.is_approved
     assert model.approved_by is None
     assert set(model.load_state_dict()) >= {"head.weight", "head.bias"}
+
+
+def test_approving_once_approves_for_every_process_sharing_the_database(
+    registry: ModelRegistry, unet_package: Path
+) -> None:
+    """A second registry (another worker's connection) sees the approval at once."""
+    registry.import_package(unet_package, by="physicist")
+    other = ModelRegistry(registry.data_dir, builtin_dir=None, database=registry.database)
+    try:
+        with pytest.raises(ModelNotApprovedError):
+            other.resolve_approved("tiny-hn")
+        registry.approve("tiny-hn", "1.0.0", by="physicist", note="commissioned")
+        assert other.resolve_approved("tiny-hn").version == "1.0.0"
+        assert [e.action for e in other.audit_trail("tiny-hn")] == ["import", "approve"]
+    finally:
+        other.close()

@@ -75,6 +75,7 @@ def test_later_override_keeps_earlier_fields_and_reset_restores_the_card(
 def test_invalid_overrides_are_refused_and_not_stored(
     approved: ModelRegistry, kwargs: dict[str, object], message: str
 ) -> None:
+    kwargs = dict(kwargs)  # the parameter dict is shared by both backends' runs
     label = kwargs.pop("label")
     with pytest.raises(ModelRegistryError, match=message):
         approved.set_roi("tiny-hn", "1.0.0", label, by="a", **kwargs)  # type: ignore[arg-type]

@@ -5,8 +5,11 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -14,6 +17,9 @@ from peer_tools import free_port as free_port
 from peer_tools import require_tool as require_tool
 from peer_tools import wait_for as wait_for
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from contourd.database import Database
+from daemon.job_queue import DatabaseJobQueue
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,6 +39,20 @@ class FakeCompletion:
     modality: str = "CT"
     completed_at: float = 0.0
     reason: str = "quiet_period"
+
+
+OpenQueue = Callable[..., DatabaseJobQueue]
+"""``open_queue(data_dir, **kwargs)``: a queue on the test's backend."""
+
+
+@pytest.fixture
+def open_queue(make_database: Callable[[Path], Database]) -> OpenQueue:
+    """Queues on the parametrised backend (SQLite, PostgreSQL) of the test."""
+
+    def factory(data_dir: Path, **kwargs: Any) -> DatabaseJobQueue:
+        return DatabaseJobQueue(data_dir, database=make_database(data_dir), **kwargs)
+
+    return factory
 
 
 wait_for_fixture = pytest.fixture(name="wait_for")(lambda: wait_for)
@@ -100,6 +120,15 @@ class StoreScp:
         self.stop()
 
 
+def referenced_uids(rs: pydicom.Dataset) -> set[str]:
+    """SOP Instance UIDs of the images an RTSTRUCT's contours reference."""
+    series = rs.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+    return {
+        c.ReferencedSOPInstanceUID
+        for c in series.RTReferencedSeriesSequence[0].ContourImageSequence
+    }
+
+
 def make_result_file(path: Path, sop_uid: str | None = None) -> Path:
     """A small valid RT Structure Set file (no contours) for dispatch tests."""
     ds = pydicom.Dataset()
@@ -118,11 +147,11 @@ def make_result_file(path: Path, sop_uid: str | None = None) -> Path:
     return path
 
 
-def approve_body_model(data_dir: Path) -> None:
-    """Approve the built-in ``body`` model in a throwaway data folder."""
+def approve_body_model(data_dir: Path, database_url: str | None = None) -> None:
+    """Approve the built-in ``body`` model in a throwaway data folder (and database)."""
     from model_store.registry import ModelRegistry
 
-    registry = ModelRegistry(data_dir)
+    registry = ModelRegistry(data_dir, database=Database(data_dir, database_url))
     try:
         registry.approve("body", "1.0.0", by="ops-test", note="test data folder")
     finally:
@@ -155,9 +184,10 @@ def body_rule_config(data_dir: Path, destinations: dict[str, dict[str, object]],
 class RunningNode:
     """``contourd serve`` in a subprocess on free ports, with its data folder."""
 
-    def __init__(self, config_path: Path, data_dir: Path) -> None:
+    def __init__(self, config_path: Path, data_dir: Path, *extra_args: str) -> None:
         self.config_path = config_path
         self.data_dir = data_dir
+        self.extra_args = list(extra_args)
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.http_port = 0
@@ -179,6 +209,7 @@ class RunningNode:
                 "0",
                 "--http-port",
                 "0",
+                *self.extra_args,
             ],
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -242,6 +273,7 @@ def node_config_file(
     max_attempts: int = 20,
     workers: int = 1,
     outputs: tuple[str, ...] = ("rtstruct",),
+    database: str | None = None,
 ) -> Path:
     """A config for an end-to-end node: CT -> body model -> ``outputs`` -> storescp 'tps'."""
     import yaml
@@ -250,6 +282,7 @@ def node_config_file(
     path.write_text(
         yaml.safe_dump(
             {
+                **({"database": database} if database else {}),
                 "node": {"data_dir": "data", "fsync": False, "min_free_disk_mb": 0},
                 "series": {"complete_on": "association_release", "complete_after_s": 30},
                 "destinations": {"tps": {"ae_title": "TPS", "host": "127.0.0.1", "port": tps_port}},
@@ -276,3 +309,44 @@ def node_config_file(
         )
     )
     return path
+
+
+@contextmanager
+def running_orthanc(tmp_path: Path, config: dict[str, object]) -> Iterator[int]:
+    """Run Debian's Orthanc with ``config`` (plus throwaway storage) until the block ends.
+
+    Yields once Orthanc answers on ``config["HttpPort"]``.
+    """
+    import json
+    import urllib.error
+    import urllib.request
+
+    binary = require_tool("Orthanc", "orthanc")
+    http_port = int(config["HttpPort"])  # type: ignore[call-overload]
+    full = {
+        "StorageDirectory": str(tmp_path / "orthanc-storage"),
+        "IndexDirectory": str(tmp_path / "orthanc-index"),
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        **config,
+    }
+    config_path = tmp_path / "orthanc.json"
+    config_path.write_text(json.dumps(full))
+    log = (tmp_path / "orthanc.log").open("w")
+    proc = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT)
+
+    def up() -> bool:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/system", timeout=5).close()
+            return True
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return proc.poll() is not None  # stop waiting if it died
+
+    try:
+        wait_for(up, 60, "Orthanc did not answer on its HTTP port")
+        assert proc.poll() is None, f"Orthanc exited; see {tmp_path / 'orthanc.log'}"
+        yield http_port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()

@@ -11,13 +11,13 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pydicom
 import pytest
 from conftest import (
     RunningNode,
     StoreScp,
     approve_body_model,
     node_config_file,
+    referenced_uids,
     require_tool,
     storescu_push,
     wait_for,
@@ -27,14 +27,6 @@ from daemon.job_queue import SqliteJobQueue
 from inference.phantom import make_phantom_series
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
-
-
-def _referenced_uids(rs: pydicom.Dataset) -> set[str]:
-    series = rs.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
-    return {
-        c.ReferencedSOPInstanceUID
-        for c in series.RTReferencedSeriesSequence[0].ContourImageSequence
-    }
 
 
 @pytest.fixture
@@ -61,7 +53,7 @@ def test_pushed_ct_comes_back_as_an_rtstruct_referencing_its_images(
     [rs] = received
     assert rs.Modality == "RTSTRUCT"
     assert rs.StudyInstanceUID == series.headers[0].StudyInstanceUID
-    assert _referenced_uids(rs) == {h.SOPInstanceUID for h in series.headers}
+    assert referenced_uids(rs) == {h.SOPInstanceUID for h in series.headers}
 
     def metrics() -> bytes:
         return urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/metrics").read()
@@ -131,7 +123,7 @@ def test_result_arrives_after_the_tps_comes_up_without_duplicates(
     wait_for(lambda: queue.recent(1)[0].state.value == "sent", 60, "job sent once the TPS is up")
     received = tps.received()
     assert len(received) == 1
-    assert _referenced_uids(received[0]) == {h.SOPInstanceUID for h in series.headers}
+    assert referenced_uids(received[0]) == {h.SOPInstanceUID for h in series.headers}
 
 
 def test_worker_killed_mid_job_the_job_is_retried_and_completes(tmp_path: Path, node_setup) -> None:
@@ -181,7 +173,7 @@ def test_ten_series_from_five_concurrent_senders_get_one_result_each(
     wait_for(lambda: len(tps.received()) >= 10, 180, "10 results at the TPS")
     received = tps.received()
     assert len(received) == 10
-    referenced = sorted(tuple(sorted(_referenced_uids(rs))) for rs in received)
+    referenced = sorted(tuple(sorted(referenced_uids(rs))) for rs in received)
     expected = sorted(tuple(sorted(h.SOPInstanceUID for h in s.headers)) for s in all_series)
     assert referenced == expected  # one result per series, none twice
     assert len({rs.SOPInstanceUID for rs in received}) == 10

@@ -10,10 +10,10 @@ from pathlib import Path
 import pydicom
 import pytest
 import yaml
-from conftest import FakeCompletion, make_result_file
+from conftest import FakeCompletion, OpenQueue, make_result_file
 
 from daemon.cli import main
-from daemon.health_http import HealthServer, write_heartbeat
+from daemon.health_http import HealthServer, collect_status, write_heartbeat
 from daemon.job_queue import JobState, SqliteJobQueue
 
 
@@ -59,17 +59,22 @@ def _get(url: str) -> tuple[int, bytes]:
         return err.code, err.read()
 
 
-def test_metrics_report_jobs_by_state_and_stage_latencies(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path / "data")
-    _sent_job(queue, tmp_path)
-    queue.submit_series(FakeCompletion(series_uid="1.2.3.99"))
+def _scrape_metrics(queue: SqliteJobQueue) -> str:
+    """``GET /metrics`` from a HealthServer on ``queue``; the text (status 200 checked)."""
     server = HealthServer(queue, port=0).start()
     try:
         code, body = _get(f"http://127.0.0.1:{server.port}/metrics")
     finally:
         server.stop()
-    text = body.decode()
     assert code == 200
+    return body.decode()
+
+
+def test_metrics_report_jobs_by_state_and_stage_latencies(tmp_path: Path) -> None:
+    queue = SqliteJobQueue(tmp_path / "data")
+    _sent_job(queue, tmp_path)
+    queue.submit_series(FakeCompletion(series_uid="1.2.3.99"))
+    text = _scrape_metrics(queue)
     assert 'contourd_jobs{state="complete"} 1.0' in text
     assert 'contourd_jobs{state="sent"} 1.0' in text
     assert "contourd_queue_length 1.0" in text
@@ -173,3 +178,34 @@ def test_resend_without_a_running_node_sends_the_same_file_now(
     assert [p.name for p in (tmp_path / "share").glob("*.dcm")] == [f"{uid.SOPInstanceUID}.dcm"]
     assert main(["resend", "-c", str(config), str(job_id), "--to", "nowhere"]) == 1
     assert "unknown destination" in capsys.readouterr().err
+
+
+def test_status_and_metrics_show_every_worker_and_the_queue_per_priority(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
+    """Two workers (one busy, one idle) and jobs at two priorities, on each backend."""
+    queue = open_queue(tmp_path / "data")
+    queue.submit_series(FakeCompletion(series_uid="1.2.3.1"))
+    queue.submit_series(FakeCompletion(series_uid="1.2.3.2"))
+    urgent = queue.submit_series(FakeCompletion(series_uid="1.2.3.3"))
+    queue.conn.execute("UPDATE jobs SET priority = 5 WHERE id = ?", (urgent,))
+    claimed = queue.claim("gpu-a", 60)
+    assert claimed is not None and claimed.id == urgent
+    queue.heartbeat("gpu-a", current_job=urgent, state="busy", host="gpu-host-a", pid=4242)
+    queue.heartbeat("gpu-b", current_job=None, host="gpu-host-b", pid=4343)
+    text = _scrape_metrics(queue)
+    assert 'contourd_jobs_waiting{priority="0"} 2.0' in text
+    assert 'contourd_jobs_waiting{priority="5"}' not in text  # claimed: no longer waiting
+    assert (
+        f'contourd_worker_current_job{{host="gpu-host-a",pid="4242",worker="gpu-a"}} {urgent}.0'
+        in text
+    )
+    assert 'contourd_worker_current_job{host="gpu-host-b",pid="4343",worker="gpu-b"} 0.0' in text
+    status = collect_status(queue)
+    assert status["waiting_by_priority"] == {"0": 2}
+    assert {(w["worker_id"], w["host"], w["pid"], w["current_job"]) for w in status["workers"]} == {
+        ("gpu-a", "gpu-host-a", 4242, urgent),
+        ("gpu-b", "gpu-host-b", 4343, None),
+    }
+    queue.remove_worker("gpu-b")
+    assert [w.worker_id for w in queue.workers()] == ["gpu-a"]

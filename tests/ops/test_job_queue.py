@@ -6,20 +6,22 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FakeCompletion, wait_for
+from conftest import FakeCompletion, OpenQueue, wait_for
 
 from contourd.errors import JobError
 from daemon.job_queue import (
+    DatabaseJobQueue,
     DeliveryState,
     JobState,
     LeaseLostError,
-    SqliteJobQueue,
     stage_durations_s,
 )
 
 
-def test_submitting_the_same_series_version_twice_gives_one_job(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path)
+def test_submitting_the_same_series_version_twice_gives_one_job(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
+    queue = open_queue(tmp_path)
     first = queue.submit_series(FakeCompletion())
     again = queue.submit_series(FakeCompletion())
     newer = queue.submit_series(FakeCompletion(version=2))
@@ -29,26 +31,30 @@ def test_submitting_the_same_series_version_twice_gives_one_job(tmp_path: Path) 
     assert queue.get(first).state == JobState.COMPLETE
 
 
-def test_jobs_survive_reopening_the_database(tmp_path: Path) -> None:
-    job_id = SqliteJobQueue(tmp_path).submit_series(FakeCompletion(num_instances=7))
-    reopened = SqliteJobQueue(tmp_path)
+def test_jobs_survive_reopening_the_database(tmp_path: Path, open_queue: OpenQueue) -> None:
+    job_id = open_queue(tmp_path).submit_series(FakeCompletion(num_instances=7))
+    reopened = open_queue(tmp_path)
     job = reopened.get(job_id)
     assert job.num_instances == 7
     assert [e.state for e in reopened.events(job_id)] == ["complete"]
 
 
-def test_a_claimed_job_is_not_given_to_a_second_worker(tmp_path: Path) -> None:
-    queue_a = SqliteJobQueue(tmp_path)
-    queue_b = SqliteJobQueue(tmp_path)
+def test_a_claimed_job_is_not_given_to_a_second_worker(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
+    queue_a = open_queue(tmp_path)
+    queue_b = open_queue(tmp_path)
     queue_a.submit_series(FakeCompletion())
     job = queue_a.claim("worker-a", lease_s=60)
     assert job is not None and job.lease_owner == "worker-a"
     assert queue_b.claim("worker-b", lease_s=60) is None
 
 
-def test_a_dead_workers_job_is_claimed_again_after_its_lease_expires(tmp_path: Path) -> None:
-    queue_a = SqliteJobQueue(tmp_path)
-    queue_b = SqliteJobQueue(tmp_path)
+def test_a_dead_workers_job_is_claimed_again_after_its_lease_expires(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
+    queue_a = open_queue(tmp_path)
+    queue_b = open_queue(tmp_path)
     job_id = queue_a.submit_series(FakeCompletion())
     job = queue_a.claim("worker-a", lease_s=0.3)
     assert job is not None
@@ -67,8 +73,8 @@ def test_a_dead_workers_job_is_claimed_again_after_its_lease_expires(tmp_path: P
     assert any("worker-a" in m and "expired" in m for m in messages)
 
 
-def test_a_renewed_lease_keeps_the_job(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path)
+def test_a_renewed_lease_keeps_the_job(tmp_path: Path, open_queue: OpenQueue) -> None:
+    queue = open_queue(tmp_path)
     job_id = queue.submit_series(FakeCompletion())
     assert queue.claim("worker-a", lease_s=0.5) is not None
     queue.renew_lease(job_id, "worker-a", 60)
@@ -76,8 +82,10 @@ def test_a_renewed_lease_keeps_the_job(tmp_path: Path) -> None:
     assert queue.claim("worker-b", lease_s=60) is None
 
 
-def test_a_job_that_keeps_killing_workers_ends_failed(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path, max_attempts=2)
+def test_a_job_that_keeps_killing_workers_ends_failed(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
+    queue = open_queue(tmp_path, max_attempts=2)
     job_id = queue.submit_series(FakeCompletion())
     for n in range(2):
         job = wait_for(lambda n=n: queue.claim(f"w{n}", lease_s=0.1), 5, "claim")
@@ -90,15 +98,19 @@ def test_a_job_that_keeps_killing_workers_ends_failed(tmp_path: Path) -> None:
     assert "claimed 2 times" in (job.error or "")
 
 
-def test_illegal_transition_is_refused_with_the_allowed_states(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path)
+def test_illegal_transition_is_refused_with_the_allowed_states(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
+    queue = open_queue(tmp_path)
     job_id = queue.submit_series(FakeCompletion())
     with pytest.raises(JobError, match="cannot go from complete to sent"):
         queue.transition(job_id, JobState.SENT)
 
 
-def test_failure_keeps_the_error_message_and_clears_the_lease(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path)
+def test_failure_keeps_the_error_message_and_clears_the_lease(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
+    queue = open_queue(tmp_path)
     job_id = queue.submit_series(FakeCompletion())
     queue.claim("w", lease_s=60)
     job = queue.transition(job_id, JobState.FAILED, worker_id="w", message="model 'x' not approved")
@@ -107,8 +119,8 @@ def test_failure_keeps_the_error_message_and_clears_the_lease(tmp_path: Path) ->
     assert queue.last_error() is not None and queue.last_error()[0] == job_id
 
 
-def test_scheduled_job_waits_until_its_window(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path)
+def test_scheduled_job_waits_until_its_window(tmp_path: Path, open_queue: OpenQueue) -> None:
+    queue = open_queue(tmp_path)
     job_id = queue.submit_series(FakeCompletion())
     queue.claim("w", lease_s=60)
     queue.transition(
@@ -123,8 +135,8 @@ def test_scheduled_job_waits_until_its_window(tmp_path: Path) -> None:
     assert job.id == job_id
 
 
-def test_higher_priority_job_is_claimed_first(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path)
+def test_higher_priority_job_is_claimed_first(tmp_path: Path, open_queue: OpenQueue) -> None:
+    queue = open_queue(tmp_path)
     low = queue.submit_series(FakeCompletion(series_uid="1.2.3.1"))
     high = queue.submit_series(FakeCompletion(series_uid="1.2.3.2"))
     queue.update_fields(high, priority=5)
@@ -134,7 +146,7 @@ def test_higher_priority_job_is_claimed_first(tmp_path: Path) -> None:
     assert second is not None and second.id == low
 
 
-def _written_job(queue: SqliteJobQueue, destinations: list[str]) -> int:
+def _written_job(queue: DatabaseJobQueue, destinations: list[str]) -> int:
     job_id = queue.submit_series(FakeCompletion())
     queue.claim("w", lease_s=60)
     queue.transition(job_id, JobState.ROUTED, worker_id="w", destinations=destinations)
@@ -150,8 +162,10 @@ def _written_job(queue: SqliteJobQueue, destinations: list[str]) -> int:
     return job_id
 
 
-def test_job_is_sent_only_when_every_destination_has_it(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path)
+def test_job_is_sent_only_when_every_destination_has_it(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
+    queue = open_queue(tmp_path)
     job_id = _written_job(queue, ["tps", "archive"])
     claimed = {}
     for _ in range(2):
@@ -168,8 +182,10 @@ def test_job_is_sent_only_when_every_destination_has_it(tmp_path: Path) -> None:
     assert stage_durations_s(queue.events(job_id)).keys() >= {"processing", "sending", "total"}
 
 
-def test_failed_attempt_with_retry_time_is_pending_until_then(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path)
+def test_failed_attempt_with_retry_time_is_pending_until_then(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
+    queue = open_queue(tmp_path)
     job_id = _written_job(queue, ["tps"])
     assert queue.claim_delivery("d", lease_s=60) is not None
     queue.finish_delivery(job_id, "tps", "d", ok=False, error="refused", retry_at=time.time() + 0.3)
@@ -181,8 +197,10 @@ def test_failed_attempt_with_retry_time_is_pending_until_then(tmp_path: Path) ->
     assert "after 2 attempts" in (job.error or "") and "resend" in (job.error or "")
 
 
-def test_resend_requeues_the_same_files_and_adds_a_new_destination(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path)
+def test_resend_requeues_the_same_files_and_adds_a_new_destination(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
+    queue = open_queue(tmp_path)
     job_id = _written_job(queue, ["tps"])
     queue.claim_delivery("d", lease_s=60)
     queue.finish_delivery(job_id, "tps", "d", ok=True)
@@ -193,8 +211,59 @@ def test_resend_requeues_the_same_files_and_adds_a_new_destination(tmp_path: Pat
     assert states == {"backup": DeliveryState.PENDING, "tps": DeliveryState.PENDING}
 
 
-def test_resend_of_a_job_without_results_is_refused(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path)
+def test_resend_of_a_job_without_results_is_refused(tmp_path: Path, open_queue: OpenQueue) -> None:
+    queue = open_queue(tmp_path)
     job_id = queue.submit_series(FakeCompletion())
     with pytest.raises(JobError, match="no result files"):
         queue.requeue_delivery(job_id, ["tps"])
+
+
+def test_paths_in_the_data_folder_are_stored_relative_to_it(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
+    """A host that mounts the data folder elsewhere reads the same files."""
+    data = tmp_path / "here"
+    spool = data / "spool" / "1.2" / "3.4"
+    outside = tmp_path / "elsewhere" / "x.dcm"
+    queue = open_queue(data)
+    job_id = queue.submit_series(
+        FakeCompletion(spool_dir=spool, instance_paths=[spool / "a.dcm", outside])
+    )
+    stored = queue.conn.rows("SELECT spool_dir, instance_paths FROM jobs WHERE id = ?", (job_id,))
+    assert stored[0]["spool_dir"] == "./spool/1.2/3.4"
+    assert str(outside) in stored[0]["instance_paths"]
+    mounted = tmp_path / "mounted-elsewhere"
+    if queue.database.dialect == "sqlite":  # the database lives in the folder: move both
+        queue.close()
+        data.rename(mounted)
+        other_host = open_queue(mounted)
+    else:  # PostgreSQL: the same database, the data folder mounted at another path
+        other_host = DatabaseJobQueue(mounted, database=queue.database)
+    job = other_host.get(job_id)
+    assert job.spool_dir == mounted / "spool" / "1.2" / "3.4"
+    assert job.instance_paths == [mounted / "spool" / "1.2" / "3.4" / "a.dcm", outside]
+
+
+def test_an_idle_worker_is_woken_by_a_new_job_on_postgresql(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
+    """PostgreSQL: NOTIFY at commit wakes the listener; SQLite: the wait just polls."""
+    import threading
+
+    receiver, worker = open_queue(tmp_path), open_queue(tmp_path)
+    listener = worker.listener()
+    stop = threading.Event()
+    woken: list[bool] = []
+    postgresql = worker.database.dialect == "postgresql"
+    try:
+        waiting = threading.Thread(
+            target=lambda: woken.append(listener.wait(60.0 if postgresql else 0.2, stop))
+        )
+        waiting.start()
+        receiver.submit_series(FakeCompletion())
+        waiting.join(timeout=90)
+        assert woken == [postgresql]  # True only when a notification arrived
+        assert worker.claim("worker-a", lease_s=60) is not None
+    finally:
+        stop.set()
+        listener.close()

@@ -62,7 +62,7 @@ def test_an_older_database_gets_the_new_delivery_columns(tmp_path: Path) -> None
         )
     queue = SqliteJobQueue(tmp_path)
     try:
-        columns = queue.db.table("job_deliveries").columns_dict
+        columns = {r["name"] for r in queue.conn.rows("PRAGMA table_info(job_deliveries)")}
         assert {"accepted_sop_instance_uids", "failing_since"} <= set(columns)
         assert queue.failing_destinations() == []
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import threading
 from collections import defaultdict
@@ -58,7 +59,7 @@ def _kill_worker_mid_job(node: RunningNode, queue: SqliteJobQueue, kills: list[i
     that moment; otherwise it is let go on (SIGCONT) and caught again.
     """
     assert node.proc is not None
-    name = f"worker-{node.proc.pid}-1"
+    name = f"worker-{socket.gethostname()}-{node.proc.pid}-1"  # see WorkerPool.start
 
     def caught_mid_job() -> int | None:
         [pid] = node.worker_pids()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import free_port, require_tool, wait_for
+from conftest import free_port, running_orthanc
 
 from daemon.config import DestinationConfig, DispatchConfig
 from daemon.dispatch import send_cstore
@@ -43,40 +42,17 @@ def _post(url: str, body: str) -> object:
 @pytest.fixture
 def orthanc(tmp_path: Path) -> Iterator[tuple[int, int]]:
     """A running Orthanc: (DICOM port, HTTP port)."""
-    binary = require_tool("Orthanc", "orthanc")
     dicom_port, http_port = free_port(), free_port()
     config = {
         "Name": "contourd-test",
-        "StorageDirectory": str(tmp_path / "orthanc-storage"),
-        "IndexDirectory": str(tmp_path / "orthanc-index"),
         "DicomAet": "ORTHANC",
         "DicomPort": dicom_port,
         "HttpPort": http_port,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
         "DicomCheckCalledAet": True,
         "Plugins": [],
     }
-    config_path = tmp_path / "orthanc.json"
-    config_path.write_text(json.dumps(config))
-    log = (tmp_path / "orthanc.log").open("w")
-    proc = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT)
-
-    def up() -> bool:
-        try:
-            _get(f"http://127.0.0.1:{http_port}/system")
-            return True
-        except (urllib.error.URLError, ConnectionError, OSError):
-            return proc.poll() is not None  # stop waiting if it died
-
-    try:
-        wait_for(up, 60, "Orthanc did not answer on its HTTP port")
-        assert proc.poll() is None, f"Orthanc exited; see {tmp_path / 'orthanc.log'}"
+    with running_orthanc(tmp_path, config):
         yield dicom_port, http_port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def test_rtstruct_and_ct_are_stored_by_orthanc(orthanc: tuple[int, int], tmp_path: Path) -> None:

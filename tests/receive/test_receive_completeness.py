@@ -66,7 +66,7 @@ def test_retry_within_the_wait_completes_the_same_version_once(start_node, tmp_p
     # Two quiet periods pass: the aborted series is held, not completed.
     with pytest.raises(AssertionError):
         wait_for(lambda: completions.for_series(series_uid), 1.5, "no completion while held")
-    [held] = series_held(node.db.path)
+    [held] = series_held(node.db)
     assert held.startswith(f"series {series_uid} version 1: incomplete: the sender's association")
     assert held.endswith("(signal: association)")
     assert storescu(node.port, files).returncode == 0  # the sender re-sends everything
