@@ -370,6 +370,7 @@ class Worker:
             models,
             device=config.worker.device,
             predictor_cache=self.predictor_cache,
+            nnunet_mode=match.nnunet_mode,  # type: ignore[arg-type]
         )
         t0 = time.perf_counter()
         out_dir = self.queue.data_dir / "results" / str(job.id)

@@ -5,9 +5,12 @@
 
 ``load``           DICOM files -> :class:`~inference.volume.ImageVolume`
 ``<model>.preprocess``   resample onto the card's LPS grid, normalise
-``<model>.network``      U-Net class probabilities (warm predictor)
+``<model>.network``      network output (warm predictor; U-Net or nnU-Net)
 ``<model>.postprocess``  probabilities -> source-grid masks, clean-up
 ``<model>.body_outline`` the classical body model (source grid directly)
+Which runtime draws a model's masks follows its card's ``model_type``
+(:mod:`inference.runtime`).
+
 ``sanity``         volume / field-of-view edge / laterality warnings
 ``total``
 
@@ -26,15 +29,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from contourd import __version__
 from contourd.errors import InferenceError
-from inference.body_outline import body_outline
-from inference.postprocess import Cleanup, probabilities_to_masks
 from inference.predictor import Precision, PredictorCache
-from inference.preprocess import preprocess
 from inference.roi_mask import AlgorithmInfo, RoiMask
+from inference.runtime import RunContext, run_model
 from inference.sanity_checks import RoiExpectation, check_masks
 from inference.volume import ImageVolume, load_series
 
@@ -111,6 +112,8 @@ def segment_series(
     precision: Precision = "auto",
     num_threads: int | None = None,
     max_whole_volume_voxels: int | None = None,
+    nnunet_mode: Literal["exact", "fast"] | None = None,
+    nnunet_mirror: bool | None = None,
 ) -> SegmentationResult:
     """Segment one series with one or more approved models.
 
@@ -133,6 +136,12 @@ def segment_series(
         Overrides the card's ``inference`` strategy: padded inputs of at most
         this many voxels run in one pass, bigger ones by sliding window
         (``None``: the card decides; ``1`` forces the window).
+    nnunet_mode
+        ``"exact"`` or ``"fast"`` for nnU-Net models (``None``: each card's
+        ``nnunet.mode``; a routing rule's ``nnunet_mode`` comes here).
+    nnunet_mirror
+        Mirrored test-time augmentation on or off for nnU-Net models
+        (``None``: the mode's default).
 
     Raises
     ------
@@ -154,6 +163,16 @@ def segment_series(
         timings["load"] = time.perf_counter() - t0
     warnings = list(volume.notes)
     cache = predictor_cache if predictor_cache is not None else PredictorCache()
+    context = RunContext(
+        cache=cache,
+        timings=timings,
+        device=device,
+        precision=precision,
+        num_threads=num_threads,
+        max_whole_volume_voxels=max_whole_volume_voxels,
+        nnunet_mode=nnunet_mode,
+        nnunet_mirror=nnunet_mirror,
+    )
 
     rois: list[RoiMask] = []
     expectations: list[tuple[RoiExpectation, RoiMask]] = []
@@ -169,9 +188,7 @@ def segment_series(
             )
         used.append(tag)
         effective = _effective_by_label(model)
-        masks = _run_model(
-            model, volume, cache, timings, device, precision, num_threads, max_whole_volume_voxels
-        )
+        masks = run_model(model, volume, context)
         taken = {r.name.lower(): r for r in rois}
         for label in sorted(masks):
             spec = effective.get(label) or card.roi(label)
@@ -229,60 +246,3 @@ def segment_series(
         models=used,
         empty_rois=empty,
     )
-
-
-def _run_model(
-    model: SegmentationModel,
-    volume: ImageVolume,
-    cache: PredictorCache,
-    timings: dict[str, float],
-    device: str,
-    precision: Precision,
-    num_threads: int | None,
-    max_whole_volume_voxels: int | None,
-) -> dict[int, Any]:
-    """label -> boolean source-grid mask for one model."""
-    card = model.card
-    name = card.name
-    if card.model_type == "classical":
-        if card.algorithm != "body_outline":
-            raise InferenceError(f"model {name}: unknown classical algorithm {card.algorithm!r}")
-        params = card.parameters
-        t0 = time.perf_counter()
-        mask = body_outline(
-            volume,
-            threshold_hu=params.threshold_hu,
-            keep_largest_component=params.keep_largest_component,
-            fill_holes=params.fill_holes,
-        )
-        timings[f"{name}.body_outline"] = time.perf_counter() - t0
-        return {card.rois[0].label: mask}
-
-    t0 = time.perf_counter()
-    prepared = preprocess(volume, card.preprocessing)
-    timings[f"{name}.preprocess"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    kwargs: dict[str, Any] = {"device": device, "precision": precision, "num_threads": num_threads}
-    if max_whole_volume_voxels is not None:
-        kwargs["max_whole_volume_voxels"] = max_whole_volume_voxels
-    predictor = cache.get(model, **kwargs)
-    try:
-        probs = predictor.predict_proba(prepared.array)
-    except RuntimeError as err:  # torch reports OOM and kernel failures this way
-        raise InferenceError(
-            f"model {name} {card.version} failed on series {volume.series_uid} "
-            f"(input {list(prepared.array.shape)} on {predictor.device}): {err}"
-        ) from err
-    timings[f"{name}.network"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    labels = [roi.label for roi in card.rois]
-    cleanups = {
-        label: Cleanup(
-            largest_component=card.postprocessing_for(label).largest_component,
-            fill_holes=card.postprocessing_for(label).fill_holes,
-        )
-        for label in labels
-    }
-    masks = probabilities_to_masks(probs, prepared.grid, volume, labels, cleanups)
-    timings[f"{name}.postprocess"] = time.perf_counter() - t0
-    return masks

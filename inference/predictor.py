@@ -304,18 +304,28 @@ class PredictorCache:
 
     def __init__(self, max_models: int = 2) -> None:
         self.max_models = max_models
-        self._items: OrderedDict[tuple[Any, ...], Predictor] = OrderedDict()
+        self._items: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, model: UNetModel, **kwargs: Any) -> Predictor:
-        """The warm predictor for ``model`` with ``kwargs``, building it if needed."""
+    def get(self, model: UNetModel, **kwargs: Any) -> Any:
+        """The warm predictor for ``model`` with ``kwargs``, building it if needed.
+
+        A :class:`Predictor` for a ``unet`` card, an
+        :class:`inference.nnunet_runtime.NnunetPredictor` for an ``nnunet`` one.
+        """
         card = model.card
         key = (card.name, card.version, model.weights_sha256, tuple(sorted(kwargs.items())))
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-            predictor = Predictor.from_model(model, **kwargs)
+            predictor: Any
+            if card.model_type == "nnunet":
+                from inference.nnunet_runtime import NnunetPredictor
+
+                predictor = NnunetPredictor.from_model(model, **kwargs)
+            else:
+                predictor = Predictor.from_model(model, **kwargs)
             self._items[key] = predictor
             while len(self._items) > self.max_models:
                 self._items.popitem(last=False)

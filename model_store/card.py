@@ -14,6 +14,8 @@ Conventions
   +z superior.
 - ROI label 0 is background. For a ``unet`` model the labels are exactly
   ``1 .. architecture.num_classes - 1``; label ``k`` is output channel ``k``.
+  An ``nnunet`` model (an imported nnU-Net v2 model, section ``nnunet``, see
+  :mod:`model_store.nnunet_card`) has the labels of its ``dataset.json``.
 - ``color`` is ``[r, g, b]`` with each component 0-255 (DICOM ROI Display Color).
 """
 
@@ -27,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from contourd.errors import ModelPackageError
+from model_store.nnunet_card import NnunetSettings
 
 if TYPE_CHECKING:
     from inference.unet import UNetConfig
@@ -366,12 +369,13 @@ class ModelCard(StrictModel):
     license: str = ""
     modality: Literal["CT", "MR"]
     body_site: str = Field(min_length=1, max_length=64)
-    model_type: Literal["unet", "classical"]
+    model_type: Literal["unet", "classical", "nnunet"]
     algorithm: Literal["body_outline"] | None = None
     parameters: BodyOutlineParameters | None = None
     rois: list[RoiSpec] = Field(min_length=1)
     preprocessing: Preprocessing | None = None
     architecture: Architecture | None = None
+    nnunet: NnunetSettings | None = None
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     postprocessing: dict[int, RoiPostprocessing] = Field(default_factory=dict)
     training: TrainingSummary | None = None
@@ -393,8 +397,12 @@ class ModelCard(StrictModel):
         unknown = sorted(set(self.postprocessing) - set(labels))
         if unknown:
             raise ValueError(f"postprocessing names labels {unknown} that no ROI has ({labels})")
+        if self.model_type != "nnunet" and self.nnunet is not None:
+            raise ValueError("the 'nnunet' section is for model_type: nnunet only")
         if self.model_type == "unet":
             self._check_unet(labels)
+        elif self.model_type == "nnunet":
+            self._check_nnunet()
         else:
             self._check_classical()
         return self
@@ -417,6 +425,16 @@ class ModelCard(StrictModel):
                 f"patch_size {list(self.preprocessing.patch_size)} must be a multiple of "
                 f"{divisor} (2 ** (levels - 1)) on every axis"
             )
+
+    def _check_nnunet(self) -> None:
+        if self.nnunet is None:
+            raise ValueError("an 'nnunet' model needs its 'nnunet' section (written at import)")
+        if self.architecture is not None or self.algorithm is not None or self.parameters:
+            raise ValueError(
+                "an 'nnunet' model has no 'architecture', 'algorithm' or 'parameters' section; "
+                "its network is described in the 'nnunet' section"
+            )
+        self.nnunet.check_kwargs()
 
     def _check_classical(self) -> None:
         if self.algorithm is None:

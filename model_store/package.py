@@ -353,20 +353,50 @@ def check_weights_match_card(tensors: dict[str, TensorInfo], card: ModelCard) ->
             k: tuple(v.shape)
             for k, v in UNet3D(card.architecture.to_unet_config()).state_dict().items()
         }
+    _compare_shapes(tensors, expected, f"the card's architecture {card.architecture.model_dump()}")
+
+
+def _compare_shapes(
+    tensors: dict[str, TensorInfo], expected: dict[str, tuple[int, ...]], what: str
+) -> None:
     got = {k: v.shape for k, v in tensors.items()}
     problems = [f"missing {k}" for k in sorted(expected.keys() - got.keys())]
     problems += [f"unexpected {k}" for k in sorted(got.keys() - expected.keys())]
     problems += [
-        f"{k} has shape {list(got[k])}, the card's architecture gives {list(expected[k])}"
+        f"{k} has shape {list(got[k])}, {what} gives {list(expected[k])}"
         for k in sorted(expected.keys() & got.keys())
         if expected[k] != got[k]
     ]
     if problems:
         shown = "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" * (len(problems) > 5))
+        raise ModelPackageError(f"{WEIGHTS_FILE} does not match {what}: {shown}")
+
+
+def check_nnunet_weights_match_card(tensors: dict[str, TensorInfo], card: ModelCard) -> None:
+    """Check the weights hold every fold of the network the card's ``nnunet`` section builds.
+
+    The output channels are background plus the card's labels ``1..N``.
+
+    Raises
+    ------
+    ModelPackageError
+        On a label/channel mismatch or any architecture difference.
+    """
+    assert card.nnunet is not None  # nnunet cards always have one (validated)
+    labels = sorted(r.label for r in card.rois)
+    if labels != list(range(1, len(labels) + 1)):
         raise ModelPackageError(
-            f"{WEIGHTS_FILE} does not match the card's architecture "
-            f"{card.architecture.model_dump()}: {shown}"
+            f"ROI labels {labels} of an nnU-Net model must be 1..{len(labels)} (the "
+            "dataset.json labels); fix the rois list"
         )
+    from contourd.errors import InferenceError
+    from inference.nnunet_network import expected_shapes
+
+    try:
+        expected = expected_shapes(card.nnunet, len(labels) + 1)
+    except InferenceError as err:
+        raise ModelPackageError(f"the card's nnunet network cannot be built: {err}") from err
+    _compare_shapes(tensors, expected, f"the card's nnU-Net network ({card.nnunet.network_class})")
 
 
 def _list_files(root: Path) -> list[str]:
@@ -415,13 +445,17 @@ def check_package_dir(root: Path) -> CheckedPackage:
     card_text = (root / CARD_FILE).read_text(encoding="utf-8")
     card = parse_card(card_text, source=f"{root.name}/{CARD_FILE}")
     weights_sha256: str | None = None
-    if card.model_type == "unet":
+    if card.model_type in ("unet", "nnunet"):
         if WEIGHTS_FILE not in files:
             raise ModelPackageError(
-                f"{root} is a 'unet' model but has no {WEIGHTS_FILE}; add the weights saved "
-                "with safetensors.torch.save_file"
+                f"{root} is a {card.model_type!r} model but has no {WEIGHTS_FILE}; add the "
+                "weights saved with safetensors.torch.save_file"
             )
-        check_weights_match_card(read_safetensors_header(root / WEIGHTS_FILE), card)
+        header = read_safetensors_header(root / WEIGHTS_FILE)
+        if card.model_type == "unet":
+            check_weights_match_card(header, card)
+        else:
+            check_nnunet_weights_match_card(header, card)
         weights_sha256 = sha256_file(root / WEIGHTS_FILE)
     elif WEIGHTS_FILE in files:
         raise ModelPackageError(

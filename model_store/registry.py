@@ -385,7 +385,9 @@ class ModelRegistry:
 
     # -- import --------------------------------------------------------------------
 
-    def import_package(self, path: Path, by: str, *, builtin: bool = False) -> ModelRecord:
+    def import_package(
+        self, path: Path, by: str, *, builtin: bool = False, source: Path | None = None
+    ) -> ModelRecord:
         """Check a package folder or zip and copy it into the data folder, unapproved.
 
         Parameters
@@ -396,6 +398,9 @@ class ModelRegistry:
             Who imports it (audit).
         builtin
             Mark as a built-in model (done by :meth:`register_builtins`).
+        source
+            What to record as the source (default ``path``; an nnU-Net model's
+            folder when ``path`` is the package converted from it).
 
         Returns
         -------
@@ -444,7 +449,7 @@ class ModelRegistry:
                 "package_dir": f"{MODELS_DIR}/{card.name}/{card.version}",
                 "card_sha256": package.card_sha256,
                 "weights_sha256": package.weights_sha256,
-                "source": str(Path(path).resolve()),
+                "source": str(Path(source if source is not None else path).resolve()),
                 "builtin": int(builtin),
                 "imported_by": who,
                 "imported_at": utc_now(),

@@ -109,6 +109,7 @@ class RouteMatch:
     priority: int
     schedule: Schedule | None
     complete_on: str | None
+    nnunet_mode: str | None = None
 
     @classmethod
     def from_rule(cls, rule: Rule) -> RouteMatch:
@@ -123,6 +124,7 @@ class RouteMatch:
             priority=rule.priority,
             schedule=rule.schedule,
             complete_on=rule.complete_on,
+            nnunet_mode=rule.nnunet_mode,
         )
 
     def render_label(
@@ -167,6 +169,7 @@ class RouteMatch:
             if self.schedule is None
             else {"start": self.schedule.start, "end": self.schedule.end},
             "complete_on": self.complete_on,
+            "nnunet_mode": self.nnunet_mode,
         }
 
 

@@ -372,6 +372,11 @@ class Rule(RuleModel):
     continue_: bool = Field(
         default=False, alias="continue", description="Also try the rules after this one."
     )
+    nnunet_mode: Literal["exact", "fast"] | None = Field(
+        default=None,
+        description="nnU-Net models only: run in this mode instead of the card's nnunet.mode "
+        "(exact reproduces nnUNetPredictor; fast crops to the patient, fewer windows).",
+    )
 
     @field_validator("model")
     @classmethod

@@ -75,9 +75,10 @@ class PackageModel:
 def load_package_model(path: Path) -> PackageModel:
     """Check a package folder or zip (every import check) and load its weights."""
     with open_package(path) as checked:
-        if checked.card.model_type != "unet" or checked.weights_sha256 is None:
+        if checked.card.model_type not in ("unet", "nnunet") or checked.weights_sha256 is None:
             raise TrainingError(
-                f"{path} is a {checked.card.model_type!r} model; only U-Net packages are evaluated"
+                f"{path} is a {checked.card.model_type!r} model; only U-Net and nnU-Net packages "
+                "are evaluated"
             )
         state = load_file(str(checked.root / WEIGHTS_FILE))
         return PackageModel(checked.card, checked.weights_sha256, state)

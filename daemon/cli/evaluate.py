@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from contourd.errors import InferenceError
@@ -62,6 +63,17 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--overlap", type=float, default=None, help="override the window overlap")
     parser.add_argument(
+        "--nnunet-mode",
+        choices=("exact", "fast"),
+        default=None,
+        help="nnU-Net models: run in this mode instead of the card's",
+    )
+    parser.add_argument(
+        "--compare-mode",
+        action="store_true",
+        help="nnU-Net models: evaluate in exact and in fast mode and print both side by side",
+    )
+    parser.add_argument(
         "--no-crop", action="store_true", help="run the network on the whole grid, not the patient"
     )
     parser.add_argument(
@@ -86,6 +98,9 @@ def with_inference_overrides(model: Any, args: argparse.Namespace) -> Any:
     Returns a copy (the registry's record and the package are untouched).
     """
     card = model.card
+    if card.model_type == "nnunet" and getattr(args, "nnunet_mode", None):
+        nnunet = card.nnunet.model_copy(update={"mode": args.nnunet_mode})
+        return dataclasses.replace(model, card=card.model_copy(update={"nnunet": nnunet}))
     if card.model_type != "unet":
         return model
     changes: dict[str, Any] = {}
@@ -110,13 +125,37 @@ def with_inference_overrides(model: Any, args: argparse.Namespace) -> Any:
 
 def describe_inference(card: Any) -> str:
     """One line: how the network was run (for the printed table)."""
+    if card.model_type == "nnunet":
+        return str(card.nnunet.describe())
     if card.model_type != "unet":
         return f"{card.model_type} model"
     return str(card.inference.describe())
 
 
+def format_mode_comparison(results: dict[str, Any]) -> str:
+    """Per ROI mean Dice of each mode against the reference, the difference, and seconds."""
+    exact, fast = results["exact"], results["fast"]
+    lines = [f"{'ROI':<20}{'Dice exact':>12}{'Dice fast':>12}{'fast - exact':>14}"]
+    for roi in exact.roi_names:
+        values = []
+        for result in (exact, fast):
+            dices = [c.metrics[roi].dice for c in result.cases if roi in c.metrics]
+            values.append(float(np.mean(dices)) if dices else float("nan"))
+        lines.append(
+            f"{roi:<20}{values[0]:>12.4f}{values[1]:>12.4f}{values[1] - values[0]:>+14.4f}"
+        )
+    seconds = {m: sum(c.seconds for c in r.cases) for m, r in results.items()}
+    lines.append(
+        f"seconds over {len(exact.cases)} cases: exact {seconds['exact']:.1f}, fast "
+        f"{seconds['fast']:.1f} (x{seconds['exact'] / max(seconds['fast'], 1e-9):.1f})"
+    )
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the table; exit code 0."""
+    if args.compare_mode:
+        return run_compare_mode(args)
     model = with_inference_overrides(_resolve_model(args), args)
     mapping = load_mapping_file(args.mapping) if args.mapping else None
     bar = tqdm(desc="evaluate", unit="case", disable=args.no_progress, file=sys.stderr)
@@ -144,4 +183,31 @@ def run(args: argparse.Namespace) -> int:
     if args.report is not None:
         page = write_report(result, args.report)
         print(f"report: {page}")
+    return 0
+
+
+def run_compare_mode(args: argparse.Namespace) -> int:
+    """``--compare-mode``: the nnU-Net model in exact and fast mode on the same cases."""
+    base = _resolve_model(args)
+    if base.card.model_type != "nnunet":
+        raise InferenceError(
+            f"--compare-mode compares nnU-Net modes; {args.model} is a "
+            f"{base.card.model_type!r} model"
+        )
+    mapping = load_mapping_file(args.mapping) if args.mapping else None
+    results = {}
+    for mode in ("exact", "fast"):
+        nnunet = base.card.nnunet.model_copy(update={"mode": mode})
+        model = dataclasses.replace(base, card=base.card.model_copy(update={"nnunet": nnunet}))
+        results[mode] = evaluate_model(
+            model,
+            args.dataset,
+            tolerance_mm=args.tolerance_mm,
+            mapping=mapping,
+            limit=args.limit,
+            device=args.device,
+            num_threads=args.threads,
+        )
+        print(f"{mode}: {describe_inference(model.card)}")
+    print(format_mode_comparison(results))
     return 0

@@ -11,12 +11,14 @@ import argparse
 import getpass
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from contourd.errors import ModelRegistryError
 from daemon.config import load_config
 from model_store.card import INTERPRETED_TYPES
+from model_store.nnunet_import import NnunetImportOptions, convert, looks_like_nnunet
 from model_store.registry import AuditEntry, ModelRecord, ModelRegistry
 
 ROIS_COLUMN_CHARS = 56
@@ -50,9 +52,30 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_show)
 
-    p = actions.add_parser("import", parents=[common], help="check and import a package")
-    p.add_argument("package", type=Path, help="package folder or .zip")
+    p = actions.add_parser(
+        "import",
+        parents=[common],
+        help="check and import a package, or an nnU-Net v2 trained model (folder or zip)",
+    )
+    p.add_argument("package", type=Path, help="package folder or .zip, or nnU-Net model")
     p.add_argument("--by", default=None, help="who imports it (default: your login name)")
+    nn = p.add_argument_group("nnU-Net v2 models (ignored for contourd packages)")
+    nn.add_argument("--name", default=None, help="model name (default: from the dataset name)")
+    nn.add_argument("--version", default="1.0.0", help="model version (default 1.0.0)")
+    nn.add_argument("--modality", choices=("CT", "MR"), default=None,
+                    help="default: from dataset.json's channel name")  # fmt: skip
+    nn.add_argument("--body-site", default=None, help="body site routing rules match on")
+    nn.add_argument("--folds", default=None,
+                    help="folds to keep, e.g. 0,1,2 (default: all with a checkpoint)")  # fmt: skip
+    nn.add_argument("--configuration", default=None,
+                    help="e.g. 3d_fullres, when the folder or zip holds several")  # fmt: skip
+    nn.add_argument("--orientation", default="LPS",
+                    help="orientation code of the arrays the model was trained on (default LPS, "
+                    "as SimpleITK reads axial DICOM; RAS for NIfTI reoriented to RAS)")  # fmt: skip
+    nn.add_argument("--mode", choices=("exact", "fast"), default="exact",
+                    help="inference mode recorded on the card (default exact)")  # fmt: skip
+    nn.add_argument("--checkpoint", default="checkpoint_final.pth",
+                    help="checkpoint file name in each fold folder")  # fmt: skip
     p.set_defaults(func=run_import)
 
     for action, helptext in (
@@ -212,6 +235,15 @@ def _show_text(record: ModelRecord) -> str:
         )
     if card.architecture:
         lines.append(f"  architecture:  {card.architecture.model_dump()}")
+    if card.nnunet:
+        nn = card.nnunet
+        network = nn.network_class.rsplit(".", 1)[-1]
+        lines.append(
+            f"  nnU-Net:       {nn.source} ({nn.dataset_name}); {network}, "
+            f"spacing_mm {list(nn.spacing_mm)}, patch {list(nn.patch_size)} (array order), "
+            f"{nn.normalization.scheme}, orientation {nn.orientation}"
+        )
+        lines.append(f"  inference:     {nn.describe()} (card mode; rules may override)")
     if card.training:
         lines.append(f"  training:      {card.training.model_dump(mode='json', exclude_none=True)}")
     lines.append("  ROIs:")
@@ -250,10 +282,36 @@ def run_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def nnunet_options(args: argparse.Namespace) -> NnunetImportOptions:
+    """The ``contourd models import`` options for an nnU-Net model."""
+    folds = None
+    if args.folds:
+        folds = tuple(f.strip() for f in str(args.folds).split(",") if f.strip())
+    return NnunetImportOptions(
+        name=args.name,
+        version=args.version,
+        modality=args.modality,
+        body_site=args.body_site,
+        folds=folds,
+        configuration=args.configuration,
+        orientation=args.orientation,
+        mode=args.mode,
+        checkpoint=args.checkpoint,
+    )
+
+
 def run_import(args: argparse.Namespace) -> int:
-    """``contourd models import PACKAGE``."""
+    """``contourd models import PACKAGE`` (a contourd package or an nnU-Net v2 model)."""
+    by = args.by or getpass.getuser()
     with open_registry(args) as registry:
-        record = registry.import_package(args.package, by=args.by or getpass.getuser())
+        if looks_like_nnunet(args.package):
+            with tempfile.TemporaryDirectory(prefix="contourd-nnunet-") as tmp:
+                package = Path(tmp) / "package"
+                for note in convert(args.package, package, nnunet_options(args), Path(tmp) / "x"):
+                    print(note)
+                record = registry.import_package(package, by=by, source=args.package)
+        else:
+            record = registry.import_package(args.package, by=by)
     for warning in record.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(

@@ -116,3 +116,16 @@ def test_model_reference_forms() -> None:
     assert ModelRef.parse("hn-oar") == ModelRef("hn-oar", None)
     assert ModelRef.parse("hn-oar@1.2.0") == ModelRef("hn-oar", "1.2.0")
     assert str(ModelRef("hn-oar", "1.2.0")) == "hn-oar@1.2.0"
+
+
+def test_a_rule_may_choose_the_nnunet_mode_and_a_typo_is_refused() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    rules = [make_rule("ct", match={"modality": "CT"}, model="pelvis", nnunet_mode="fast")]
+    (match,) = route(make_attrs(), rules).matched
+    assert match.nnunet_mode == "fast"
+    assert match.to_dict()["nnunet_mode"] == "fast"
+    assert route(make_attrs(), [make_rule("x", model="pelvis")]).matched[0].nnunet_mode is None
+    with pytest.raises(ValidationError, match="nnunet_mode"):
+        make_rule("bad", model="pelvis", nnunet_mode="quick")

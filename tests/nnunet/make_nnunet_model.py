@@ -1,0 +1,115 @@
+"""Make a real nnU-Net v2 model with nnunetv2 itself (run as a script, test extra).
+
+``python make_nnunet_model.py WORK --folds 0 1 --iterations 30``
+
+Writes a synthetic CT dataset in nnU-Net's raw format under ``WORK/raw``
+(``nnunet_cases.make_case``), runs nnU-Net's fingerprinting, planning and
+preprocessing (3d_fullres), and trains each fold with nnU-Net's
+``nnUNetTrainer_1epoch`` on the CPU, with fewer iterations per epoch than its
+default 250 so the test stays within minutes. The environment variables
+``nnUNet_raw``, ``nnUNet_preprocessed`` and ``nnUNet_results`` must point
+into ``WORK`` before nnunetv2 is imported, which is why this is a script.
+Prints the trained-model folder on its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from nnunet_cases import (  # noqa: E402
+    DATASET_ID,
+    DATASET_NAME,
+    LABELS,
+    TRAIN_SPACING_ZYX,
+    make_case,
+)
+
+
+def write_raw(raw: Path, cases: int) -> None:
+    """``imagesTr``/``labelsTr`` NIfTIs and ``dataset.json`` of the synthetic dataset."""
+    import SimpleITK as sitk
+
+    base = raw / DATASET_NAME
+    (base / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (base / "labelsTr").mkdir(parents=True, exist_ok=True)
+    for i in range(cases):
+        image, labels = make_case(seed=i, spacing_zyx=TRAIN_SPACING_ZYX)
+        for array, path in (
+            (image, base / "imagesTr" / f"case_{i:03d}_0000.nii.gz"),
+            (labels, base / "labelsTr" / f"case_{i:03d}.nii.gz"),
+        ):
+            img = sitk.GetImageFromArray(array)
+            img.SetSpacing(tuple(reversed(TRAIN_SPACING_ZYX)))
+            sitk.WriteImage(img, str(path))
+    dataset = {
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, **LABELS},
+        "numTraining": cases,
+        "file_ending": ".nii.gz",
+    }
+    (base / "dataset.json").write_text(json.dumps(dataset, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("work", type=Path)
+    parser.add_argument("--cases", type=int, default=5)
+    parser.add_argument("--folds", type=int, nargs="+", default=[0])
+    parser.add_argument("--iterations", type=int, default=30)
+    args = parser.parse_args()
+    work = args.work.resolve()
+    for key, sub in (
+        ("nnUNet_raw", "raw"),
+        ("nnUNet_preprocessed", "preprocessed"),
+        ("nnUNet_results", "results"),
+    ):
+        (work / sub).mkdir(parents=True, exist_ok=True)
+        os.environ[key] = str(work / sub)
+    os.environ["nnUNet_n_proc_DA"] = "1"  # noqa: SIM112 - nnU-Net's name; the planner wants > 0
+    write_raw(work / "raw", args.cases)
+
+    import torch
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprints,
+        plan_experiments,
+        preprocess,
+    )
+    from nnunetv2.training.nnUNetTrainer.variants.training_length.nnUNetTrainer_Xepochs import (
+        nnUNetTrainer_1epoch,
+    )
+
+    torch.set_num_threads(2)
+    extract_fingerprints([DATASET_ID], num_processes=1, check_dataset_integrity=True, verbose=False)
+    plan_experiments([DATASET_ID])
+    preprocess([DATASET_ID], configurations=["3d_fullres"], num_processes=[1], verbose=False)
+    os.environ["nnUNet_n_proc_DA"] = "0"  # noqa: SIM112 - augment in this process
+    folder = None
+    for fold in args.folds:
+        # The trainer class directly: nnU-Net's search by name imports every trainer
+        # module, and its Primus trainers import timm -> torchvision, whose PyPI wheel
+        # does not load against the CPU build of torch pinned here.
+        preprocessed = work / "preprocessed" / DATASET_NAME
+        plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+        plans["continue_training"] = False  # as nnU-Net's get_trainer_from_args sets it
+        trainer = nnUNetTrainer_1epoch(
+            plans=plans,
+            configuration="3d_fullres",
+            fold=fold,
+            dataset_json=json.loads((preprocessed / "dataset.json").read_text()),
+            device=torch.device("cpu"),
+        )
+        trainer.num_iterations_per_epoch = args.iterations
+        trainer.num_val_iterations_per_epoch = 2
+        trainer.run_training()
+        folder = Path(trainer.output_folder).parent
+    print(folder)
+
+
+if __name__ == "__main__":
+    main()
