@@ -97,7 +97,17 @@ _ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.SCHEDULED: frozenset(
         {JobState.ROUTED, JobState.NOT_ROUTED, JobState.SCHEDULED, JobState.FAILED}
     ),
-    JobState.ROUTED: frozenset({JobState.RUNNING, JobState.SCHEDULED, JobState.FAILED}),
+    # routed -> routed / not_routed: a worker that takes over a job whose first
+    # worker died after routing it routes it again, with the config of now.
+    JobState.ROUTED: frozenset(
+        {
+            JobState.ROUTED,
+            JobState.NOT_ROUTED,
+            JobState.RUNNING,
+            JobState.SCHEDULED,
+            JobState.FAILED,
+        }
+    ),
     JobState.RUNNING: frozenset({JobState.WRITTEN, JobState.SHADOW, JobState.FAILED}),
     JobState.WRITTEN: frozenset({JobState.SENDING, JobState.SENT, JobState.FAILED}),
     JobState.SENDING: frozenset({JobState.SENDING, JobState.SENT, JobState.FAILED}),

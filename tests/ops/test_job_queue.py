@@ -73,6 +73,29 @@ def test_a_dead_workers_job_is_claimed_again_after_its_lease_expires(
     assert any("worker-a" in m and "expired" in m for m in messages)
 
 
+def test_a_job_taken_over_after_routing_is_routed_again(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
+    # The soak test met this: worker-a routed the job and was killed before it
+    # ran; the supervisor released its lease and worker-b routed it again.
+    queue = open_queue(tmp_path)
+    job_id = queue.submit_series(FakeCompletion())
+    assert queue.claim("worker-a", lease_s=60) is not None
+    queue.transition(job_id, JobState.ROUTED, worker_id="worker-a", rule="ct")
+    assert queue.release_leases(["worker-a"], "worker-a died") == [job_id]
+    taken = queue.claim("worker-b", lease_s=60)
+    assert taken is not None and taken.id == job_id and taken.state == JobState.ROUTED
+    queue.transition(job_id, JobState.ROUTED, worker_id="worker-b", rule="ct")
+    queue.transition(job_id, JobState.RUNNING, worker_id="worker-b")
+    assert queue.get(job_id).state == JobState.RUNNING
+    # With the config changed meanwhile, the second routing may find no rule.
+    other = queue.submit_series(FakeCompletion(version=2))
+    assert queue.claim("worker-b", lease_s=60) is not None
+    queue.transition(other, JobState.ROUTED, worker_id="worker-b", rule="ct")
+    queue.transition(other, JobState.NOT_ROUTED, worker_id="worker-b", message="no rule")
+    assert queue.get(other).state == JobState.NOT_ROUTED
+
+
 def test_a_renewed_lease_keeps_the_job(tmp_path: Path, open_queue: OpenQueue) -> None:
     queue = open_queue(tmp_path)
     job_id = queue.submit_series(FakeCompletion())
