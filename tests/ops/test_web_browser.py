@@ -165,7 +165,7 @@ def test_operator_sees_the_job_its_contours_and_resends_viewer_is_refused(
 
     [original] = wait_for(tps.received, 30, "the first RTSTRUCT at the TPS")
     driver.find_element(By.ID, "resend").click()  # type: ignore[attr-defined]
-    message = driver.find_element(By.ID, "message").text  # type: ignore[attr-defined]
+    message = wait_for(lambda: _text_of(driver, "message"), 30, "the resend message")
     assert "queued for tps" in message
     received = wait_for(
         lambda: len(tps.received()) >= 2 and tps.received(), 60, "the resent RTSTRUCT at the TPS"
@@ -186,9 +186,18 @@ def test_operator_sees_the_job_its_contours_and_resends_viewer_is_refused(
         By.CSS_SELECTOR, '.model[data-model="hn-oar"]'
     )
     card.find_element(By.CSS_SELECTOR, "button.approve").click()
-    refusal = driver.find_element(By.ID, "refusal").text  # type: ignore[attr-defined]
+    refusal = wait_for(lambda: _text_of(driver, "refusal"), 30, "the refusal page")
     assert "physicist" in refusal
     driver.get(f"{base}/api/models")  # type: ignore[attr-defined]
     assert '"status":"imported"' in driver.page_source.replace(" ", "")  # type: ignore[attr-defined]
     if os.environ.get("CONTOURD_KEEP_SCREENSHOTS"):
         driver.save_screenshot(str(ARTIFACTS / "refused.png"))  # type: ignore[attr-defined]
+
+
+def _text_of(driver: object, element_id: str) -> str | None:
+    """The text of the element with ``element_id`` once the page shows it (a click
+    that posts a form returns before the answer page has loaded)."""
+    from selenium.webdriver.common.by import By
+
+    found = driver.find_elements(By.ID, element_id)  # type: ignore[attr-defined]
+    return str(found[0].text) if found and found[0].text else None
