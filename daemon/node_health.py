@@ -97,12 +97,42 @@ def node_problems(facts: NodeFacts) -> list[str]:
             f"last {WORKER_CRASH_LOOP_WINDOW_S:g} s; jobs wait in the queue; see the log for "
             f"why the workers exit"
         )
-    for name, since_s, error in facts.failing_destinations:
-        failing_s = facts.now - since_s
-        if failing_s >= facts.dispatch_failing_unhealthy_s:
+    problems.extend(
+        destination_problems(
+            facts.failing_destinations, facts.dispatch_failing_unhealthy_s, facts.now
+        )
+    )
+    return problems
+
+
+DESTINATION_PROBLEM_PREFIX = "sending to "
+"""How every destination problem begins (``contourd status`` replaces the
+heartbeat's copies, up to 5 s old, with ones read from the database now)."""
+
+
+def destination_problems(
+    failing_destinations: Sequence[tuple[str, float, str | None]],
+    dispatch_failing_unhealthy_s: float,
+    now: float,
+) -> list[str]:
+    """Sentences for the destinations that have failed for too long.
+
+    Parameters
+    ----------
+    failing_destinations
+        ``(name, failing since (Unix s), last error)`` per destination.
+    dispatch_failing_unhealthy_s
+        How long a destination may fail before it counts as a problem (s).
+    now
+        Unix seconds.
+    """
+    problems = []
+    for name, since_s, error in failing_destinations:
+        failing_s = now - since_s
+        if failing_s >= dispatch_failing_unhealthy_s:
             problems.append(
-                f"sending to {name!r} has failed since {utc_iso(since_s)} ({failing_s:.0f} s, "
-                f"over http.dispatch_failing_unhealthy_s {facts.dispatch_failing_unhealthy_s:g} "
-                f"s): {error or 'no error recorded'}"
+                f"{DESTINATION_PROBLEM_PREFIX}{name!r} has failed since {utc_iso(since_s)} "
+                f"({failing_s:.0f} s, over http.dispatch_failing_unhealthy_s "
+                f"{dispatch_failing_unhealthy_s:g} s): {error or 'no error recorded'}"
             )
     return problems

@@ -1,7 +1,8 @@
 """``contourd status``: node up, health, queue, workers, disk free, last error (``--json``).
 
 The health problems are the running node's own (it writes them into its
-heartbeat): the same sentences ``/healthz`` answers 503 with. Workers are read
+heartbeat): the same sentences ``/healthz`` answers 503 with; those about
+failing destinations are read from the database at the moment of asking. Workers are read
 from the database, so on a shared PostgreSQL every host's workers show (host,
 pid, current job, age of the last heartbeat), and the queue is shown per
 priority.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from contourd.errors import ConfigError
 from daemon.config import ContourdConfig, NodeConfig, load_config
 from daemon.health_http import collect_status
 from daemon.job_queue import SqliteJobQueue, utc_iso
+from daemon.node_health import DESTINATION_PROBLEM_PREFIX, destination_problems
 
 
 def register(subparsers: Any) -> None:
@@ -38,7 +41,12 @@ def run(args: argparse.Namespace) -> int:
     """Print the status; exit code 0 when the node is up and healthy, 3 when it is
     not running, 4 when it runs but reports problems."""
     config, config_error = _load_leniently(args.config)
-    status = collect_status(SqliteJobQueue(config.data_dir, database=config.open_database()))
+    queue = SqliteJobQueue(config.data_dir, database=config.open_database())
+    status = collect_status(queue)
+    if status["node"]:
+        status["node"]["problems"] = _with_fresh_destination_problems(
+            status["node"].get("problems") or [], queue, config
+        )
     status["disk_floor_mb"] = config.node.min_free_disk_mb
     status["config_error"] = config_error
     if args.json:
@@ -123,6 +131,22 @@ def _load_leniently(path: Path | None) -> tuple[ContourdConfig, str | None]:
         if not data_dir.is_absolute():
             data_dir = (Path(path).parent / data_dir).resolve()
         return ContourdConfig(node=NodeConfig(data_dir=data_dir)), str(err)
+
+
+def _with_fresh_destination_problems(
+    problems: list[str], queue: SqliteJobQueue, config: ContourdConfig
+) -> list[str]:
+    """The heartbeat's problems with the destination ones read from the database now.
+
+    The node writes its heartbeat every few seconds, so a destination that
+    crossed ``http.dispatch_failing_unhealthy_s`` a moment ago is already on
+    ``/healthz`` but not yet in the heartbeat; the database has it at once.
+    """
+    others = [p for p in problems if not p.startswith(DESTINATION_PROBLEM_PREFIX)]
+    fresh = destination_problems(
+        queue.failing_destinations(), config.http.dispatch_failing_unhealthy_s, time.time()
+    )
+    return others + fresh
 
 
 def _exit_code(status: dict[str, Any]) -> int:
