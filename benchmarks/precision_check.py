@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from contourd.errors import BlankImageError
 from inference.predictor import Predictor
 from training.evaluate import load_package_model
-from training.openkbp_dataset import BlankImageError, list_cases, load_case
+from training.openkbp_dataset import list_cases, load_case
 from training.trainer import normalise_hu
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def main() -> int:
     model = load_package_model(args.package)
     card = model.card
     assert card.architecture is not None and card.preprocessing is not None
-    config = card.architecture.to_unet_config()
+    config = card.architecture
     norm = card.preprocessing.normalization
     patch = tuple(card.preprocessing.patch_size)
     overlap = card.inference.overlap

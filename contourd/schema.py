@@ -20,13 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Column, Float, Index, Integer, MetaData, Table, Text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from contourd.database import DbConnection
 from contourd.errors import DatabaseError
+
+if TYPE_CHECKING:
+    from contourd.database import DbConnection
 
 metadata = MetaData()
 

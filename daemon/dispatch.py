@@ -46,9 +46,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from contourd.errors import DispatchError
+from contourd.errors import DispatchError, LeaseLostError
 from daemon.config import DestinationConfig, DispatchConfig
-from daemon.job_queue import Delivery, DeliveryState, Job, LeaseLostError, SqliteJobQueue
+from daemon.job_queue import Delivery, DeliveryState, Job, SqliteJobQueue
 
 log = logging.getLogger(__name__)
 

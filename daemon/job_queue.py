@@ -10,10 +10,8 @@ with its UTC time, the worker and a message)::
                    |-> not_routed (no rule matched; reason kept)
                    `-> scheduled (rule window closed; claimable again at not_before)
 
-``received`` exists for backends that create the job at the first image; the
-SQLite queue creates jobs when the assembler reports the series complete.
-
-Workers take jobs with :meth:`JobQueue.claim`, which sets a lease (worker id
+A job is created when the assembler reports its series complete. Workers
+take jobs with :meth:`DatabaseJobQueue.claim`, which sets a lease (worker id
 and expiry, Unix seconds). A worker renews the lease while it works; when it
 dies, the lease runs out and the next claim takes the job again (up to
 ``max_attempts`` claims, so a series that crashes every worker ends
@@ -25,8 +23,7 @@ Sending is tracked per destination in ``job_deliveries`` (pending -> sending
 -> sent | failed) with its own attempts, next attempt time and lease, so the
 dispatcher can retry one destination without resending to the others.
 
-:class:`JobQueue` is the protocol the daemon codes against; :class:`DatabaseJobQueue`
-implements it on the node's database (tables ``jobs``, ``job_events``,
+:class:`DatabaseJobQueue` is the queue on the node's database (tables ``jobs``, ``job_events``,
 ``job_deliveries``, ``workers``): SQLite ``<data_dir>/contourd.db`` by default,
 or PostgreSQL shared by several receivers and workers (``database:`` setting,
 :mod:`contourd.database`).
@@ -50,18 +47,13 @@ from typing import Any, Protocol
 
 from contourd.database import DB_FILENAME as DB_FILENAME  # re-exported for older callers
 from contourd.database import Database, DbConnection, JobListener, load_path, store_path
-from contourd.errors import JobError
+from contourd.errors import JobError, LeaseLostError
 from contourd.schema import jobs as schema_jobs
-
-
-class LeaseLostError(JobError):
-    """A worker tried to change a job whose lease it no longer holds."""
 
 
 class JobState(StrEnum):
     """States of a job row (see the module docstring for the graph)."""
 
-    RECEIVED = "received"
     COMPLETE = "complete"
     ROUTED = "routed"
     SCHEDULED = "scheduled"
@@ -90,7 +82,6 @@ UNSENT_RESULT_STATES = frozenset({JobState.WRITTEN, JobState.SENDING})
 """Results exist but have not reached every destination yet."""
 
 _ALLOWED: dict[JobState, frozenset[JobState]] = {
-    JobState.RECEIVED: frozenset({JobState.COMPLETE, JobState.FAILED}),
     JobState.COMPLETE: frozenset(
         {JobState.ROUTED, JobState.NOT_ROUTED, JobState.SCHEDULED, JobState.FAILED}
     ),
@@ -160,7 +151,7 @@ def parse_since(text: str, now_s: float | None = None) -> float:
 
 
 class SeriesCompletionLike(Protocol):
-    """What :meth:`JobQueue.submit_series` reads from the assembler's completion."""
+    """What :meth:`DatabaseJobQueue.submit_series` reads from the assembler's completion."""
 
     @property
     def study_uid(self) -> str: ...
@@ -268,81 +259,6 @@ class Delivery:
     """Unix time of the first failed attempt since the last success."""
 
 
-class JobQueue(Protocol):
-    """The queue the daemon's stages share. See :class:`DatabaseJobQueue`."""
-
-    def submit_series(
-        self, completion: SeriesCompletionLike, *, supersedes: dict[str, Any] | None = None
-    ) -> int:
-        """Create the job for a completed series; idempotent per (series UID, version)."""
-        ...
-
-    def claim(self, worker_id: str, lease_s: float) -> Job | None:
-        """Lease the most urgent claimable job to ``worker_id``, or ``None``."""
-        ...
-
-    def renew_lease(self, job_id: int, worker_id: str, lease_s: float) -> None:
-        """Extend a held lease by ``lease_s`` from now; raises LeaseLostError."""
-        ...
-
-    def transition(
-        self,
-        job_id: int,
-        state: JobState,
-        *,
-        worker_id: str | None = None,
-        message: str | None = None,
-        release_lease: bool = False,
-        **fields: Any,
-    ) -> Job:
-        """Move a job to ``state``, updating ``fields`` and recording an event."""
-        ...
-
-    def get(self, job_id: int) -> Job:
-        """The job with that id; raises JobError when there is none."""
-        ...
-
-    def recent(self, limit: int = 20) -> list[Job]:
-        """The newest jobs first."""
-        ...
-
-    def events(self, job_id: int) -> list[JobEvent]:
-        """The job's transitions in time order."""
-        ...
-
-    def counts_by_state(self) -> dict[str, int]:
-        """Number of jobs in each state."""
-        ...
-
-    def deliveries(self, job_id: int) -> list[Delivery]:
-        """The job's deliveries."""
-        ...
-
-    def claim_delivery(
-        self, owner: str, lease_s: float, *, job_id: int | None = None
-    ) -> tuple[Job, Delivery] | None:
-        """Lease the next delivery that is due (of ``job_id`` only, if given)."""
-        ...
-
-    def finish_delivery(
-        self,
-        job_id: int,
-        destination: str,
-        owner: str,
-        *,
-        ok: bool,
-        error: str | None = None,
-        retry_at: float | None = None,
-        sop_instance_uids: Sequence[str] = (),
-    ) -> Job:
-        """Record a send attempt's outcome and update the job's state."""
-        ...
-
-    def requeue_delivery(self, job_id: int, destinations: Sequence[str]) -> Job:
-        """Send a job's results again to ``destinations`` (the same files)."""
-        ...
-
-
 _CLAIMABLE_STATES = frozenset({JobState.COMPLETE, JobState.ROUTED, JobState.SCHEDULED})
 """A worker may claim a job in these states (see :meth:`DatabaseJobQueue.claim`)."""
 
@@ -389,7 +305,7 @@ def immediate_transaction(
 
 
 class DatabaseJobQueue:
-    """:class:`JobQueue` on the node's database (SQLite in the data folder or PostgreSQL).
+    """The job queue on the node's database (SQLite in the data folder or PostgreSQL).
 
     Safe to share between threads of one process (one connection behind a
     lock) and between processes and hosts: every read-modify-write runs in one

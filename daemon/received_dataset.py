@@ -16,12 +16,7 @@ from io import BytesIO
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 
-from contourd.errors import ContourdError
-
-
-class TruncatedDatasetError(ContourdError):
-    """A received data set is shorter than its own element lengths say."""
-
+from contourd.errors import TruncatedDatasetError
 
 _LONG_VRS = {
     b"OB",

@@ -67,9 +67,9 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.transport import ThreadedAssociationServer
 
-from contourd.errors import InvalidUIDError, SpoolError
+from contourd.errors import InvalidUIDError, SopMismatchError, SpoolError, TruncatedDatasetError
 from daemon.config import NodeConfig
-from daemon.received_dataset import TruncatedDatasetError, check_complete, read_header
+from daemon.received_dataset import check_complete, read_header
 from daemon.series_assembler import InstanceArrival, SeriesAssembler
 from daemon.spool import Spool, validate_uid
 
@@ -392,7 +392,7 @@ class StorageSCP:
             return self._failed(stats, calling, peer, sop_uid_raw, STATUS_INVALID_UID, err)
         except TruncatedDatasetError as err:
             return self._failed(stats, calling, peer, sop_uid_raw, STATUS_CANNOT_UNDERSTAND, err)
-        except _SopMismatchError as err:
+        except SopMismatchError as err:
             return self._failed(stats, calling, peer, sop_uid_raw, STATUS_SOP_MISMATCH, err)
         except SpoolError as err:
             return self._failed(stats, calling, peer, sop_uid_raw, STATUS_OUT_OF_RESOURCES, err)
@@ -482,14 +482,6 @@ class StorageSCP:
         return _status(code, str(err))
 
 
-class _SopMismatchError(Exception):
-    """The data set's SOP Instance UID is not the request's."""
-
-
-SopMismatchError = _SopMismatchError
-"""Public name for other receivers (STOW-RS) that map it to their own status."""
-
-
 def store_instance(
     spool: Spool,
     assembler: SeriesAssembler,
@@ -533,7 +525,7 @@ def store_instance(
     study_uid = validate_uid(study_raw, "StudyInstanceUID")
     series_uid = validate_uid(series_raw, "SeriesInstanceUID")
     if sop_in_dataset is not None and str(sop_in_dataset).rstrip("\x00 ") != sop_uid:
-        raise _SopMismatchError(
+        raise SopMismatchError(
             f"SOP Instance UID in the data set ({sop_in_dataset}) differs from the "
             f"request's ({sop_uid}); the sender must send matching UIDs"
         )

@@ -46,7 +46,12 @@ import numpy as np
 
 from contourd import __version__
 from contourd.database import POSTGRESQL
-from contourd.errors import ContourdError, ModelNotApprovedError, ModelNotFoundError
+from contourd.errors import (
+    ContourdError,
+    ModelNotApprovedError,
+    ModelNotFoundError,
+    SeriesFilesError,
+)
 from daemon.config import ContourdConfig
 from daemon.dispatch import Dispatcher
 from daemon.feedback_intake import handle_reviewed_set
@@ -437,10 +442,9 @@ class Worker:
     def _attributes(self, job: Job) -> SeriesAttributes:
         try:
             return SeriesAttributes.from_files(job.instance_paths, job.calling_ae, job.called_ae)
-        except ValueError as err:
+        except SeriesFilesError as err:
             raise SeriesFilesError(
-                f"series {job.series_uid} version {job.version}: none of its "
-                f"{len(job.instance_paths)} spooled files is readable DICOM ({err}); "
+                f"series {job.series_uid} version {job.version}: {err}; "
                 f"was the spool cleaned up? Send the series again"
             ) from err
 
@@ -521,7 +525,3 @@ def _disk_full(err: BaseException) -> bool:
     if isinstance(err, OSError):
         return err.errno in (errno.ENOSPC, errno.EDQUOT)
     return "disk is full" in str(err) or "disk I/O error" in str(err)
-
-
-class SeriesFilesError(ContourdError):
-    """The spooled files of a job cannot be used (unreadable, output unsupported)."""

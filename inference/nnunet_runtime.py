@@ -40,10 +40,11 @@ import torch
 from scipy.ndimage import binary_fill_holes, gaussian_filter
 
 from contourd.errors import InferenceError
-from inference.nnunet_network import build_network, split_folds
+from inference.nnunet_network import split_folds
 from inference.nnunet_resampling import new_shape_for, resample_linear_torch, resample_to_shape
-from inference.postprocess import mask_bounding_box
-from inference.predictor import Precision, foreground_box, resolve_device, resolve_precision
+from inference.postprocess import foreground_box, mask_bounding_box
+from inference.precision import Precision, resolve_device, resolve_precision
+from model_store.network_layout import build_network
 from model_store.nnunet_card import NnunetNormalization, NnunetSettings
 
 log = logging.getLogger(__name__)

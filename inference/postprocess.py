@@ -189,3 +189,22 @@ def probabilities_to_masks(
         mask = margin_to_source_mask(margins[label], grid, volume)
         out[label] = clean_mask(mask, cleanups.get(label, Cleanup()))
     return out
+
+
+def foreground_box(image_zyx: np.ndarray, margin_voxels: int) -> tuple[slice, slice, slice] | None:
+    """Bounding box of the voxels above the image's minimum, grown by a margin.
+
+    Returns ``None`` when the box would be the whole image (nothing to crop)
+    or when every voxel equals the minimum (a blank input: the network runs on
+    all of it and the caller sees what it makes of that).
+    """
+    tight = mask_bounding_box(image_zyx > image_zyx.min())
+    if tight is None:
+        return None
+    box = [
+        slice(max(b.start - margin_voxels, 0), min(b.stop + margin_voxels, n))
+        for b, n in zip(tight, image_zyx.shape, strict=True)
+    ]
+    if all(b.start == 0 and b.stop == n for b, n in zip(box, image_zyx.shape, strict=True)):
+        return None
+    return box[0], box[1], box[2]

@@ -36,9 +36,10 @@ import numpy as np
 import torch
 
 from contourd.errors import InferenceError
-from inference.postprocess import mask_bounding_box
+from inference.postprocess import foreground_box
 from inference.precision import Precision, resolve_device, resolve_precision
-from inference.unet import UNet3D, UNetConfig
+from inference.unet import UNet3D
+from model_store.card import Architecture
 
 log = logging.getLogger(__name__)
 
@@ -76,25 +77,6 @@ def _window_starts(size: int, patch: int, step: int) -> list[int]:
     if starts[-1] != size - patch:
         starts.append(size - patch)
     return starts
-
-
-def foreground_box(image_zyx: np.ndarray, margin_voxels: int) -> tuple[slice, slice, slice] | None:
-    """Bounding box of the voxels above the image's minimum, grown by a margin.
-
-    Returns ``None`` when the box would be the whole image (nothing to crop)
-    or when every voxel equals the minimum (a blank input: the network runs on
-    all of it and the caller sees what it makes of that).
-    """
-    tight = mask_bounding_box(image_zyx > image_zyx.min())
-    if tight is None:
-        return None
-    box = [
-        slice(max(b.start - margin_voxels, 0), min(b.stop + margin_voxels, n))
-        for b, n in zip(tight, image_zyx.shape, strict=True)
-    ]
-    if all(b.start == 0 and b.stop == n for b, n in zip(box, image_zyx.shape, strict=True)):
-        return None
-    return box[0], box[1], box[2]
 
 
 def predictor_options(card: Any) -> dict[str, Any]:
@@ -152,7 +134,7 @@ class Predictor:
     def __init__(
         self,
         state_dict: Mapping[str, torch.Tensor],
-        config: UNetConfig,
+        config: Architecture,
         *,
         device: str = "auto",
         precision: Precision = "auto",
@@ -210,7 +192,7 @@ class Predictor:
             )
         for key, value in predictor_options(card).items():
             kwargs.setdefault(key, value)
-        return cls(model.load_state_dict(), card.architecture.to_unet_config(), **kwargs)
+        return cls(model.load_state_dict(), card.architecture, **kwargs)
 
     @property
     def precision_name(self) -> str:

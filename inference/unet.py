@@ -7,49 +7,18 @@ convolutional; each spatial size must be divisible by ``2 ** (levels - 1)``.
 Blocks are conv3x3x3 -> InstanceNorm -> LeakyReLU(0.01), twice per level;
 downsampling is a stride-2 convolution, upsampling a stride-2 transposed
 convolution, skip connections concatenate. The output is one logit channel per
-class, class 0 being background.
+class, class 0 being background. The hyperparameters are the model card's
+:class:`model_store.card.Architecture` (the one architecture type);
+:func:`model_store.network_layout.unet_tensor_shapes` lists the state dict this
+network has, which the package import checks without building it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class UNetConfig:
-    """Architecture hyperparameters, as stored in a model card.
-
-    Parameters
-    ----------
-    in_channels
-        Image channels (1 for CT or MR).
-    num_classes
-        Output channels including background (label 0).
-    base_channels
-        Feature maps at full resolution; doubled at each level.
-    levels
-        Resolution levels including the full-resolution one.
-    max_channels
-        Cap on feature maps at deep levels.
-    """
-
-    in_channels: int = 1
-    num_classes: int = 2
-    base_channels: int = 16
-    levels: int = 4
-    max_channels: int = 256
-
-    def channels_at(self, level: int) -> int:
-        """Feature maps at ``level`` (0 = full resolution)."""
-        return int(min(self.base_channels * 2**level, self.max_channels))
-
-    @property
-    def size_divisor(self) -> int:
-        """Every spatial input size must be a multiple of this (voxels)."""
-        return int(2 ** (self.levels - 1))
+from model_store.card import Architecture
 
 
 class ConvBlock(nn.Sequential):
@@ -69,7 +38,7 @@ class ConvBlock(nn.Sequential):
 class UNet3D(nn.Module):
     """3D U-Net returning class logits of shape ``(B, num_classes, Z, Y, X)``."""
 
-    def __init__(self, config: UNetConfig) -> None:
+    def __init__(self, config: Architecture) -> None:
         super().__init__()
         self.config = config
         chans = [config.channels_at(i) for i in range(config.levels)]

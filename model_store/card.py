@@ -23,16 +23,13 @@ from __future__ import annotations
 
 import re
 from datetime import date
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from contourd.errors import ModelPackageError
 from model_store.nnunet_card import NnunetSettings
-
-if TYPE_CHECKING:
-    from inference.unet import UNetConfig
 
 #: DICOM RT ROI Interpreted Type (3006,00A4) defined terms (PS3.3 C.8.8.8).
 InterpretedType = Literal[
@@ -217,7 +214,27 @@ class Preprocessing(StrictModel):
 
 
 class Architecture(StrictModel):
-    """The fields of :class:`inference.unet.UNetConfig`."""
+    """The U-Net's hyperparameters: the card's ``architecture`` section and the network's config.
+
+    The one architecture type: :class:`inference.unet.UNet3D` is built from it
+    and :func:`model_store.network_layout.unet_tensor_shapes` derives the
+    weights' tensors from it. Immutable once validated.
+
+    Parameters
+    ----------
+    in_channels
+        Image channels (1 for CT or MR).
+    num_classes
+        Output channels including background (label 0).
+    base_channels
+        Feature maps at full resolution; doubled at each level.
+    levels
+        Resolution levels including the full-resolution one.
+    max_channels
+        Cap on feature maps at deep levels.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     in_channels: int = Field(default=1, ge=1)
     num_classes: int = Field(ge=2)
@@ -225,11 +242,14 @@ class Architecture(StrictModel):
     levels: int = Field(default=4, ge=1, le=8)
     max_channels: int = Field(default=256, ge=1)
 
-    def to_unet_config(self) -> UNetConfig:
-        """The :class:`inference.unet.UNetConfig` these fields describe (imports torch)."""
-        from inference.unet import UNetConfig
+    def channels_at(self, level: int) -> int:
+        """Feature maps at ``level`` (0 = full resolution)."""
+        return int(min(self.base_channels * 2**level, self.max_channels))
 
-        return UNetConfig(**self.model_dump())
+    @property
+    def size_divisor(self) -> int:
+        """Every spatial input size must be a multiple of this (voxels)."""
+        return int(2 ** (self.levels - 1))
 
 
 class InferenceSettings(StrictModel):
@@ -419,7 +439,7 @@ class ModelCard(StrictModel):
                 f"architecture.num_classes={self.architecture.num_classes} means labels "
                 f"{expected} (0 is background); fix the rois list or num_classes"
             )
-        divisor = 2 ** (self.architecture.levels - 1)
+        divisor = self.architecture.size_divisor
         if any(p % divisor for p in self.preprocessing.patch_size):
             raise ValueError(
                 f"patch_size {list(self.preprocessing.patch_size)} must be a multiple of "

@@ -38,6 +38,7 @@ from pathlib import Path, PurePosixPath
 
 from contourd.errors import ModelPackageError
 from model_store.card import ModelCard, parse_card
+from model_store.network_layout import nnunet_tensor_shapes, unet_tensor_shapes
 from model_store.tg263 import check_roi_names
 
 CARD_FILE = "model.yaml"
@@ -321,7 +322,8 @@ def check_weights_match_card(tensors: dict[str, TensorInfo], card: ModelCard) ->
     The head layer decides the label check: ``head.weight`` has shape
     ``[num_classes, base_channels, 1, 1, 1]`` and the card's labels must be
     ``1..num_classes-1``. Then every tensor name and shape is compared with
-    :class:`inference.unet.UNet3D` built from the card's architecture.
+    :func:`model_store.network_layout.unet_tensor_shapes` (the state dict of
+    :class:`inference.unet.UNet3D` built from the card's architecture).
 
     Raises
     ------
@@ -344,15 +346,7 @@ def check_weights_match_card(tensors: dict[str, TensorInfo], card: ModelCard) ->
             f"labels 1..{channels - 1} and architecture.num_classes: {channels}; it says "
             f"num_classes: {card.architecture.num_classes}"
         )
-    import torch
-
-    from inference.unet import UNet3D
-
-    with torch.device("meta"):
-        expected = {
-            k: tuple(v.shape)
-            for k, v in UNet3D(card.architecture.to_unet_config()).state_dict().items()
-        }
+    expected = unet_tensor_shapes(card.architecture)
     _compare_shapes(tensors, expected, f"the card's architecture {card.architecture.model_dump()}")
 
 
@@ -389,12 +383,9 @@ def check_nnunet_weights_match_card(tensors: dict[str, TensorInfo], card: ModelC
             f"ROI labels {labels} of an nnU-Net model must be 1..{len(labels)} (the "
             "dataset.json labels); fix the rois list"
         )
-    from contourd.errors import InferenceError
-    from inference.nnunet_network import expected_shapes
-
     try:
-        expected = expected_shapes(card.nnunet, len(labels) + 1)
-    except InferenceError as err:
+        expected = nnunet_tensor_shapes(card.nnunet, len(labels) + 1)
+    except ModelPackageError as err:
         raise ModelPackageError(f"the card's nnunet network cannot be built: {err}") from err
     _compare_shapes(tensors, expected, f"the card's nnU-Net network ({card.nnunet.network_class})")
 

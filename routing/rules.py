@@ -424,27 +424,6 @@ class Rule(RuleModel):
         return as_list(self.send_to)
 
 
-class RoutingConfig(RuleModel):
-    """The routing part of the config: rules plus the body part synonyms."""
-
-    rules: list[Rule] = Field(default_factory=list)
-    body_part_synonyms: dict[str, list[str]] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _unique_names(self) -> Self:
-        check_unique_rule_names(self.rules)
-        return self
-
-
-def check_unique_rule_names(rules: list[Rule]) -> None:
-    """Raise ``ValueError`` when two rules share a name."""
-    seen: set[str] = set()
-    for rule in rules:
-        if rule.name in seen:
-            raise ValueError(f"rule name {rule.name!r} is used twice; give each rule its own name")
-        seen.add(rule.name)
-
-
 def rule_summary(rule: Rule) -> dict[str, Any]:
     """A short, JSON-friendly description of a rule's actions (for logs and CLI)."""
     return {

@@ -18,6 +18,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from contourd.errors import SeriesFilesError
+
 #: An orientation is oblique when the slice normal is more than this many
 #: degrees from the nearest patient axis.
 OBLIQUE_LIMIT_DEG = 30.0
@@ -188,12 +190,14 @@ class SeriesAttributes:
 
         Raises
         ------
-        ValueError
-            When no file is a readable DICOM file.
+        SeriesFilesError
+            When no file is a readable DICOM file (the message says how many
+            were tried and where).
         """
         first: Dataset | None = None
         frames = 0
-        for path in sorted(paths):
+        paths = sorted(paths)
+        for path in paths:
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
             except (InvalidDicomError, OSError):
@@ -201,7 +205,11 @@ class SeriesAttributes:
             first = ds if first is None else first
             frames += frames_in(ds)
         if first is None:
-            raise ValueError("no readable DICOM file among the paths given")
+            where = f" in {paths[0].parent}" if paths else ""
+            raise SeriesFilesError(
+                f"none of the {len(paths)} file(s){where} is readable DICOM (each needs the "
+                "DICM preamble or an explicit file meta header); give the series' own files"
+            )
         return cls.from_dataset(first, calling_ae, called_ae, num_images=frames)
 
     def summary(self) -> str:

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from contourd.errors import TrainingError
+from training.config import TrainingConfig
 from training.dicom_dataset import is_dicom_dataset, load_dicom_dataset
 from training.openkbp_dataset import TrainingCase, list_cases, load_dataset
 from training.roi_mapping import RoiNameMapper
-from training.trainer import TrainingConfig
 
 log = logging.getLogger(__name__)
 

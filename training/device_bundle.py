@@ -111,8 +111,8 @@ def download_wheels(wheel_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from training.config import load_training_config
     from training.datasets import load_training_data
-    from training.trainer import load_training_config
 
     parser = argparse.ArgumentParser(description="Pack a training run for a GPU machine.")
     parser.add_argument("--config", type=Path, required=True)

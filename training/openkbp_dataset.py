@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from contourd.errors import TrainingError
+from contourd.errors import BlankImageError, TrainingError
 
 if TYPE_CHECKING:  # SimpleITK is imported where NIfTI is read, so preprocessed
     # caches load on a machine without it (the GPU training bundle).
@@ -48,10 +48,6 @@ def is_blank_ct(image_hu: np.ndarray) -> bool:
     network to draw organs in air, so datasets and evaluations leave them out.
     """
     return bool(np.max(image_hu) <= BLANK_CT_MAX_HU)
-
-
-class BlankImageError(TrainingError):
-    """A case's CT is blank; the case is left out."""
 
 
 @dataclass

@@ -4,7 +4,7 @@
 accepts: the card (schema: :mod:`model_store.card`) with the preprocessing the
 network was trained with (LPS, ``spacing_mm`` ``[x, y, z]``, ``ct_clip_scale``
 normalisation, ``patch_size`` ``[z, y, x]``), the architecture
-(:class:`inference.unet.UNetConfig` fields), TG-263 ROIs with colours, types,
+(:class:`model_store.card.Architecture`), TG-263 ROIs with colours, types,
 laterality and plausible volume ranges, a training summary (counts, dates and
 settings, never identifiers), the evaluation per ROI when given, a README
 with the figures, and ``training_history.csv`` (the loss curve's numbers; the
@@ -38,7 +38,6 @@ from safetensors.torch import load_file, save_file
 from contourd.errors import TrainingError
 from inference.unet import UNet3D
 from model_store.card import (
-    Architecture,
     CtClipScale,
     Evaluation,
     ModelCard,
@@ -48,9 +47,10 @@ from model_store.card import (
     TrainingSummary,
 )
 from model_store.package import CARD_FILE, WEIGHTS_FILE, open_package
+from training.config import TrainingConfig
 from training.openkbp_dataset import TrainingCase
 from training.roi_mapping import name_key
-from training.trainer import TrainingConfig, normalise_hu, pad_to_multiple
+from training.trainer import normalise_hu, pad_to_multiple
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def fp16_agreement(
     dev = torch.device(device)
     nets = []
     for half in (False, True):
-        net = UNet3D(config.unet_config())
+        net = UNet3D(config.architecture())
         net.load_state_dict(
             {
                 k: (v.half().float() if half and v.is_floating_point() else v)
@@ -386,7 +386,6 @@ def export_package(
     """
     weights_path, run_dir = _resolve_weights(source, checkpoint)
     state = load_model_weights(weights_path)
-    unet = config.unet_config()
     card_rois = list(rois) if rois is not None else default_roi_specs(config.roi_names)
     card = ModelCard(
         name=name,
@@ -407,13 +406,7 @@ def export_package(
             normalization=CtClipScale(min_hu=config.min_hu, max_hu=config.max_hu),
             patch_size=config.patch_size,
         ),
-        architecture=Architecture(
-            in_channels=unet.in_channels,
-            num_classes=unet.num_classes,
-            base_channels=unet.base_channels,
-            levels=unet.levels,
-            max_channels=unet.max_channels,
-        ),
+        architecture=config.architecture(),
         postprocessing={
             r.label: RoiPostprocessing(largest_component=largest_component) for r in card_rois
         },
@@ -544,8 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m training.package_export``: package a finished run (see docs/training.md)."""
     import argparse
 
+    from training.config import load_training_config
     from training.datasets import load_training_data
-    from training.trainer import load_training_config
 
     parser = argparse.ArgumentParser(description=package_run.__doc__)
     parser.add_argument("--config", type=Path, required=True, help="the run's training YAML")

@@ -143,7 +143,11 @@ def load_mapping_file(path: Path) -> dict[str, list[str]]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
-        raise TrainingError(f"ROI mapping file {path} cannot be read: {err}") from err
+        problem = " ".join(str(err).split())
+        raise TrainingError(
+            f"ROI mapping file {path} cannot be read ({problem}); give a YAML mapping "
+            "{target: [exported names...]} (docs/training.md)"
+        ) from err
     if not isinstance(raw, dict) or not all(
         isinstance(k, str) and isinstance(v, list) and all(isinstance(n, str) for n in v)
         for k, v in raw.items()

@@ -21,92 +21,22 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-import yaml
-from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from contourd.errors import TrainingError
+from contourd.errors import TrainingError, cli_error_exit
 from inference.precision import resolve_precision
-from inference.unet import UNet3D, UNetConfig
+from inference.unet import UNet3D
 from training.augmentation import AugmentationConfig, sample_patch
+from training.config import TrainingConfig, load_training_config
 from training.losses import dice_ce_loss
 from training.openkbp_dataset import TrainingCase
 
 log = logging.getLogger(__name__)
-
-
-class TrainingConfig(BaseModel):
-    """A training run's settings (YAML file, committed beside the model it made)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    roi_names: list[str]
-    roi_sources: list[list[str]]
-    train_dir: Path
-    validation_dir: Path
-    spacing_mm: tuple[float, float, float] = (4.0, 4.0, 2.5)
-    patch_size: tuple[int, int, int] = (80, 96, 96)
-    batch_size: int = 2
-    base_channels: int = 16
-    levels: int = 4
-    max_channels: int = 256
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    learning_rate: float = 0.01
-    momentum: float = 0.99
-    weight_decay: float = 3e-5
-    max_steps: int = 3000
-    validate_every: int = 150
-    validation_cases: int = 12
-    early_stop_patience: int = 6
-    checkpoint_every: int = 50
-    max_hours: float = 2.5
-    seed: int = 12345
-    threads: int = 2
-    foreground_ce_weight: float = 1.0
-    min_hu: float = -1000.0
-    max_hu: float = 1000.0
-    augmentation: dict[str, Any] = Field(default_factory=dict)
-    # Added for `contourd train` (training.datasets); defaults keep older YAML valid.
-    dataset_format: Literal["auto", "nifti", "dicom"] = "auto"
-    validation_fraction: float = Field(default=0.2, gt=0, lt=1)
-    roi_mapping: dict[str, list[str]] = Field(default_factory=dict)
-    # Warm start: a safetensors file of UNet3D weights (a run's best.safetensors or a
-    # package's weights) loaded before step 0 of a fresh run; ignored when resuming.
-    init_weights: Path | None = None
-    # Left-right mirroring of training patches (patient x axis) with the labels
-    # of each ``*_L``/``*_R`` ROI pair swapped: probability per patch (0: off).
-    mirror_probability: float = Field(default=0.0, ge=0, le=1)
-    # Which validation figure picks ``best.safetensors``: the lowest Dice + CE
-    # loss, or the highest mean hard Dice over the ROIs (what evaluation reports).
-    select_best_by: Literal["val_loss", "mean_dice"] = "val_loss"
-
-    def mirror_class_order(self) -> list[int]:
-        """Class index -> its class after a left-right mirror (0 is background).
-
-        ROIs whose names differ only in a trailing ``_L``/``_R`` are swapped;
-        every other class maps to itself.
-        """
-        order = list(range(len(self.roi_names) + 1))
-        index = {name: i for i, name in enumerate(self.roi_names, start=1)}
-        for name, i in index.items():
-            if name.endswith("_L") and name[:-2] + "_R" in index:
-                j = index[name[:-2] + "_R"]
-                order[i], order[j] = j, i
-        return order
-
-    def unet_config(self) -> UNetConfig:
-        return UNetConfig(
-            in_channels=1,
-            num_classes=len(self.roi_names) + 1,
-            base_channels=self.base_channels,
-            levels=self.levels,
-            max_channels=self.max_channels,
-        )
 
 
 def normalise_hu(image_hu: np.ndarray, min_hu: float, max_hu: float) -> np.ndarray:
@@ -157,7 +87,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed patch shape: pick the fastest kernels
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
-        self.model = UNet3D(config.unet_config()).to(self.device)
+        self.model = UNet3D(config.architecture()).to(self.device)
         self.optimizer: torch.optim.Optimizer
         if config.optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(
@@ -498,17 +428,6 @@ def _json_default(obj: object) -> object:
     raise TypeError(type(obj))
 
 
-def load_training_config(path: Path) -> TrainingConfig:
-    raw = yaml.safe_load(path.read_text())
-    config = TrainingConfig.model_validate(raw)
-    base = path.parent
-    config.train_dir = (base / config.train_dir).resolve()
-    config.validation_dir = (base / config.validation_dir).resolve()
-    if config.init_weights is not None:
-        config.init_weights = (base / config.init_weights).resolve()
-    return config
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", type=Path, required=True)
@@ -528,8 +447,14 @@ def main(argv: list[str] | None = None) -> int:
         help="preprocessed case bundle (training.device_bundle) instead of the config's folders",
     )
     parser.add_argument("--threads", type=int, default=None, help="override the config's threads")
+    parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks of bugs too")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    return cli_error_exit("training.trainer", lambda: _train(args), verbose=args.verbose)
+
+
+def _train(args: argparse.Namespace) -> int:
+    """``main`` after parsing: load the cases and train (resuming a run in ``--run-dir``)."""
     config = load_training_config(args.config)
     if args.init_weights is not None:
         config.init_weights = args.init_weights.resolve()

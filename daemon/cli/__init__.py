@@ -12,7 +12,7 @@ import logging
 import sys
 
 from contourd import __version__
-from contourd.errors import ContourdError
+from contourd.errors import cli_error_exit
 
 # Subcommand modules, in the order `contourd --help` lists them. A module that
 # is not written yet is skipped so the others keep working during development.
@@ -87,11 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     configure_logging(args.verbose)
-    try:
-        return int(args.func(args))
-    except ContourdError as err:
-        print(f"contourd {args.command}: error: {err}", file=sys.stderr)
-        return 1
+    return cli_error_exit(f"contourd {args.command}", lambda: args.func(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -25,10 +25,11 @@ from typing import Any
 import yaml
 
 from contourd.errors import TrainingError
+from training.config import TrainingConfig, load_training_config, validate_training_config
 from training.datasets import dataset_format, load_training_data, nifti_roi_sources
 from training.package_export import package_run
 from training.roi_mapping import load_mapping_file
-from training.trainer import Trainer, TrainingConfig, load_training_config
+from training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def register(subparsers: Any) -> None:
         type=Path,
         default=None,
         metavar="RUN.yaml",
-        help="training settings (training.trainer.TrainingConfig); options below override it",
+        help="training settings (training.config.TrainingConfig); options below override it",
     )
     parser.add_argument(
         "--from-feedback",
@@ -125,7 +126,13 @@ def build_config(args: argparse.Namespace) -> TrainingConfig:
         key, sep, value = item.partition("=")
         if not sep:
             raise TrainingError(f"--set {item!r} must be KEY=VALUE, e.g. base_channels=8")
-        raw[key.strip()] = yaml.safe_load(value)
+        try:
+            raw[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise TrainingError(
+                f"--set {item!r}: the value is not YAML ({getattr(err, 'problem', err)}); "
+                "write e.g. patch_size=[32,64,64]"
+            ) from err
     if args.steps is not None:
         raw["max_steps"] = args.steps
         raw["validate_every"] = min(int(raw.get("validate_every", 150)), args.steps)
@@ -142,10 +149,7 @@ def build_config(args: argparse.Namespace) -> TrainingConfig:
             raw["train_dir"], raw["roi_names"], raw.get("roi_mapping")
         )
     raw.setdefault("roi_sources", [[n] for n in raw["roi_names"]])
-    try:
-        return TrainingConfig.model_validate(raw)
-    except ValueError as err:
-        raise TrainingError(f"training settings are invalid: {err}") from err
+    return validate_training_config(raw, "--train-config and the command-line options")
 
 
 def run(args: argparse.Namespace) -> int:

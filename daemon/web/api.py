@@ -22,7 +22,7 @@ from fastapi import APIRouter, Body, Depends, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from contourd.errors import JobError
+from contourd.errors import JobError, StowBodyError
 from daemon.audit import record_change
 from daemon.cli.jobs import job_detail, job_summary
 from daemon.cli.resend import resend_targets
@@ -30,7 +30,7 @@ from daemon.cli.routes import report_routes
 from daemon.health_http import collect_status
 from daemon.job_queue import Job, SqliteJobQueue, parse_since
 from daemon.web.app import WebContext, current_user
-from daemon.web.stow import FAILURE_CANNOT_UNDERSTAND, MultipartSplitter, StowBodyError
+from daemon.web.stow import FAILURE_CANNOT_UNDERSTAND, MultipartSplitter
 from daemon.web.users import User, require_role
 from model_store.registry import ModelRecord, ModelRegistry
 

@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 from starlette.middleware.sessions import SessionMiddleware
 
 from contourd import __version__
-from contourd.errors import ContourdError, WebAuthError
+from contourd.errors import ContourdError, NotLoggedInError, WebAuthError
 from daemon.config import ContourdConfig, default_config
 from daemon.health_http import QueueCollector, collect_status
 from daemon.job_queue import DB_FILENAME, SqliteJobQueue
@@ -99,10 +99,6 @@ class WebContext:
             status["problems"] = list(extra.get("problems", []))
         status["status"] = "ok" if healthy else "unhealthy"
         return (200 if healthy else 503), status
-
-
-class NotLoggedInError(Exception):
-    """No user could be established for a request that needs one."""
 
 
 def session_secret(data_dir: Path) -> str:

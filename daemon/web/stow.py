@@ -23,9 +23,14 @@ from typing import Any
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import UID
 
-from contourd.errors import InvalidUIDError, SpoolError
-from daemon.received_dataset import TruncatedDatasetError
-from daemon.scp import SopMismatchError, store_instance
+from contourd.errors import (
+    InvalidUIDError,
+    SopMismatchError,
+    SpoolError,
+    StowBodyError,
+    TruncatedDatasetError,
+)
+from daemon.scp import store_instance
 from daemon.series_assembler import SeriesAssembler
 from daemon.spool import Spool
 
@@ -41,10 +46,6 @@ _association_ids = itertools.count(start=2**40)
 """Association ids for STOW requests, far from pynetdicom's (``id()`` of objects)."""
 
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
-
-
-class StowBodyError(ValueError):
-    """The request body is not a multipart/related message (the caller answers 400/415)."""
 
 
 class MultipartSplitter:

@@ -49,7 +49,7 @@ def tiny_package(
     card = tiny_card(**kw)
     torch.manual_seed(0)
     assert card.architecture is not None
-    net = UNet3D(card.architecture.to_unet_config())
+    net = UNet3D(card.architecture)
     assert net.head.bias is not None
     with torch.no_grad():
         net.head.bias.copy_(torch.tensor(bias))
@@ -168,7 +168,7 @@ def test_card_inference_strategy_chooses_sliding_window_or_whole_volume(tmp_path
 
 
 def test_foreground_box_grows_by_the_margin_and_stops_at_the_edges() -> None:
-    from inference.predictor import foreground_box
+    from inference.postprocess import foreground_box
 
     image = np.full((20, 30, 40), -1.0, dtype=np.float32)
     image[5:8, 1:10, 30:38] = 0.3

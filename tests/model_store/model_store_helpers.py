@@ -73,10 +73,11 @@ def save_unet_weights(path: Path, arch: dict[str, Any] | None = None, seed: int 
     import torch
     from safetensors.torch import save_file
 
-    from inference.unet import UNet3D, UNetConfig
+    from inference.unet import UNet3D
+    from model_store.card import Architecture
 
     torch.manual_seed(seed)
-    net = UNet3D(UNetConfig(**(arch or TINY_ARCH)))
+    net = UNet3D(Architecture(**(arch or TINY_ARCH)))
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
 
 

@@ -118,7 +118,7 @@ def test_load_state_dict_checks_the_bytes_it_loads(
 
     state = model.load_state_dict()
     assert model.card.architecture is not None
-    net = UNet3D(model.card.architecture.to_unet_config())
+    net = UNet3D(model.card.architecture)
     net.load_state_dict(state)  # strict: every key and shape matches
     assert torch.equal(state["head.bias"], net.state_dict()["head.bias"])
 

@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 from conftest import FakeCompletion, OpenQueue, wait_for
 
-from contourd.errors import JobError
+from contourd.errors import JobError, LeaseLostError
 from daemon.job_queue import (
     DatabaseJobQueue,
     DeliveryState,
     JobState,
-    LeaseLostError,
     stage_durations_s,
 )
 

@@ -90,7 +90,8 @@ def test_stow_rs_series_is_spooled_segmented_and_sent_to_the_tps(tmp_path: Path)
 
 @pytest.mark.parametrize("chunk_bytes", [1, 7, 4096, 10**9])
 def test_multipart_body_splits_the_same_in_any_chunking(chunk_bytes: int) -> None:
-    from daemon.web.stow import MultipartSplitter, StowBodyError
+    from contourd.errors import StowBodyError
+    from daemon.web.stow import MultipartSplitter
 
     payloads = [b"first\r\n--not-the-boundary\r\n", b"", b"\r\n\r\nthird"]
     body = (

@@ -8,6 +8,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from contourd.errors import SeriesFilesError
 from routing.series_attributes import SeriesAttributes, orientation_from_iop
 
 
@@ -82,5 +83,5 @@ def test_attributes_hold_no_patient_identifiers() -> None:
 
 def test_no_dicom_file_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not dicom")
-    with pytest.raises(ValueError, match="no readable DICOM"):
+    with pytest.raises(SeriesFilesError, match=r"none of the 1 file\(s\) in .* is readable DICOM"):
         SeriesAttributes.from_files([tmp_path / "notes.txt"])

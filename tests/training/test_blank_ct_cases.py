@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813
 
-from training.openkbp_dataset import BlankImageError, is_blank_ct, load_case, load_dataset
+from contourd.errors import BlankImageError
+from training.openkbp_dataset import is_blank_ct, load_case, load_dataset
 
 SOURCES = [["Organ"]]
 
