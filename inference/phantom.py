@@ -16,7 +16,7 @@ normal ``IOP[0:3] x IOP[3:6]`` (the order the writers expect).
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -350,12 +350,4 @@ def make_phantom_series(
         )
         for name in masks
     ]
-    return PhantomSeries(
-        directory=series.directory,
-        paths=series.paths,
-        headers=series.headers,
-        volume_hu=series.volume_hu,
-        affine=series.affine,
-        masks=series.masks,
-        rois=rois,
-    )
+    return replace(series, rois=rois)

@@ -26,7 +26,15 @@ from datetime import date
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from contourd.errors import ModelPackageError
 from model_store.nnunet_card import NnunetSettings
@@ -198,18 +206,12 @@ class Preprocessing(StrictModel):
     normalization: Normalization = Field(default_factory=CtClipScale)
     patch_size: tuple[int, int, int]
 
-    @field_validator("spacing_mm")
+    @field_validator("spacing_mm", "patch_size")
     @classmethod
-    def _positive_spacing(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+    def _positive(cls, value: tuple[float, ...], info: ValidationInfo) -> tuple[float, ...]:
         if any(v <= 0 for v in value):
-            raise ValueError(f"spacing_mm {list(value)} must be positive [x, y, z] in mm")
-        return value
-
-    @field_validator("patch_size")
-    @classmethod
-    def _positive_patch(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
-        if any(v <= 0 for v in value):
-            raise ValueError(f"patch_size {list(value)} must be positive [z, y, x] in voxels")
+            what = "[x, y, z] in mm" if info.field_name == "spacing_mm" else "[z, y, x] in voxels"
+            raise ValueError(f"{info.field_name} {list(value)} must be positive {what}")
         return value
 
 

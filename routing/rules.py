@@ -19,7 +19,7 @@ import string
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from routing.suggest import did_you_mean
 
@@ -123,6 +123,14 @@ def as_list(value: str | list[str]) -> list[str]:
     return value if isinstance(value, list) else [value]
 
 
+def _check_bounds(low: float | None, high: float | None, example: str) -> None:
+    """Raise ``ValueError`` unless a range has a bound and ``low <= high``."""
+    if low is None and high is None:
+        raise ValueError(f"a range needs min, max or both, e.g. {example}")
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"range min {low} is above max {high}; swap them")
+
+
 class FloatRange(RuleModel):
     """Closed interval ``[min, max]``; either bound may be left out."""
 
@@ -131,10 +139,7 @@ class FloatRange(RuleModel):
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
-        if self.min is None and self.max is None:
-            raise ValueError("a range needs min, max or both, e.g. {min: 1.0, max: 3.0}")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"range min {self.min} is above max {self.max}; swap them")
+        _check_bounds(self.min, self.max, "{min: 1.0, max: 3.0}")
         return self
 
 
@@ -146,10 +151,7 @@ class IntRange(RuleModel):
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
-        if self.min is None and self.max is None:
-            raise ValueError("a range needs min, max or both, e.g. {min: 20}")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"range min {self.min} is above max {self.max}; swap them")
+        _check_bounds(self.min, self.max, "{min: 20}")
         return self
 
 
@@ -163,6 +165,20 @@ def _check_choices(value: str | list[str] | None, allowed: tuple[str, ...], what
             )
 
 
+OneOrMore = str | list[str]
+"""One value or a list of values, any of which matches."""
+
+
+def _optional(description: str) -> Any:
+    """A condition that is not checked when left out."""
+    return Field(default=None, description=description)
+
+
+def _text(attribute: str) -> Any:
+    """A text condition on a DICOM attribute: a substring or ``regex:...``."""
+    return _optional(f"{attribute}: substring or 'regex:...'.")
+
+
 class Match(RuleModel):
     """Conditions on a series; every key given must hold.
 
@@ -171,52 +187,31 @@ class Match(RuleModel):
     case-insensitively. A list of values means "any of these".
     """
 
-    modality: str | list[str] | None = Field(
-        default=None, description="Modality (0008,0060), e.g. CT or [CT, MR]."
+    modality: OneOrMore | None = _optional("Modality (0008,0060), e.g. CT or [CT, MR].")
+    body_part: OneOrMore | None = _optional(
+        "Body Part Examined (0018,0015), compared after synonym normalisation."
     )
-    body_part: str | list[str] | None = Field(
-        default=None,
-        description="Body Part Examined (0018,0015), compared after synonym normalisation.",
+    series_description: TextMatch | None = _text("Series Description (0008,103E)")
+    study_description: TextMatch | None = _text("Study Description (0008,1030)")
+    protocol_name: TextMatch | None = _text("Protocol Name (0018,1030)")
+    calling_ae: OneOrMore | None = _optional(
+        "AE title of the sender (the association's calling AE)."
     )
-    series_description: TextMatch | None = Field(
-        default=None, description="Series Description (0008,103E): substring or 'regex:...'."
+    called_ae: OneOrMore | None = _optional("AE title the sender addressed (our called AE).")
+    manufacturer: TextMatch | None = _text("Manufacturer (0008,0070)")
+    station_name: TextMatch | None = _text("Station Name (0008,1010)")
+    image_type_contains: OneOrMore | None = _optional(
+        "Values that must all be in Image Type (0008,0008), e.g. [ORIGINAL, AXIAL]."
     )
-    study_description: TextMatch | None = Field(
-        default=None, description="Study Description (0008,1030): substring or 'regex:...'."
+    slice_thickness_mm: FloatRange | None = _optional(
+        "Slice Thickness (0018,0050) in mm, {min, max}."
     )
-    protocol_name: TextMatch | None = Field(
-        default=None, description="Protocol Name (0018,1030): substring or 'regex:...'."
+    num_images: IntRange | None = _optional("Number of images (frames) in the series, {min, max}.")
+    orientation: OneOrMore | None = _optional(
+        "Slice orientation from Image Orientation (Patient): "
+        "axial, sagittal, coronal or oblique (more than 30 degrees off every axis)."
     )
-    calling_ae: str | list[str] | None = Field(
-        default=None, description="AE title of the sender (the association's calling AE)."
-    )
-    called_ae: str | list[str] | None = Field(
-        default=None, description="AE title the sender addressed (our called AE)."
-    )
-    manufacturer: TextMatch | None = Field(
-        default=None, description="Manufacturer (0008,0070): substring or 'regex:...'."
-    )
-    station_name: TextMatch | None = Field(
-        default=None, description="Station Name (0008,1010): substring or 'regex:...'."
-    )
-    image_type_contains: str | list[str] | None = Field(
-        default=None,
-        description="Values that must all be in Image Type (0008,0008), e.g. [ORIGINAL, AXIAL].",
-    )
-    slice_thickness_mm: FloatRange | None = Field(
-        default=None, description="Slice Thickness (0018,0050) in mm, {min, max}."
-    )
-    num_images: IntRange | None = Field(
-        default=None, description="Number of images (frames) in the series, {min, max}."
-    )
-    orientation: str | list[str] | None = Field(
-        default=None,
-        description="Slice orientation from Image Orientation (Patient): "
-        "axial, sagittal, coronal or oblique (more than 30 degrees off every axis).",
-    )
-    patient_position: str | list[str] | None = Field(
-        default=None, description="Patient Position (0018,5100), e.g. HFS."
-    )
+    patient_position: OneOrMore | None = _optional("Patient Position (0018,5100), e.g. HFS.")
     all_: list[Match] | None = Field(
         default=None, alias="all", description="Every block in the list must hold."
     )
@@ -287,6 +282,19 @@ class ModelRef:
         return self.name if self.version is None else f"{self.name}@{self.version}"
 
 
+def _check_clock_time(value: str) -> str:
+    if not _TIME_RE.match(value):
+        raise ValueError(
+            f"time {value!r} is not HH:MM on a 24-hour clock; write e.g. '20:00' or '06:30' "
+            "(quote it in YAML)"
+        )
+    return value
+
+
+ClockTime = Annotated[str, AfterValidator(_check_clock_time)]
+"""A local wall-clock time ``HH:MM`` (24 h)."""
+
+
 class Schedule(RuleModel):
     """A daily window in local wall-clock time, ``[start, end)``.
 
@@ -295,18 +303,8 @@ class Schedule(RuleModel):
     until it opens (see :func:`routing.schedule.next_window_start`).
     """
 
-    start: str = Field(description="Opening time, HH:MM (24 h, local time).")
-    end: str = Field(description="Closing time, HH:MM (24 h, local time), exclusive.")
-
-    @field_validator("start", "end")
-    @classmethod
-    def _hh_mm(cls, value: str) -> str:
-        if not _TIME_RE.match(value):
-            raise ValueError(
-                f"time {value!r} is not HH:MM on a 24-hour clock; write e.g. '20:00' or '06:30' "
-                f"(quote it in YAML)"
-            )
-        return value
+    start: ClockTime = Field(description="Opening time, HH:MM (24 h, local time).")
+    end: ClockTime = Field(description="Closing time, HH:MM (24 h, local time), exclusive.")
 
     @model_validator(mode="after")
     def _not_empty(self) -> Self:

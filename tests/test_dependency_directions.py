@@ -144,9 +144,11 @@ def _module_graph() -> dict[str, set[str]]:
             # ``from a.b import c`` names a.b.c: a module when one exists, else a.b.
             while target and target not in modules:
                 target = target.rpartition(".")[0]
-            if target and target != name and target.split(".")[0] in PACKAGES:
-                if not (modules[target].name == "__init__.py" and name.startswith(target + ".")):
-                    graph[name].add(target)
+            if not target or target == name or target.split(".")[0] not in PACKAGES:
+                continue
+            # a module importing its own package's __init__ is no cycle worth a name
+            if not (modules[target].name == "__init__.py" and name.startswith(target + ".")):
+                graph[name].add(target)
     return graph
 
 

@@ -159,6 +159,24 @@ def surface_distances(
     return SurfaceDistances(directed(surf_a, surf_b), directed(surf_b, surf_a))
 
 
+def _distances_unless_empty(
+    a: np.ndarray,
+    b: np.ndarray,
+    spacing_zyx_mm: Sequence[float],
+    distances: SurfaceDistances | None,
+    *,
+    both_empty: float,
+    one_empty: float,
+) -> SurfaceDistances | float:
+    """The surface distances, or the metric's value when a mask has no surface."""
+    d = distances if distances is not None else surface_distances(a, b, spacing_zyx_mm)
+    if d.a_to_b_mm.size == 0 and d.b_to_a_mm.size == 0:
+        return both_empty
+    if d.a_to_b_mm.size == 0 or d.b_to_a_mm.size == 0:
+        return one_empty
+    return d
+
+
 def hausdorff_distance(
     a: np.ndarray,
     b: np.ndarray,
@@ -172,11 +190,9 @@ def hausdorff_distance(
     ``max(P(d(A->B)), P(d(B->A)))``; 0 when both masks are empty, ``inf``
     when exactly one is.
     """
-    d = distances if distances is not None else surface_distances(a, b, spacing_zyx_mm)
-    if d.a_to_b_mm.size == 0 and d.b_to_a_mm.size == 0:
-        return 0.0
-    if d.a_to_b_mm.size == 0 or d.b_to_a_mm.size == 0:
-        return math.inf
+    d = _distances_unless_empty(a, b, spacing_zyx_mm, distances, both_empty=0.0, one_empty=math.inf)
+    if isinstance(d, float):
+        return d
     return float(
         max(np.percentile(d.a_to_b_mm, percentile), np.percentile(d.b_to_a_mm, percentile))
     )
@@ -190,12 +206,10 @@ def mean_surface_distance(
     distances: SurfaceDistances | None = None,
 ) -> float:
     """Mean of the pooled directed surface distances in mm (0 both empty, inf one empty)."""
-    d = distances if distances is not None else surface_distances(a, b, spacing_zyx_mm)
+    d = _distances_unless_empty(a, b, spacing_zyx_mm, distances, both_empty=0.0, one_empty=math.inf)
+    if isinstance(d, float):
+        return d
     n = d.a_to_b_mm.size + d.b_to_a_mm.size
-    if n == 0:
-        return 0.0
-    if d.a_to_b_mm.size == 0 or d.b_to_a_mm.size == 0:
-        return math.inf
     return float((d.a_to_b_mm.sum() + d.b_to_a_mm.sum()) / n)
 
 
@@ -208,10 +222,10 @@ def surface_dice(
     distances: SurfaceDistances | None = None,
 ) -> float:
     """Share of both surfaces within ``tolerance_mm`` of the other (1 both empty, 0 one empty)."""
-    d = distances if distances is not None else surface_distances(a, b, spacing_zyx_mm)
+    d = _distances_unless_empty(a, b, spacing_zyx_mm, distances, both_empty=1.0, one_empty=0.0)
+    if isinstance(d, float):
+        return d
     n = d.a_to_b_mm.size + d.b_to_a_mm.size
-    if n == 0:
-        return 1.0
     within = int((d.a_to_b_mm <= tolerance_mm).sum()) + int((d.b_to_a_mm <= tolerance_mm).sum())
     return within / n
 
@@ -257,14 +271,9 @@ def compute_metrics(
 ) -> MaskMetrics:
     """Dice, HD95, MSD, surface Dice and volumes of ``pred`` against ``ref``.
 
-    Parameters
-    ----------
-    pred, ref
-        Boolean masks ``[z, y, x]`` on the same grid.
-    spacing_zyx_mm
-        Voxel spacing ``(z, y, x)`` in mm.
-    tolerance_mm
-        Surface Dice tolerance in mm.
+    ``pred`` and ``ref`` are boolean masks ``[z, y, x]`` on one grid of
+    spacing ``spacing_zyx_mm`` (as for :func:`surface_distances`);
+    ``tolerance_mm`` is the surface Dice tolerance in mm.
     """
     pred = np.asarray(pred, dtype=bool)
     ref = np.asarray(ref, dtype=bool)
