@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contourd.errors import TrainingError
+from contourd.errors import TrainingError, cli_error_exit
 from training.openkbp_dataset import TrainingCase
 
 log = logging.getLogger(__name__)
@@ -132,5 +132,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # errors end as one line, as in `contourd`
+    raise SystemExit(cli_error_exit("training.device_bundle", main))

@@ -35,7 +35,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from contourd.errors import TrainingError
+from contourd.errors import TrainingError, cli_error_exit
 from inference.unet import UNet3D
 from model_store.card import (
     CtClipScale,
@@ -576,5 +576,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # errors end as one line, as in `contourd`
+    raise SystemExit(cli_error_exit("training.package_export", main))
