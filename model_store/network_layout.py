@@ -109,7 +109,7 @@ def build_network(settings: NnunetSettings, num_classes: int) -> torch.nn.Module
     cls = locate(settings.network_class, NETWORK_MODULE_PREFIX)
     try:
         net = cls(input_channels=settings.num_input_channels, num_classes=num_classes, **kwargs)
-    except TypeError as err:
+    except (TypeError, ValueError, AssertionError) as err:  # the class checks with assert
         raise ModelPackageError(
             f"{settings.network_class} does not accept the plans' arguments ({err}); the "
             "installed dynamic-network-architectures differs from the one nnU-Net trained with"
