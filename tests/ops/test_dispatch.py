@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import FakeCompletion, StoreScp, free_port, make_result_file, wait_for
+from conftest import FakeCompletion, free_port, make_result_file, wait_for
+from node_harness import StoreScp
 
 from daemon.config import DestinationConfig, DispatchConfig
 from daemon.dispatch import Dispatcher, backoff_s
