@@ -31,6 +31,9 @@ import pydicom
 import yaml
 from peer_tools import free_port, require_tool, wait_for
 
+from daemon.job_queue import DatabaseJobQueue, SqliteJobQueue
+from inference.phantom import PhantomSeries, make_phantom_series
+
 #: Password of the web users :func:`node_with_tps` adds (tests may pass their own).
 USER_PASSWORD = "a long test password"
 
@@ -301,6 +304,28 @@ def wait_for_problem(http_port: int, words: str, timeout_s: float = 60) -> list[
         return body["problems"] if code == 503 and hits else None
 
     return wait_for(found, timeout_s, f"/healthz 503 naming {words!r}")  # type: ignore[return-value]
+
+
+def latest_state(queue: DatabaseJobQueue) -> str | None:
+    """State of the newest job in ``queue`` (``None`` before the first job)."""
+    jobs = queue.recent(1)
+    return jobs[0].state.value if jobs else None
+
+
+def push_until_running(
+    tmp_path: Path, node: RunningNode, shape_zyx: tuple[int, int, int] = (60, 256, 256)
+) -> tuple[SqliteJobQueue, PhantomSeries]:
+    """Push a phantom CT to ``node`` and wait until its job is ``running``.
+
+    The default series is big enough that the body model runs for a while on
+    a busy 2-core machine, so a test can stop or kill the worker mid-job.
+    Returns the node's queue and the series.
+    """
+    queue = SqliteJobQueue(node.data_dir)
+    series = make_phantom_series(tmp_path / "ct", shape_zyx=shape_zyx)
+    storescu_push(node.port, series.paths)
+    wait_for(lambda: latest_state(queue) == "running", 60, f"job running; log: {node.log_tail()}")
+    return queue, series
 
 
 @dataclass

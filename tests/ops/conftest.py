@@ -21,7 +21,7 @@ from peer_tools import wait_for as wait_for
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from contourd.database import Database
-from daemon.job_queue import DatabaseJobQueue
+from daemon.job_queue import DatabaseJobQueue, JobState
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,6 +58,21 @@ def open_queue(make_database: Callable[[Path], Database]) -> OpenQueue:
 
 
 wait_for_fixture = pytest.fixture(name="wait_for")(lambda: wait_for)
+
+
+def running_job(
+    queue: DatabaseJobQueue, completion: FakeCompletion | None = None, **routed: Any
+) -> int:
+    """Submit a job and take it to ``running`` under worker ``w``'s lease.
+
+    ``routed`` are the fields the routing step sets (``rule``, ``models``,
+    ``destinations``). Returns the job id.
+    """
+    job_id = queue.submit_series(completion or FakeCompletion())
+    queue.claim("w", lease_s=60)
+    queue.transition(job_id, JobState.ROUTED, worker_id="w", **routed)
+    queue.transition(job_id, JobState.RUNNING, worker_id="w")
+    return job_id
 
 
 def submit_phantom(

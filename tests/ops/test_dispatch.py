@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import FakeCompletion, free_port, make_result_file, wait_for
+from conftest import FakeCompletion, free_port, make_result_file, running_job, wait_for
 from node_harness import StoreScp
 
 from daemon.config import DestinationConfig, DispatchConfig
@@ -17,10 +17,8 @@ pytestmark = pytest.mark.interop
 
 
 def _written_job(queue: SqliteJobQueue, files: list[Path], destinations: list[str]) -> int:
-    job_id = queue.submit_series(FakeCompletion(series_uid=f"1.2.3.{len(queue.recent()) + 1}"))
-    queue.claim("w", lease_s=60)
-    queue.transition(job_id, JobState.ROUTED, worker_id="w", destinations=destinations)
-    queue.transition(job_id, JobState.RUNNING, worker_id="w")
+    completion = FakeCompletion(series_uid=f"1.2.3.{len(queue.recent()) + 1}")
+    job_id = running_job(queue, completion, destinations=destinations)
     queue.add_deliveries(job_id, destinations)
     queue.transition(
         job_id, JobState.WRITTEN, worker_id="w", release_lease=True, result_files=files

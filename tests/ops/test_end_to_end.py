@@ -17,7 +17,9 @@ from conftest import referenced_uids, wait_for
 from node_harness import (
     NodeUnderTest,
     healthz,
+    latest_state,
     node_with_tps,
+    push_until_running,
     storescu_push,
 )
 
@@ -100,7 +102,7 @@ def test_result_arrives_after_the_tps_comes_up_without_duplicates(tmp_path: Path
 
         wait_for(lambda: failed_attempts() >= 2, 60, "two failed sends while the TPS is down")
         tps.start()
-        wait_for(lambda: queue.recent(1)[0].state.value == "sent", 60, "sent once the TPS is up")
+        wait_for(lambda: latest_state(queue) == "sent", 60, "sent once the TPS is up")
         received = tps.received()
         assert len(received) == 1
         assert referenced_uids(received[0]) == {h.SOPInstanceUID for h in series.headers}
@@ -110,24 +112,16 @@ def test_worker_killed_mid_job_the_job_is_retried_and_completes(
     tmp_path: Path, env: NodeUnderTest
 ) -> None:
     tps, node = env.tps, env.node
-    queue = SqliteJobQueue(node.data_dir)
-    # Big enough that the body model runs for a while on a busy 2-core machine.
-    series = make_phantom_series(tmp_path / "ct", shape_zyx=(60, 256, 256))
-    storescu_push(node.port, series.paths)
-    wait_for(
-        lambda: queue.recent(1) and queue.recent(1)[0].state.value == "running",
-        60,
-        "job running",
-    )
+    queue, _series = push_until_running(tmp_path, node)
     [pid] = node.worker_pids()
     os.kill(pid, signal.SIGSTOP)  # freeze it where it is, then check it is mid-job
     try:
-        if queue.recent(1)[0].state.value != "running":
+        if latest_state(queue) != "running":
             pytest.fail("the job finished before the worker could be stopped; use a bigger series")
     finally:
         os.kill(pid, signal.SIGKILL)
     wait_for(
-        lambda: queue.recent(1)[0].state.value == "sent",
+        lambda: latest_state(queue) == "sent",
         120,
         f"job sent after the worker restart; log: {node.log_tail()}",
     )
@@ -161,16 +155,13 @@ def test_first_sigterm_finishes_the_running_job_and_restart_resumes(
     tmp_path: Path, env: NodeUnderTest
 ) -> None:
     tps, node = env.tps, env.node
-    queue = SqliteJobQueue(node.data_dir)
-    series = make_phantom_series(tmp_path / "ct", shape_zyx=(60, 256, 256))
-    storescu_push(node.port, series.paths)
-    wait_for(lambda: queue.recent(1) and queue.recent(1)[0].state.value == "running", 60, "running")
+    queue, series = push_until_running(tmp_path, node)
     assert node.proc is not None
     node.proc.send_signal(signal.SIGTERM)
     assert node.proc.wait(timeout=120) == 0
-    assert queue.recent(1)[0].state.value in ("written", "sending", "sent")
+    assert latest_state(queue) in ("written", "sending", "sent")
     with pytest.raises(AssertionError):
         storescu_push(node.port, series.paths[:1])  # no longer accepting associations
     node.start()
-    wait_for(lambda: queue.recent(1)[0].state.value == "sent", 60, "sent after restart")
+    wait_for(lambda: latest_state(queue) == "sent", 60, "sent after restart")
     assert len(tps.received()) == 1

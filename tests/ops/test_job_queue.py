@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FakeCompletion, OpenQueue
+from conftest import FakeCompletion, OpenQueue, running_job
 
 from contourd.errors import JobError
 from daemon.job_queue import (
@@ -174,10 +174,7 @@ def test_higher_priority_job_is_claimed_first(tmp_path: Path, open_queue: OpenQu
 
 
 def _written_job(queue: DatabaseJobQueue, destinations: list[str]) -> int:
-    job_id = queue.submit_series(FakeCompletion())
-    queue.claim("w", lease_s=60)
-    queue.transition(job_id, JobState.ROUTED, worker_id="w", destinations=destinations)
-    queue.transition(job_id, JobState.RUNNING, worker_id="w")
+    job_id = running_job(queue, destinations=destinations)
     queue.add_deliveries(job_id, destinations)
     queue.transition(
         job_id,

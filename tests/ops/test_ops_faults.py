@@ -16,7 +16,9 @@ from node_harness import (
     RunningNode,
     StoreScp,
     healthz,
+    latest_state,
     node_with_tps,
+    push_until_running,
     storescu_push,
     wait_for_problem,
 )
@@ -26,11 +28,6 @@ from daemon.job_queue import SqliteJobQueue
 from inference.phantom import make_phantom_series
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
-
-
-def _state(queue: SqliteJobQueue) -> str | None:
-    jobs = queue.recent(1)
-    return jobs[0].state.value if jobs else None
 
 
 def _status_text(config: Path) -> tuple[int, str]:
@@ -81,7 +78,7 @@ def test_worker_killed_after_the_tps_accepted_the_result_does_not_send_it_twice(
         assert delivery.state.value == "sending"  # still in the release: not marked sent yet
         [pid] = node.worker_pids()
         os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: _state(queue) == "sent", 60, f"job sent; log: {node.log_tail()}")
+        wait_for(lambda: latest_state(queue) == "sent", 60, f"job sent; log: {node.log_tail()}")
         events = queue.events(job.id)
         released = [e for e in events if e.state == "lease_released"]
         assert released and "exited" in (released[0].message or "")
@@ -100,10 +97,7 @@ def delivery_lease_expiry(queue: SqliteJobQueue, job_id: int, released_at: float
 def test_worker_killed_mid_job_releases_its_job_at_once(tmp_path: Path) -> None:
     with node_with_tps(tmp_path, worker={"lease_s": 90}) as env:
         tps, node = env.tps, env.node
-        queue = SqliteJobQueue(node.data_dir)
-        series = make_phantom_series(tmp_path / "ct", shape_zyx=(60, 256, 256))
-        storescu_push(node.port, series.paths)
-        wait_for(lambda: _state(queue) == "running", 60, "job running")
+        queue, _series = push_until_running(tmp_path, node)
         [pid] = node.worker_pids()
         os.kill(pid, signal.SIGSTOP)
         try:
@@ -113,7 +107,7 @@ def test_worker_killed_mid_job_releases_its_job_at_once(tmp_path: Path) -> None:
             lease_expiry = float(job.lease_expires_at or 0)
         finally:
             os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: _state(queue) == "sent", 180, f"sent; log: {node.log_tail()}")
+        wait_for(lambda: latest_state(queue) == "sent", 180, f"sent; log: {node.log_tail()}")
         events = queue.events(job.id)
         taken_over = next(e for e in events if "taken over" in (e.message or ""))
         assert any(e.state == "lease_released" for e in events)
@@ -142,7 +136,7 @@ def test_broken_config_edit_and_worker_restart_keep_processing_and_say_why(
         wait_for(lambda: _new_worker_pid(node, pid), 30, "worker restarted")
         series = make_phantom_series(tmp_path / "ct", shape_zyx=(8, 64, 64))
         storescu_push(node.port, series.paths)
-        wait_for(lambda: _state(queue) == "sent", 120, f"sent; log: {node.log_tail()}")
+        wait_for(lambda: latest_state(queue) == "sent", 120, f"sent; log: {node.log_tail()}")
         assert len(tps.received()) == 1
         assert node.proc is not None and node.proc.poll() is None
         config.write_text(good)
@@ -163,7 +157,7 @@ def test_healthz_is_503_while_the_destination_keeps_failing_and_200_once_it_work
         exit_code, text = _status_text(config)
         assert exit_code == 4 and "sending to 'tps' has failed" in text, text
         tps.start()
-        wait_for(lambda: _state(queue) == "sent", 60, "sent once the TPS is up")
+        wait_for(lambda: latest_state(queue) == "sent", 60, "sent once the TPS is up")
         wait_for(lambda: healthz(node.http_port)[0] == 200, 30, "/healthz 200 again")
 
 
@@ -182,7 +176,8 @@ def test_full_data_disk_keeps_the_node_answering_and_it_resumes_by_itself(
             queue = SqliteJobQueue(data)
             first = make_phantom_series(tmp_path / "ct1", shape_zyx=(8, 64, 64), seed=1)
             storescu_push(node.port, first.paths)
-            wait_for(lambda: _state(queue) == "sent", 120, f"first sent; log: {node.log_tail()}")
+            first_sent = f"first sent; log: {node.log_tail()}"
+            wait_for(lambda: latest_state(queue) == "sent", 120, first_sent)
             first_job = queue.recent(1)[0]
 
             filler = fill_disk(data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -10,6 +11,9 @@ import pytest
 from inference.phantom import write_ct_series
 from inference.roi_mask import AlgorithmInfo, RoiMask
 from inference.rtstruct_writer import write_rtstruct
+
+if TYPE_CHECKING:
+    from training.trainer import TrainingConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -82,3 +86,27 @@ def write_dicom_case(
     (case_dir / "RS").mkdir(parents=True, exist_ok=True)
     ds.save_as(case_dir / "RS" / "rtstruct.dcm", enforce_file_format=True)
     return {n: m for n, m in series.masks.items() if n not in drop and n not in empty}
+
+
+def tiny_training_config(
+    tmp_path: Path, roi_names: list[str], **overrides: object
+) -> TrainingConfig:
+    """A training config small enough for CPU tests: 16^3 patches, 4 channels, 3 levels.
+
+    Each ROI is found under its own name; train and validation cases both in
+    ``tmp_path``. ``overrides`` replace any field.
+    """
+    from training.trainer import TrainingConfig
+
+    values: dict[str, object] = dict(
+        roi_names=roi_names,
+        roi_sources=[[n] for n in roi_names],
+        train_dir=tmp_path,
+        validation_dir=tmp_path,
+        patch_size=(16, 16, 16),
+        base_channels=4,
+        levels=3,
+        threads=1,
+    )
+    values.update(overrides)
+    return TrainingConfig.model_validate(values)
