@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pytest
 
 from inference.phantom import write_ct_series
 from inference.roi_mask import AlgorithmInfo, RoiMask
@@ -15,18 +14,8 @@ from inference.rtstruct_writer import write_rtstruct
 if TYPE_CHECKING:
     from training.trainer import TrainingConfig
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-
 #: Exported ROI name -> the TG-263 name it should map to (what a TPS might call them).
 CLINIC_NAMES = {"Parotid L": "Parotid_L", "RT_Parotid": "Parotid_R", "Cord": "SpinalCord"}
-
-
-def shared_data(*parts: str) -> Path:
-    """A path under ../shared/data, skipping the test when it is absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"needs ../shared/data/{'/'.join(parts)} (shared test data not present)")
-    return path
 
 
 def synthetic_case_volume(
