@@ -295,6 +295,13 @@ def healthz(http_port: int) -> tuple[int, dict[str, Any]]:
         return err.code, json.loads(err.read())
 
 
+def node_metrics(http_port: int) -> bytes:
+    """The body of ``GET /metrics`` (an HTTP error status raises)."""
+    url = f"http://127.0.0.1:{http_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 (loopback)
+        return resp.read()
+
+
 def wait_for_problem(http_port: int, words: str, timeout_s: float = 60) -> list[str]:
     """Wait until /healthz answers 503 with a problem containing ``words``."""
 

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +17,7 @@ from node_harness import (
     NodeUnderTest,
     healthz,
     latest_state,
+    node_metrics,
     node_with_tps,
     push_until_running,
     storescu_push,
@@ -48,11 +48,9 @@ def test_pushed_ct_comes_back_as_an_rtstruct_referencing_its_images(
     assert rs.StudyInstanceUID == series.headers[0].StudyInstanceUID
     assert referenced_uids(rs) == {h.SOPInstanceUID for h in series.headers}
 
-    def metrics() -> bytes:
-        return urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/metrics").read()
-
-    wait_for(lambda: b'contourd_jobs{state="sent"} 1.0' in metrics(), 10, "job sent in metrics")
-    assert b"contourd_instances_received_total 12.0" in metrics()
+    sent = b'contourd_jobs{state="sent"} 1.0'
+    wait_for(lambda: sent in node_metrics(node.http_port), 10, "job sent in metrics")
+    assert b"contourd_instances_received_total 12.0" in node_metrics(node.http_port)
     code, health = healthz(node.http_port)
     assert code == 200 and health["status"] == "ok"
     status = subprocess.run(

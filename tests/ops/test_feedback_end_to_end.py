@@ -16,7 +16,6 @@ import copy
 import json
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ import pytest
 import yaml
 from conftest import wait_for
 from matplotlib.path import Path as MplPath
-from node_harness import node_config_file, node_with_tps, storescu_push
+from node_harness import node_config_file, node_metrics, node_with_tps, storescu_push
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
@@ -297,7 +296,7 @@ def test_reviewed_structure_set_is_measured_roi_by_roi(tmp_path: Path) -> None:
         again = next(j for j in queue.recent(1))
         assert "already measured" in (queue.events(again.id)[-1].message or "")
         doc = _feedback_json(config)
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/metrics").read()
+        metrics = node_metrics(node.http_port)
         labels = 'model="body",roi="BODY",shadow="false",version="1.0.0"'
         assert f"contourd_feedback_unchanged{{{labels}}} 1.0".encode() in metrics
         assert f'contourd_feedback_median{{figure="dice",{labels}}} 1.0'.encode() in metrics

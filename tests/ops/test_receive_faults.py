@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import pydicom
 import pytest
 from conftest import wait_for
-from node_harness import RunningNode, StoreScp, node_with_tps, storescu_push
+from node_harness import RunningNode, StoreScp, node_metrics, node_with_tps, storescu_push
 from peer_tools import (
     make_add_images,
     make_secondary_capture,
@@ -173,7 +172,7 @@ def test_study_push_with_sr_and_secondary_capture_succeeds_and_the_ct_is_contour
     assert _referenced(rs) == {h.SOPInstanceUID for h in series.headers}
     assert len(SqliteJobQueue(node.data_dir).recent(10)) == 1
 
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/metrics").read()
+    metrics = node_metrics(node.http_port)
     for name in ("Secondary Capture Image Storage", "Comprehensive SR Storage"):
         assert f'contourd_instances_ignored_total{{sop_class="{name}"}} 1.0'.encode() in metrics
     status = subprocess.run(
