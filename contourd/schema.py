@@ -2,8 +2,8 @@
 
 Tables and owners: ``instances``, ``series``, ``ignored_instances`` (daemon/spool + assembler),
 ``jobs``, ``job_events``, ``job_deliveries``, ``workers`` (daemon/job_queue),
-``models``, ``roi_overrides``, ``audit`` (model_store). ``schema_version``
-holds one row per applied migration.
+``models``, ``roi_overrides``, ``audit`` (model_store), ``web_users``
+(daemon/web/users). ``schema_version`` holds one row per applied migration.
 
 Migrations run when a process first connects (:func:`migrate`), in one
 transaction each, serialised between processes (SQLite ``BEGIN IMMEDIATE``,
@@ -228,6 +228,16 @@ workers = Table(
     Column("state", Text),  # idle | busy | draining
 )
 
+web_users = Table(
+    "web_users",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("role", Text, nullable=False),
+    Column("password_hash", Text),  # argon2id; NULL: proxy authentication only
+    Column("created_at", Float),
+    Column("updated_at", Float),
+)
+
 schema_version = Table(
     "schema_version",
     metadata,
@@ -288,6 +298,12 @@ def _v4_delivery_progress(conn: DbConnection) -> None:
     _add_missing_columns(conn, job_deliveries)
 
 
+def _v5_web_users(conn: DbConnection) -> None:
+    # Kept in the SQLite file by daemon/web/users.py before it used this
+    # module; an existing table has these columns already and is kept.
+    _create(conn, web_users)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[DbConnection], None]]] = [
     (1, "baseline: receive, job, registry and audit tables", _v1_baseline),
     (2, "workers table (host, pid, current job, heartbeat)", _v2_workers),
@@ -297,6 +313,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[DbConnection], None]]] = [
         _v3_series_checks,
     ),
     (4, "job_deliveries: accepted_sop_instance_uids, failing_since", _v4_delivery_progress),
+    (5, "web_users (web pages and API sign-in)", _v5_web_users),
 ]
 """(version, what it does, function), in order. Append; never edit an applied one.
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
+from contourd.data_folder import DataFolder
 from contourd.errors import ContourdError
 from daemon.config import ContourdConfig
 from daemon.feedback_store import FeedbackStore, ReviewedSet, RoiFigures
@@ -52,8 +53,8 @@ def _sent_rtstruct(job: Job) -> Path | None:
     return None
 
 
-def _grid(job: Job, results_dir: Path) -> ImageVolume:
-    grid_path = results_dir / str(job.id) / GRID_FILENAME
+def _grid(job: Job, folder: DataFolder) -> ImageVolume:
+    grid_path = folder.result_dir(job.id) / GRID_FILENAME
     if grid_path.is_file():
         return read_grid(grid_path)
     present = [p for p in job.instance_paths if p.is_file()]
@@ -244,7 +245,7 @@ def _paired(
         for target, names in config.feedback.roi_names.items():
             aliases.setdefault(target, []).extend(names)
         mapper = roi_mapper([r.name for r in sent.rois], aliases)
-        grid = _grid(candidate, queue_results(config))
+        grid = _grid(candidate, DataFolder(config.data_dir))
         comparison = compare_structure_sets(
             sent, approved, grid, mapper, tolerance_mm=config.feedback.tolerance_mm
         )
@@ -275,14 +276,9 @@ def _paired(
     return reviewed, figures
 
 
-def queue_results(config: ContourdConfig) -> Path:
-    """The results folder of the data folder (``<data_dir>/results``)."""
-    return Path(config.data_dir) / "results"
-
-
 def _keep_reviewed_file(path: Path, config: ContourdConfig, job_id: int) -> Path:
     """Copy the reviewed RTSTRUCT beside the job's results (retention leaves it)."""
-    dest_dir = queue_results(config) / str(job_id) / "reviewed"
+    dest_dir = DataFolder(config.data_dir).reviewed_dir(job_id)
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / path.name
     shutil.copy2(path, dest)

@@ -362,17 +362,6 @@ _JSON_COLUMNS = frozenset(
 )
 
 
-def open_database(db_path: Path, busy_timeout_s: float) -> sqlite3.Connection:
-    """A SQLite connection in the data folder (daemon/feedback_store.py; the queue itself
-    opens its database through :class:`contourd.database.Database`)."""
-    conn = sqlite3.connect(
-        str(db_path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-    )
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
-
-
 @contextmanager
 def immediate_transaction(
     conn: sqlite3.Connection, lock: threading.RLock

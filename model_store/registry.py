@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from contourd.data_folder import DataFolder
 from contourd.database import DB_FILENAME, Database, DbConnection, integrity_errors
 from contourd.errors import (
     ModelIntegrityError,
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 DB_FILE = DB_FILENAME
 """The SQLite file name in the data folder (kept for older callers)."""
 
-MODELS_DIR = "models"
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 BUILTIN_BY = "contourd (built-in)"
 
@@ -188,7 +188,7 @@ class ModelRegistry:
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.models_dir = self.data_dir / MODELS_DIR
+        self.models_dir = DataFolder(self.data_dir).models
         self.database = database or Database(self.data_dir)
         self.db_path = self.database.sqlite_path
         self.conn = self.database.connect()
@@ -446,7 +446,9 @@ class ModelRegistry:
                 "body_site": card.body_site,
                 "description": card.description,
                 "card_yaml": (package.root / CARD_FILE).read_text(encoding="utf-8"),
-                "package_dir": f"{MODELS_DIR}/{card.name}/{card.version}",
+                "package_dir": (self.models_dir / card.name / card.version)
+                .relative_to(self.data_dir)
+                .as_posix(),
                 "card_sha256": package.card_sha256,
                 "weights_sha256": package.weights_sha256,
                 "source": str(Path(source if source is not None else path).resolve()),

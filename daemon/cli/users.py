@@ -17,7 +17,6 @@ from typing import Any
 from contourd.errors import WebAuthError
 from daemon.audit import record_change
 from daemon.config import load_config
-from daemon.job_queue import DB_FILENAME
 from daemon.web.users import ROLES, UserStore
 
 
@@ -49,9 +48,8 @@ def register(subparsers: Any) -> None:
 
 
 def _store(args: argparse.Namespace) -> tuple[UserStore, Path]:
-    data_dir = Path(load_config(args.config).data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return UserStore(data_dir / DB_FILENAME), data_dir
+    config = load_config(args.config)
+    return UserStore(config.open_database()), Path(config.data_dir)
 
 
 def _audit(data_dir: Path, args: argparse.Namespace, action: str, after: dict[str, Any]) -> None:
