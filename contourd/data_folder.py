@@ -22,14 +22,12 @@ SQLite file). This module lives in ``contourd/`` because ``daemon`` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 DB_FILENAME = "contourd.db"
 """The SQLite file in the data folder when no ``database`` is set."""
 
 
-@dataclass(frozen=True)
 class DataFolder:
     """The paths of one data folder (nothing is created until a caller writes).
 
@@ -37,27 +35,55 @@ class DataFolder:
     ----------
     root
         The data folder (``node.data_dir``).
+
+    Attributes
+    ----------
+    root
+        The data folder.
+    db_file
+        The SQLite database file (opened only through
+        :class:`contourd.database.Database` or :func:`contourd.database.connect_sqlite`).
+    spool
+        Received instances, one folder per study and series.
+    results
+        Every job's outputs, one folder each (:meth:`result_dir`).
+    models
+        Model packages of the registry.
+    log_file
+        The node's log file.
+    run
+        Files of the running node (config copy, disk reserve).
+    last_valid_config
+        The supervisor's copy of the last valid config, read by the workers.
+    space_reserve
+        The reserve file given back when the disk is full.
+    heartbeat
+        The running node's heartbeat, read by ``contourd status``.
+    session_key
+        The web cookie signing key.
     """
 
-    root: Path
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.db_file = self.root / DB_FILENAME
+        self.spool = self.root / "spool"
+        self.results = self.root / "results"
+        self.models = self.root / "models"
+        self.log_file = self.root / "logs" / "contourd.log"
+        self.run = self.root / "run"
+        self.last_valid_config = self.run / "config.last-valid.yaml"
+        self.space_reserve = self.run / "space.reserve"
+        self.heartbeat = self.root / "node.heartbeat.json"
+        self.session_key = self.root / "web_session.key"
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))
+    def __repr__(self) -> str:
+        return f"DataFolder({str(self.root)!r})"
 
-    @property
-    def db_file(self) -> Path:
-        """The SQLite database file."""
-        return self.root / DB_FILENAME
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DataFolder) and other.root == self.root
 
-    @property
-    def spool(self) -> Path:
-        """Received instances, one folder per study and series."""
-        return self.root / "spool"
-
-    @property
-    def results(self) -> Path:
-        """The results of every job (one folder each)."""
-        return self.root / "results"
+    def __hash__(self) -> int:
+        return hash(self.root)
 
     def result_dir(self, job_id: int) -> Path:
         """The folder of one job's outputs."""
@@ -66,38 +92,3 @@ class DataFolder:
     def reviewed_dir(self, job_id: int) -> Path:
         """Where reviewed structure sets sent back for job ``job_id`` are kept."""
         return self.result_dir(job_id) / "reviewed"
-
-    @property
-    def models(self) -> Path:
-        """Model packages of the registry."""
-        return self.root / "models"
-
-    @property
-    def log_file(self) -> Path:
-        """The node's log file."""
-        return self.root / "logs" / "contourd.log"
-
-    @property
-    def run(self) -> Path:
-        """Files of the running node (config copy, disk reserve)."""
-        return self.root / "run"
-
-    @property
-    def last_valid_config(self) -> Path:
-        """The supervisor's copy of the last valid config, read by the workers."""
-        return self.run / "config.last-valid.yaml"
-
-    @property
-    def space_reserve(self) -> Path:
-        """The reserve file given back when the disk is full."""
-        return self.run / "space.reserve"
-
-    @property
-    def heartbeat(self) -> Path:
-        """The running node's heartbeat, read by ``contourd status``."""
-        return self.root / "node.heartbeat.json"
-
-    @property
-    def session_key(self) -> Path:
-        """The web cookie signing key."""
-        return self.root / "web_session.key"

@@ -46,12 +46,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from contourd.database import DB_FILENAME as DB_FILENAME  # re-exported for older callers
 from contourd.database import Database, DbConnection, JobListener, load_path, store_path
 from contourd.errors import JobError
 from contourd.schema import jobs as schema_jobs
+
+if TYPE_CHECKING:
+    from daemon.series_assembler import SeriesCompletion
 
 
 class LeaseLostError(JobError):
@@ -159,37 +162,6 @@ def parse_since(text: str, now_s: float | None = None) -> float:
     return moment.timestamp()
 
 
-class SeriesCompletionLike(Protocol):
-    """What :meth:`JobQueue.submit_series` reads from the assembler's completion."""
-
-    @property
-    def study_uid(self) -> str: ...
-
-    @property
-    def series_uid(self) -> str: ...
-
-    @property
-    def version(self) -> int: ...
-
-    @property
-    def spool_dir(self) -> Path: ...
-
-    @property
-    def instance_paths(self) -> Sequence[Path]: ...
-
-    @property
-    def num_instances(self) -> int: ...
-
-    @property
-    def calling_ae(self) -> str: ...
-
-    @property
-    def called_ae(self) -> str: ...
-
-    @property
-    def modality(self) -> str: ...
-
-
 @dataclass(frozen=True)
 class Job:
     """One job row, decoded. Times are Unix seconds (UTC)."""
@@ -272,7 +244,7 @@ class JobQueue(Protocol):
     """The queue the daemon's stages share. See :class:`DatabaseJobQueue`."""
 
     def submit_series(
-        self, completion: SeriesCompletionLike, *, supersedes: dict[str, Any] | None = None
+        self, completion: SeriesCompletion, *, supersedes: dict[str, Any] | None = None
     ) -> int:
         """Create the job for a completed series; idempotent per (series UID, version)."""
         ...
@@ -560,7 +532,7 @@ class DatabaseJobQueue:
         return job_id
 
     def submit_series(
-        self, completion: SeriesCompletionLike, *, supersedes: dict[str, Any] | None = None
+        self, completion: SeriesCompletion, *, supersedes: dict[str, Any] | None = None
     ) -> int:
         """Create the job for a completed series, state ``complete``.
 

@@ -227,7 +227,8 @@ class Service:
     """The node of one host in one role, built but not started.
 
     Building opens the database and runs the emergency purge (receiving
-    roles), before anything else can need space.
+    roles), before anything else can need space. It changes no process-wide
+    state (signals, log handlers): that is the caller's (``contourd serve``).
 
     Parameters
     ----------
@@ -256,7 +257,6 @@ class Service:
         self.holder = ConfigHolder(config_path, config) if config_path is not None else None
         self.config: ConfigProvider = self.holder if self.holder is not None else provided(config)
         self.folder = DataFolder(config.data_dir)
-        add_file_log(self.folder)
         self.reserve = SpaceReserve(self.folder.root)
         self.queue = open_queue(config, self.reserve)
         self.retention = RetentionSchedule(

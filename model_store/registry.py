@@ -25,7 +25,7 @@ import uuid
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,11 @@ def _check_by(by: str) -> str:
             f"got {by!r}"
         )
     return who
+
+
+def _columns_of(cls: type, row: dict[str, Any]) -> dict[str, Any]:
+    """The values of ``row`` whose column names are fields of the dataclass ``cls``."""
+    return {f.name: row[f.name] for f in fields(cls) if f.name in row}
 
 
 @dataclass(frozen=True)
@@ -281,38 +286,24 @@ class ModelRegistry:
             "SELECT * FROM roi_overrides WHERE name = ? AND version = ?", (name, version)
         ):
             result[row["label"]] = RoiOverride(
-                label=row["label"],
-                name=row["roi_name"],
-                color=tuple(json.loads(row["color"])) if row["color"] else None,  # type: ignore[arg-type]
-                interpreted_type=row["interpreted_type"],
-                updated_by=row["updated_by"],
-                updated_at=row["updated_at"],
+                **{
+                    **_columns_of(RoiOverride, row),  # its ``name`` column is the model's
+                    "name": row["roi_name"],
+                    "color": tuple(json.loads(row["color"])) if row["color"] else None,
+                }
             )
         return result
 
     def _record(self, row: dict[str, Any]) -> ModelRecord:
         card = parse_card(row["card_yaml"], source=f"registry card of {row['name']}")
         return ModelRecord(
-            name=row["name"],
-            version=row["version"],
-            status=row["status"],
-            card=card,
-            package_dir=self.data_dir / row["package_dir"],
-            card_sha256=row["card_sha256"],
-            weights_sha256=row["weights_sha256"],
-            source=row["source"],
-            builtin=bool(row["builtin"]),
-            imported_by=row["imported_by"],
-            imported_at=row["imported_at"],
-            approved_by=row["approved_by"],
-            approved_at=row["approved_at"],
-            approval_note=row["approval_note"],
-            approved_card_sha256=row["approved_card_sha256"],
-            approved_weights_sha256=row["approved_weights_sha256"],
-            retired_by=row["retired_by"],
-            retired_at=row["retired_at"],
-            retire_note=row["retire_note"],
-            overrides=self._overrides(row["name"], row["version"]),
+            **{
+                **_columns_of(ModelRecord, row),
+                "card": card,
+                "package_dir": self.data_dir / row["package_dir"],
+                "builtin": bool(row["builtin"]),
+                "overrides": self._overrides(row["name"], row["version"]),
+            }
         )
 
     def list_models(self) -> list[ModelRecord]:
@@ -369,16 +360,11 @@ class ModelRegistry:
         )
         return [
             AuditEntry(
-                id=r["id"],
-                at=r["at"],
-                by=r["by"],
-                action=r["action"],
-                name=r["name"],
-                version=r["version"],
-                label=r["label"],
-                before=json.loads(r["before"]) if r["before"] else None,
-                after=json.loads(r["after"]) if r["after"] else None,
-                note=r["note"],
+                **{
+                    **_columns_of(AuditEntry, r),
+                    "before": json.loads(r["before"]) if r["before"] else None,
+                    "after": json.loads(r["after"]) if r["after"] else None,
+                }
             )
             for r in rows
         ]

@@ -39,20 +39,23 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from contourd.data_folder import DataFolder
+from daemon.cli.parsers import command_parser
 from daemon.config import load_config
-from daemon.service import ROLES, Service
+from daemon.service import ROLES, Service, add_file_log
 
 log = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
     """Add the ``serve`` subcommand."""
-    parser = subparsers.add_parser(
+    parser = command_parser(
+        subparsers,
         "serve",
-        help="run the DICOM node (receive, route, segment, send)",
+        summary="run the DICOM node (receive, route, segment, send)",
         description="Run the DICOM node until SIGTERM or Ctrl-C.",
+        run=run,
     )
-    parser.add_argument("-c", "--config", type=Path, default=None, help="config YAML file")
     parser.add_argument(
         "--port", type=int, default=None, help="override node.port (0: any free port)"
     )
@@ -72,7 +75,6 @@ def register(subparsers: Any) -> None:
         default=None,
         help="override worker.processes (worker processes on this host)",
     )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         config.node.port = args.port
     if args.workers is not None:
         config.worker.processes = args.workers
+    add_file_log(DataFolder(config.data_dir))
     service = Service(config, config_path=config_path, role=args.role, http_port=args.http_port)
     stop = threading.Event()
     signals = {"count": 0}

@@ -78,12 +78,6 @@ class UserStore:
         """Close the connection."""
         self._conn.close()
 
-    def __enter__(self) -> UserStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def set_user(self, name: str, role: str, password: str | None) -> User:
         """Add or update a user; ``password`` None keeps the old one (or none: proxy only)."""
         who = name.strip()
