@@ -527,12 +527,7 @@ class ModelRegistry:
             When the stored files no longer match the hashes recorded at import.
         """
         who = _check_by(by)
-        record = self.get(name, version)
-        if record.status == APPROVED:
-            raise ModelRegistryError(
-                f"model {name} {version} is already approved (by {record.approved_by} at "
-                f"{record.approved_at})"
-            )
+        record = self._get_unless(name, version, APPROVED)
         card_sha = _hash_or_none(record.package_dir / CARD_FILE)
         weights_sha = (
             _hash_or_none(record.package_dir / WEIGHTS_FILE)
@@ -575,6 +570,20 @@ class ModelRegistry:
             )
         return self.get(name, version)
 
+    def _get_unless(self, name: str, version: str, status: str) -> ModelRecord:
+        """The version, unless it is already in ``status`` (approved or retired)."""
+        record = self.get(name, version)
+        if record.status == status:
+            by, at = (
+                (record.approved_by, record.approved_at)
+                if status == APPROVED
+                else (record.retired_by, record.retired_at)
+            )
+            raise ModelRegistryError(
+                f"model {name} {version} is already {status} (by {by} at {at})"
+            )
+        return record
+
     def retire(self, name: str, version: str, by: str, note: str | None = None) -> ModelRecord:
         """Take a version out of use; routing and ``segment`` refuse it afterwards.
 
@@ -584,12 +593,7 @@ class ModelRegistry:
             Unknown version, or already retired.
         """
         who = _check_by(by)
-        record = self.get(name, version)
-        if record.status == RETIRED:
-            raise ModelRegistryError(
-                f"model {name} {version} is already retired (by {record.retired_by} at "
-                f"{record.retired_at})"
-            )
+        record = self._get_unless(name, version, RETIRED)
         now = utc_now()
         with self._transaction() as conn:
             conn.execute(
