@@ -124,6 +124,7 @@ jobs = Table(
     Column("finished_at", Float),
     Column("images_deleted_at", Float),
     Column("supersedes", Text),  # JSON: the earlier job a changed series replaces
+    Column("series_attributes", Text),  # JSON: routing.series_attributes, at completion
     Index(
         "idx_jobs_series_uid_version_rule_slot", "series_uid", "version", "rule_slot", unique=True
     ),
@@ -288,6 +289,12 @@ def _v4_delivery_progress(conn: DbConnection) -> None:
     _add_missing_columns(conn, job_deliveries)
 
 
+def _v6_series_attributes(conn: DbConnection) -> None:
+    # Numbered 6: 5 is taken by a parallel change (#15 part B); a database
+    # at 4 applies 6 alone, one at 5 applies 6 after it.
+    _add_missing_columns(conn, jobs)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[DbConnection], None]]] = [
     (1, "baseline: receive, job, registry and audit tables", _v1_baseline),
     (2, "workers table (host, pid, current job, heartbeat)", _v2_workers),
@@ -297,6 +304,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[DbConnection], None]]] = [
         _v3_series_checks,
     ),
     (4, "job_deliveries: accepted_sop_instance_uids, failing_since", _v4_delivery_progress),
+    (6, "jobs.series_attributes (recorded once when the series completes)", _v6_series_attributes),
 ]
 """(version, what it does, function), in order. Append; never edit an applied one.
 

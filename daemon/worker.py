@@ -9,8 +9,9 @@ networks warm (:class:`inference.predictor.PredictorCache`).
 One job, in three steps (:meth:`Worker._route`, :meth:`Worker._run`,
 :meth:`Worker._deliver`), each moving the job row through its states:
 
-1. route the series (``routing.engine.route``) with the config in use (hot
-   reloaded): no rule -> ``not_routed``; the rule's ``schedule`` window is
+1. route the series (``routing.engine.route``) on the attributes recorded
+   when it completed (:func:`daemon.series_intake.submit_completion`) with
+   the config in use (hot reloaded): no rule -> ``not_routed``; the rule's ``schedule`` window is
    closed -> ``scheduled`` until it opens; else ``routed`` with the rule,
    models, destinations and outputs. When several rules match
    (``continue: true``), the first one's actions are used and the others are
@@ -436,6 +437,9 @@ class Worker:
         return self.queue.data_dir / "results" / str(job.id)
 
     def _attributes(self, job: Job) -> SeriesAttributes:
+        """The record made when the series completed; else (older jobs) the spooled headers."""
+        if job.series_attributes is not None:
+            return SeriesAttributes.from_record(job.series_attributes)
         try:
             return SeriesAttributes.from_files(job.instance_paths, job.calling_ae, job.called_ae)
         except ValueError as err:
