@@ -11,8 +11,8 @@ One job, in three steps (:meth:`Worker._route`, :meth:`Worker._run`,
 
 1. route the series (``routing.engine.route``) on the attributes recorded
    when it completed (:func:`daemon.series_intake.submit_completion`) with
-   the config in use (hot reloaded): no rule -> ``not_routed``; the rule's ``schedule`` window is
-   closed -> ``scheduled`` until it opens; else ``routed`` with the rule,
+   the config in use (hot reloaded): no rule -> ``not_routed``; the rule's
+   ``schedule`` window is closed -> ``scheduled`` until it opens; else ``routed`` with the rule,
    models, destinations and outputs. When several rules match
    (``continue: true``), the first one's actions are used and the others are
    listed in the job's warnings.
@@ -276,23 +276,10 @@ class Worker:
             self._not_routed(job, message, description)
             log.info("job %s: not routed (%s)", job.id, decision.reason)
             return None
-        warnings: list[str] = []
-        if job.pinned_rule is None:
-            match = decision.matched[0]
-            # continue: true -> every further matching rule runs as its own job.
-            for slot, other in enumerate(decision.matched[1:], start=1):
-                sibling = self.queue.spawn_rule_job(job.id, slot, other.rule)
-                warnings.append(f"rule {other.rule!r} also matched: job {sibling}")
-        else:
-            pinned = [m for m in decision.matched if m.rule == job.pinned_rule]
-            if not pinned:
-                message = (
-                    f"rule {job.pinned_rule!r} no longer matches {attrs.summary()} "
-                    "(the config changed since the series was routed)"
-                )
-                self._not_routed(job, message, description)
-                return None
-            match = pinned[0]
+        picked = self._pick_match(job, decision.matched, attrs)
+        if picked is None:
+            return None
+        match, warnings = picked
         fields: dict[str, Any] = {
             "series_description": description,
             "rule": match.rule,
@@ -318,6 +305,28 @@ class Worker:
             return None
         self.queue.transition(job.id, JobState.ROUTED, worker_id=wid, **fields)
         return _Routing(match, attrs, warnings, now)
+
+    def _pick_match(
+        self, job: Job, matched: Sequence[RouteMatch], attrs: SeriesAttributes
+    ) -> tuple[RouteMatch, list[str]] | None:
+        """The rule this job runs, and warnings; ``None`` (not routed) when its pinned
+        rule no longer matches. Further matches of an unpinned job become sibling jobs."""
+        if job.pinned_rule is None:
+            warnings = []
+            # continue: true -> every further matching rule runs as its own job.
+            for slot, other in enumerate(matched[1:], start=1):
+                sibling = self.queue.spawn_rule_job(job.id, slot, other.rule)
+                warnings.append(f"rule {other.rule!r} also matched: job {sibling}")
+            return matched[0], warnings
+        pinned = [m for m in matched if m.rule == job.pinned_rule]
+        if pinned:
+            return pinned[0], []
+        message = (
+            f"rule {job.pinned_rule!r} no longer matches {attrs.summary()} "
+            "(the config changed since the series was routed)"
+        )
+        self._not_routed(job, message, attrs.series_description or "")
+        return None
 
     def _not_routed(self, job: Job, message: str, description: str) -> None:
         self.queue.transition(
