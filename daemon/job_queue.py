@@ -685,15 +685,17 @@ class DatabaseJobQueue:
             )
 
     # -- leases -------------------------------------------------------------------
-    def claim(self, worker_id: str, lease_s: float) -> Job | None:
+    def claim(self, worker_id: str, lease_s: float, *, now: float | None = None) -> Job | None:
         """Lease the most urgent claimable job to ``worker_id``.
 
         Claimable: ``complete`` or ``routed``; ``scheduled`` whose ``not_before``
         has passed; ``running`` whose lease expired (its worker died). Order:
         priority (high first), then age. Each claim counts an attempt; a job
         claimed ``max_attempts`` times without finishing is failed instead.
+        ``now`` (epoch s, default the clock) is the moment leases and
+        ``not_before`` are judged at; tests pass it instead of sleeping.
         """
-        now = time.time()
+        now = time.time() if now is None else now
         with self._write() as conn:
             while True:
                 row = conn.execute(
@@ -940,14 +942,15 @@ class DatabaseJobQueue:
         return float(row[0]) if row and row[0] is not None else None
 
     def claim_delivery(
-        self, owner: str, lease_s: float, *, job_id: int | None = None
+        self, owner: str, lease_s: float, *, job_id: int | None = None, now: float | None = None
     ) -> tuple[Job, Delivery] | None:
         """Lease the oldest due pending delivery (or one whose sender died).
 
         With ``job_id``, only that job's deliveries are considered. The job
-        moves to ``sending``.
+        moves to ``sending``. ``now`` (epoch s, default the clock) is the
+        moment retry times and leases are judged at.
         """
-        now = time.time()
+        now = time.time() if now is None else now
         only = "" if job_id is None else " AND j.id = ?"
         params: tuple[Any, ...] = (now, now) if job_id is None else (now, now, job_id)
         with self._write() as conn:

@@ -66,13 +66,17 @@ def require_shared(*parts: str) -> Path:
     return path
 
 
-def push_and_kill_after(port: int, files: Sequence[Path], acks: int) -> int:
-    """Push ``files`` with DCMTK storescu and SIGKILL it after ``acks`` successes.
+def push_and_act_after(
+    port: int,
+    files: Sequence[Path],
+    acks: int,
+    action: Callable[[subprocess.Popen[str]], object],
+) -> tuple[subprocess.Popen[str], list[str]]:
+    """Push ``files`` with verbose DCMTK storescu; call ``action(push)`` after ``acks`` successes.
 
-    The connection drops without an A-RELEASE or A-ABORT (what a scanner that
-    crashes or loses its network does). Returns the acknowledgements storescu
-    logged before it died (``acks`` or a few more: it keeps sending while the
-    kill is on its way).
+    The action runs once, while storescu keeps sending (kill storescu, kill the
+    node, ...). Returns the finished storescu process and the lines it logged.
+    Fails the test when the push ended before the action ran.
     """
     binary = require_tool("storescu", "dcmtk")
     push = subprocess.Popen(
@@ -83,25 +87,45 @@ def push_and_kill_after(port: int, files: Sequence[Path], acks: int) -> int:
         text=True,
         env=dict(os.environ, TCP_NODELAY="1"),
     )
-    seen = {"acks": 0}
-    killed = threading.Event()
+    lines: list[str] = []
+    acted = threading.Event()
 
-    def read_and_kill() -> None:
+    def read_and_act() -> None:
         assert push.stderr is not None
+        seen = 0
         for line in push.stderr:
-            if "Received Store Response (Success)" in line:
-                seen["acks"] += 1
-            if seen["acks"] >= acks and not killed.is_set():
-                push.send_signal(signal.SIGKILL)
-                killed.set()
+            lines.append(line)
+            seen += "Received Store Response (Success)" in line
+            if seen >= acks and not acted.is_set():
+                action(push)
+                acted.set()
 
-    reader = threading.Thread(target=read_and_kill)
+    reader = threading.Thread(target=read_and_act)
     reader.start()
     push.wait(timeout=120)
     reader.join(timeout=30)
-    assert killed.is_set(), "storescu finished before it could be killed; send more files"
+    assert acted.is_set(), "storescu finished before the action ran; send more files:\n" + "".join(
+        lines
+    )
+    return push, lines
+
+
+def acknowledged(lines: Sequence[str]) -> int:
+    """Instances a verbose storescu log says were stored successfully."""
+    return sum("Received Store Response (Success)" in line for line in lines)
+
+
+def push_and_kill_after(port: int, files: Sequence[Path], acks: int) -> int:
+    """Push ``files`` with DCMTK storescu and SIGKILL it after ``acks`` successes.
+
+    The connection drops without an A-RELEASE or A-ABORT (what a scanner that
+    crashes or loses its network does). Returns the acknowledgements storescu
+    logged before it died (``acks`` or a few more: it keeps sending while the
+    kill is on its way).
+    """
+    push, lines = push_and_act_after(port, files, acks, lambda p: p.send_signal(signal.SIGKILL))
     assert push.returncode == -signal.SIGKILL
-    return seen["acks"]
+    return acknowledged(lines)
 
 
 def make_sr_file(path: Path, *, study_uid: str) -> Path:

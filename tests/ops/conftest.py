@@ -1,10 +1,12 @@
-"""Shared fixtures and helpers for the operations tests (queue, dispatch, node)."""
+"""Shared fixtures and helpers for the operations tests (queue, dispatch, worker).
+
+A running node with its TPS (``node_with_tps``, ``StoreScp``, ``RunningNode``,
+``healthz``) comes from ``tests/node_harness.py``.
+"""
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from peer_tools import wait_for as wait_for
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from contourd.database import Database
-from daemon.job_queue import DatabaseJobQueue
+from daemon.job_queue import DatabaseJobQueue, JobState
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,66 +60,39 @@ def open_queue(make_database: Callable[[Path], Database]) -> OpenQueue:
 wait_for_fixture = pytest.fixture(name="wait_for")(lambda: wait_for)
 
 
-class StoreScp:
-    """DCMTK ``storescp`` playing the planning system, on a free loopback port.
+def running_job(
+    queue: DatabaseJobQueue, completion: FakeCompletion | None = None, **routed: Any
+) -> int:
+    """Submit a job and take it to ``running`` under worker ``w``'s lease.
 
-    Received files land in ``out_dir``; :meth:`received` reads their SOP
-    Instance UIDs.
+    ``routed`` are the fields the routing step sets (``rule``, ``models``,
+    ``destinations``). Returns the job id.
     """
+    job_id = queue.submit_series(completion or FakeCompletion())
+    queue.claim("w", lease_s=60)
+    queue.transition(job_id, JobState.ROUTED, worker_id="w", **routed)
+    queue.transition(job_id, JobState.RUNNING, worker_id="w")
+    return job_id
 
-    def __init__(self, out_dir: Path, ae_title: str = "TPS", port: int | None = None) -> None:
-        self.binary = require_tool("storescp", "dcmtk")
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.ae_title = ae_title
-        self.port = port or free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> StoreScp:
-        self.proc = subprocess.Popen(
-            [self.binary, "-aet", self.ae_title, "-od", str(self.out_dir), "+uf", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+def submit_phantom(
+    tmp_path: Path, queue: DatabaseJobQueue, shape: tuple[int, int, int] = (8, 64, 64)
+) -> tuple[int, list[pydicom.Dataset]]:
+    """Submit a phantom CT (written to ``tmp_path / "series"``) as a job; (job id, headers)."""
+    from inference.phantom import make_phantom_series
+
+    series = make_phantom_series(tmp_path / "series", shape_zyx=shape)
+    ds = series.headers[0]
+    job_id = queue.submit_series(
+        FakeCompletion(
+            study_uid=ds.StudyInstanceUID,
+            series_uid=ds.SeriesInstanceUID,
+            spool_dir=series.directory,
+            instance_paths=list(series.paths),
+            num_instances=len(series.paths),
         )
-
-        def listening() -> bool:
-            with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", self.port)) == 0
-
-        wait_for(listening, 10, f"storescp listening on port {self.port}")
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def received(self) -> list[pydicom.Dataset]:
-        """Every file storescp has finished writing so far, fully read.
-
-        storescp writes straight to the final file name, so a file that is
-        still being written does not parse yet; it is left for the next call.
-        """
-        done = []
-        for path in sorted(self.out_dir.iterdir()):
-            if not path.is_file():
-                continue
-            try:
-                done.append(pydicom.dcmread(path))
-            except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError):
-                continue
-        return done
-
-    def __enter__(self) -> StoreScp:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    )
+    return job_id, series.headers
 
 
 def referenced_uids(rs: pydicom.Dataset) -> set[str]:
@@ -147,17 +122,6 @@ def make_result_file(path: Path, sop_uid: str | None = None) -> Path:
     return path
 
 
-def approve_body_model(data_dir: Path, database_url: str | None = None) -> None:
-    """Approve the built-in ``body`` model in a throwaway data folder (and database)."""
-    from model_store.registry import ModelRegistry
-
-    registry = ModelRegistry(data_dir, database=Database(data_dir, database_url))
-    try:
-        registry.approve("body", "1.0.0", by="ops-test", note="test data folder")
-    finally:
-        registry.close()
-
-
 def body_rule_config(data_dir: Path, destinations: dict[str, dict[str, object]], **rule: object):
     """A ContourdConfig routing CT to the body model and on to ``destinations``."""
     from daemon.config import ContourdConfig
@@ -179,136 +143,6 @@ def body_rule_config(data_dir: Path, destinations: dict[str, dict[str, object]],
             ],
         }
     )
-
-
-class RunningNode:
-    """``contourd serve`` in a subprocess on free ports, with its data folder."""
-
-    def __init__(self, config_path: Path, data_dir: Path, *extra_args: str) -> None:
-        self.config_path = config_path
-        self.data_dir = data_dir
-        self.extra_args = list(extra_args)
-        self.proc: subprocess.Popen[str] | None = None
-        self.port = 0
-        self.http_port = 0
-        self.log_path = config_path.parent / "serve.log"
-
-    def start(self) -> RunningNode:
-        import sys
-
-        self._log = open(self.log_path, "a")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daemon",
-                "serve",
-                "-c",
-                str(self.config_path),
-                "--port",
-                "0",
-                "--http-port",
-                "0",
-                *self.extra_args,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (self.port and self.http_port):
-            line = self.proc.stdout.readline()
-            if not line:
-                raise AssertionError(f"contourd serve exited early; log: {self.log_text()}")
-            if line.startswith("contourd listening on port"):
-                self.port = int(line.split()[-1])
-            elif line.startswith("contourd http on port"):
-                self.http_port = int(line.split()[-1])
-        return self
-
-    def log_text(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
-    def worker_pids(self) -> list[int]:
-        import json
-
-        beat = json.loads((self.data_dir / "node.heartbeat.json").read_text())
-        return list(beat["worker_pids"])
-
-    def stop(self) -> int | None:
-        code = None
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                code = self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                code = self.proc.wait()
-        elif self.proc is not None:
-            code = self.proc.returncode
-        self.proc = None
-        if hasattr(self, "_log"):
-            self._log.close()
-        return code
-
-
-def storescu_push(port: int, files: list[Path], calling_ae: str = "SCANNER") -> None:
-    """Push ``files`` to 127.0.0.1:``port`` with DCMTK storescu; raise on failure."""
-    binary = require_tool("storescu", "dcmtk")
-    result = subprocess.run(
-        [binary, "-aet", calling_ae, "-aec", "CONTOURD", "127.0.0.1", str(port), *map(str, files)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if result.returncode != 0:
-        raise AssertionError(f"storescu failed ({result.returncode}): {result.stderr[-2000:]}")
-
-
-def node_config_file(
-    tmp_path: Path,
-    tps_port: int,
-    *,
-    max_attempts: int = 20,
-    workers: int = 1,
-    outputs: tuple[str, ...] = ("rtstruct",),
-    database: str | None = None,
-) -> Path:
-    """A config for an end-to-end node: CT -> body model -> ``outputs`` -> storescp 'tps'."""
-    import yaml
-
-    path = tmp_path / "contourd.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                **({"database": database} if database else {}),
-                "node": {"data_dir": "data", "fsync": False, "min_free_disk_mb": 0},
-                "series": {"complete_on": "association_release", "complete_after_s": 30},
-                "destinations": {"tps": {"ae_title": "TPS", "host": "127.0.0.1", "port": tps_port}},
-                "dispatch": {
-                    "max_attempts": max_attempts,
-                    "retry_initial_s": 0.5,
-                    "retry_max_s": 1.0,
-                    "poll_interval_s": 0.2,
-                    "connect_timeout_s": 2,
-                },
-                "worker": {"processes": workers, "lease_s": 3.0, "poll_interval_s": 0.1},
-                "retention": {"emergency_free_disk_mb": 0},
-                "http": {"host": "127.0.0.1", "port": 0},
-                "rules": [
-                    {
-                        "name": "ct-body",
-                        "match": {"modality": "CT"},
-                        "model": "body",
-                        "send_to": ["tps"],
-                        "outputs": list(outputs),
-                    }
-                ],
-            }
-        )
-    )
-    return path
 
 
 @contextmanager

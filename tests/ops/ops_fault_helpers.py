@@ -1,85 +1,17 @@
-"""Helpers for the fault tests: config edits, /healthz, a slow-releasing TPS, tmpfs."""
+"""Helpers for the fault tests: C-ECHO, pushes that may be refused, a full tmpfs.
+
+The node itself (config, /healthz, the TPS) comes from ``node_harness``.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
-from conftest import StoreScp, require_tool, wait_for
-
-
-def patch_config(path: Path, **sections: dict[str, Any]) -> Path:
-    """Merge ``sections`` (``dispatch={...}``) into the YAML config at ``path``."""
-    data = yaml.safe_load(path.read_text())
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def healthz(http_port: int) -> tuple[int, dict[str, Any]]:
-    """(HTTP status, JSON body) of ``GET /healthz``."""
-    url = f"http://127.0.0.1:{http_port}/healthz"
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 (loopback)
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
-def wait_for_problem(http_port: int, words: str, timeout_s: float = 60) -> list[str]:
-    """Wait until /healthz answers 503 with a problem containing ``words``."""
-
-    def found() -> list[str] | None:
-        code, body = healthz(http_port)
-        hits = [p for p in body.get("problems", []) if words in p]
-        return body["problems"] if code == 503 and hits else None
-
-    return wait_for(found, timeout_s, f"/healthz 503 naming {words!r}")  # type: ignore[return-value]
-
-
-class SlowReleaseTps(StoreScp):
-    """storescp that stores each file, answers, then sleeps ``sleep_s`` before
-    reading the next request: a sender is left waiting in its release after
-    the TPS has accepted the file."""
-
-    def __init__(self, out_dir: Path, sleep_s: int) -> None:
-        super().__init__(out_dir)
-        self.sleep_s = sleep_s
-
-    def start(self) -> SlowReleaseTps:
-        import socket
-
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--sleep-after",
-                str(self.sleep_s),
-                "-aet",
-                self.ae_title,
-                "-od",
-                str(self.out_dir),
-                "+uf",
-                str(self.port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def listening() -> bool:
-            with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", self.port)) == 0
-
-        wait_for(listening, 10, f"storescp listening on port {self.port}")
-        return self
+from peer_tools import require_tool
 
 
 def echoscu_ok(port: int) -> bool:

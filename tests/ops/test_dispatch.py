@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import FakeCompletion, StoreScp, free_port, make_result_file, wait_for
+from conftest import free_port, make_result_file, running_job, wait_for
+from node_harness import StoreScp
 
 from daemon.config import DestinationConfig, DispatchConfig
 from daemon.dispatch import Dispatcher, backoff_s
@@ -15,16 +16,21 @@ from daemon.job_queue import JobState, SqliteJobQueue
 pytestmark = pytest.mark.interop
 
 
-def _written_job(queue: SqliteJobQueue, files: list[Path], destinations: list[str]) -> int:
-    job_id = queue.submit_series(FakeCompletion(series_uid=f"1.2.3.{len(queue.recent()) + 1}"))
-    queue.claim("w", lease_s=60)
-    queue.transition(job_id, JobState.ROUTED, worker_id="w", destinations=destinations)
-    queue.transition(job_id, JobState.RUNNING, worker_id="w")
+def _written_result(tmp_path: Path, destinations: list[str]) -> tuple[SqliteJobQueue, Path, int]:
+    """A queue holding one written job whose result is an RTSTRUCT file; (queue, file, job id)."""
+    queue = SqliteJobQueue(tmp_path / "data")
+    result = make_result_file(tmp_path / "r" / "rtstruct.dcm")
+    job_id = running_job(queue, destinations=destinations)
     queue.add_deliveries(job_id, destinations)
     queue.transition(
-        job_id, JobState.WRITTEN, worker_id="w", release_lease=True, result_files=files
+        job_id, JobState.WRITTEN, worker_id="w", release_lease=True, result_files=[result]
     )
-    return job_id
+    return queue, result, job_id
+
+
+def _tps_at(port: int) -> DestinationConfig:
+    """The DCMTK storescp TPS on loopback ``port`` as a destination."""
+    return DestinationConfig(ae_title="TPS", host="127.0.0.1", port=port)
 
 
 def _fast_retries(max_attempts: int = 5) -> DispatchConfig:
@@ -45,11 +51,9 @@ def test_backoff_doubles_and_is_capped() -> None:
 
 
 def test_result_reaches_storescp_with_its_sop_instance_uid(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path / "data")
-    result = make_result_file(tmp_path / "r" / "rtstruct.dcm")
-    job_id = _written_job(queue, [result], ["tps"])
+    queue, result, job_id = _written_result(tmp_path, ["tps"])
     with StoreScp(tmp_path / "tps") as scp:
-        dests = {"tps": DestinationConfig(ae_title="TPS", host="127.0.0.1", port=scp.port)}
+        dests = {"tps": _tps_at(scp.port)}
         dispatcher = Dispatcher(queue, lambda: dests, _fast_retries())
         assert dispatcher.drain() == 1
         received = wait_for(scp.received, 10, "storescp wrote the file")
@@ -60,11 +64,9 @@ def test_result_reaches_storescp_with_its_sop_instance_uid(tmp_path: Path) -> No
 
 
 def test_result_arrives_once_a_down_destination_comes_up(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path / "data")
-    result = make_result_file(tmp_path / "r" / "rtstruct.dcm")
-    job_id = _written_job(queue, [result], ["tps"])
+    queue, result, job_id = _written_result(tmp_path, ["tps"])
     scp = StoreScp(tmp_path / "tps")  # port chosen, nobody listening yet
-    dests = {"tps": DestinationConfig(ae_title="TPS", host="127.0.0.1", port=scp.port)}
+    dests = {"tps": _tps_at(scp.port)}
     dispatcher = Dispatcher(queue, lambda: dests, _fast_retries(max_attempts=20))
     dispatcher.start()
     try:
@@ -86,10 +88,8 @@ def test_result_arrives_once_a_down_destination_comes_up(tmp_path: Path) -> None
 
 
 def test_job_fails_after_the_configured_number_of_attempts(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path / "data")
-    result = make_result_file(tmp_path / "r" / "rtstruct.dcm")
-    job_id = _written_job(queue, [result], ["tps"])
-    dests = {"tps": DestinationConfig(ae_title="TPS", host="127.0.0.1", port=free_port())}
+    queue, result, job_id = _written_result(tmp_path, ["tps"])
+    dests = {"tps": _tps_at(free_port())}
     dispatcher = Dispatcher(queue, lambda: dests, _fast_retries(max_attempts=3))
     dispatcher.start()
     try:
@@ -102,9 +102,7 @@ def test_job_fails_after_the_configured_number_of_attempts(tmp_path: Path) -> No
 
 
 def test_unknown_destination_is_reported_with_the_known_names(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path / "data")
-    result = make_result_file(tmp_path / "r" / "rtstruct.dcm")
-    job_id = _written_job(queue, [result], ["nowhere"])
+    queue, result, job_id = _written_result(tmp_path, ["nowhere"])
     dests = {"tps": DestinationConfig(folder=tmp_path / "share")}
     Dispatcher(queue, lambda: dests, _fast_retries(max_attempts=1)).drain()
     error = queue.get(job_id).error or ""
@@ -112,9 +110,7 @@ def test_unknown_destination_is_reported_with_the_known_names(tmp_path: Path) ->
 
 
 def test_folder_destination_and_resend_keep_one_file_per_uid(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path / "data")
-    result = make_result_file(tmp_path / "r" / "rtstruct.dcm")
-    job_id = _written_job(queue, [result], ["share"])
+    queue, result, job_id = _written_result(tmp_path, ["share"])
     share = tmp_path / "share"
     dests = {"share": DestinationConfig(folder=share)}
     dispatcher = Dispatcher(queue, lambda: dests, _fast_retries())
@@ -127,11 +123,9 @@ def test_folder_destination_and_resend_keep_one_file_per_uid(tmp_path: Path) -> 
 
 
 def test_resend_to_storescp_sends_the_same_sop_instance_uid(tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path / "data")
-    result = make_result_file(tmp_path / "r" / "rtstruct.dcm")
-    job_id = _written_job(queue, [result], ["tps"])
+    queue, result, job_id = _written_result(tmp_path, ["tps"])
     with StoreScp(tmp_path / "tps") as scp:
-        dests = {"tps": DestinationConfig(ae_title="TPS", host="127.0.0.1", port=scp.port)}
+        dests = {"tps": _tps_at(scp.port)}
         dispatcher = Dispatcher(queue, lambda: dests, _fast_retries())
         dispatcher.drain()
         queue.requeue_delivery(job_id, ["tps"])

@@ -7,20 +7,20 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import (
-    RunningNode,
-    StoreScp,
-    approve_body_model,
-    node_config_file,
-    referenced_uids,
-    require_tool,
+from conftest import referenced_uids, wait_for
+from node_harness import (
+    NodeUnderTest,
+    healthz,
+    latest_state,
+    node_metrics,
+    node_with_tps,
+    push_until_running,
     storescu_push,
-    wait_for,
 )
 
 from daemon.job_queue import SqliteJobQueue
@@ -30,38 +30,29 @@ pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
 
 @pytest.fixture
-def node_setup(tmp_path: Path):
-    require_tool("storescu", "dcmtk")
-    tps = StoreScp(tmp_path / "tps")
-    config = node_config_file(tmp_path, tps.port)
-    approve_body_model(tmp_path / "data")
-    node = RunningNode(config, tmp_path / "data")
-    yield tps, node
-    node.stop()
-    tps.stop()
+def env(tmp_path: Path) -> Iterator[NodeUnderTest]:
+    """A started node sending to a started TPS, stopped after the test."""
+    with node_with_tps(tmp_path) as running:
+        yield running
 
 
 def test_pushed_ct_comes_back_as_an_rtstruct_referencing_its_images(
-    tmp_path: Path, node_setup
+    tmp_path: Path, env: NodeUnderTest
 ) -> None:
-    tps, node = node_setup
-    tps.start()
-    node.start()
+    tps, node = env.tps, env.node
     series = make_phantom_series(tmp_path / "ct", shape_zyx=(12, 64, 64))
     storescu_push(node.port, series.paths)
-    received = wait_for(tps.received, 60, f"RTSTRUCT at the TPS; log: {node.log_text()[-3000:]}")
+    received = wait_for(tps.received, 60, f"RTSTRUCT at the TPS; log: {node.log_tail()}")
     [rs] = received
     assert rs.Modality == "RTSTRUCT"
     assert rs.StudyInstanceUID == series.headers[0].StudyInstanceUID
     assert referenced_uids(rs) == {h.SOPInstanceUID for h in series.headers}
 
-    def metrics() -> bytes:
-        return urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/metrics").read()
-
-    wait_for(lambda: b'contourd_jobs{state="sent"} 1.0' in metrics(), 10, "job sent in metrics")
-    assert b"contourd_instances_received_total 12.0" in metrics()
-    health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/healthz").read())
-    assert health["status"] == "ok"
+    sent = b'contourd_jobs{state="sent"} 1.0'
+    wait_for(lambda: sent in node_metrics(node.http_port), 10, "job sent in metrics")
+    assert b"contourd_instances_received_total 12.0" in node_metrics(node.http_port)
+    code, health = healthz(node.http_port)
+    assert code == 200 and health["status"] == "ok"
     status = subprocess.run(
         [sys.executable, "-m", "daemon", "status", "-c", str(node.config_path), "--json"],
         capture_output=True,
@@ -73,20 +64,14 @@ def test_pushed_ct_comes_back_as_an_rtstruct_referencing_its_images(
 
 
 def test_rule_asking_for_rtstruct_and_seg_sends_both_through_the_worker(tmp_path: Path) -> None:
-    require_tool("storescu", "dcmtk")
-    tps = StoreScp(tmp_path / "tps")
-    config = node_config_file(tmp_path, tps.port, outputs=("rtstruct", "seg"))
-    approve_body_model(tmp_path / "data")
-    node = RunningNode(config, tmp_path / "data")
-    try:
-        tps.start()
-        node.start()
+    with node_with_tps(tmp_path, outputs=("rtstruct", "seg")) as env:
+        tps, node = env.tps, env.node
         series = make_phantom_series(tmp_path / "ct", shape_zyx=(12, 64, 64))
         storescu_push(node.port, series.paths)
         received = wait_for(
             lambda: len(tps.received()) >= 2 and tps.received(),
             60,
-            f"RTSTRUCT and SEG at the TPS; log: {node.log_text()[-3000:]}",
+            f"RTSTRUCT and SEG at the TPS; log: {node.log_tail()}",
         )
         by_modality = {ds.Modality: ds for ds in received}
         assert sorted(by_modality) == ["RTSTRUCT", "SEG"], sorted(by_modality)
@@ -100,56 +85,43 @@ def test_rule_asking_for_rtstruct_and_seg_sends_both_through_the_worker(tmp_path
         }
         assert referenced == {h.SOPInstanceUID for h in series.headers}
         assert int(seg.NumberOfFrames) >= 1
-    finally:
-        node.stop()
-        tps.stop()
 
 
-def test_result_arrives_after_the_tps_comes_up_without_duplicates(
-    tmp_path: Path, node_setup
+def test_result_arrives_after_the_tps_comes_up_without_duplicates(tmp_path: Path) -> None:
+    with node_with_tps(tmp_path, start_tps=False) as env:  # TPS not listening yet
+        tps, node = env.tps, env.node
+        series = make_phantom_series(tmp_path / "ct", shape_zyx=(8, 64, 64))
+        storescu_push(node.port, series.paths)
+        queue = SqliteJobQueue(node.data_dir)
+
+        def failed_attempts() -> int:
+            jobs = queue.recent(1)
+            return sum(d.attempts for d in queue.deliveries(jobs[0].id)) if jobs else 0
+
+        wait_for(lambda: failed_attempts() >= 2, 60, "two failed sends while the TPS is down")
+        tps.start()
+        wait_for(lambda: latest_state(queue) == "sent", 60, "sent once the TPS is up")
+        received = tps.received()
+        assert len(received) == 1
+        assert referenced_uids(received[0]) == {h.SOPInstanceUID for h in series.headers}
+
+
+def test_worker_killed_mid_job_the_job_is_retried_and_completes(
+    tmp_path: Path, env: NodeUnderTest
 ) -> None:
-    tps, node = node_setup
-    node.start()  # TPS not listening yet
-    series = make_phantom_series(tmp_path / "ct", shape_zyx=(8, 64, 64))
-    storescu_push(node.port, series.paths)
-    queue = SqliteJobQueue(node.data_dir)
-
-    def failed_attempts() -> int:
-        jobs = queue.recent(1)
-        return sum(d.attempts for d in queue.deliveries(jobs[0].id)) if jobs else 0
-
-    wait_for(lambda: failed_attempts() >= 2, 60, "two failed send attempts while the TPS is down")
-    tps.start()
-    wait_for(lambda: queue.recent(1)[0].state.value == "sent", 60, "job sent once the TPS is up")
-    received = tps.received()
-    assert len(received) == 1
-    assert referenced_uids(received[0]) == {h.SOPInstanceUID for h in series.headers}
-
-
-def test_worker_killed_mid_job_the_job_is_retried_and_completes(tmp_path: Path, node_setup) -> None:
-    tps, node = node_setup
-    tps.start()
-    node.start()
-    queue = SqliteJobQueue(node.data_dir)
-    # Big enough that the body model runs for a while on a busy 2-core machine.
-    series = make_phantom_series(tmp_path / "ct", shape_zyx=(60, 256, 256))
-    storescu_push(node.port, series.paths)
-    wait_for(
-        lambda: queue.recent(1) and queue.recent(1)[0].state.value == "running",
-        60,
-        "job running",
-    )
+    tps, node = env.tps, env.node
+    queue, _series = push_until_running(tmp_path, node)
     [pid] = node.worker_pids()
     os.kill(pid, signal.SIGSTOP)  # freeze it where it is, then check it is mid-job
     try:
-        if queue.recent(1)[0].state.value != "running":
+        if latest_state(queue) != "running":
             pytest.fail("the job finished before the worker could be stopped; use a bigger series")
     finally:
         os.kill(pid, signal.SIGKILL)
     wait_for(
-        lambda: queue.recent(1)[0].state.value == "sent",
+        lambda: latest_state(queue) == "sent",
         120,
-        f"job sent after the worker restart; log: {node.log_text()[-3000:]}",
+        f"job sent after the worker restart; log: {node.log_tail()}",
     )
     received = tps.received()
     job = queue.recent(1)[0]
@@ -160,11 +132,9 @@ def test_worker_killed_mid_job_the_job_is_retried_and_completes(tmp_path: Path, 
 
 
 def test_ten_series_from_five_concurrent_senders_get_one_result_each(
-    tmp_path: Path, node_setup
+    tmp_path: Path, env: NodeUnderTest
 ) -> None:
-    tps, node = node_setup
-    tps.start()
-    node.start()
+    tps, node = env.tps, env.node
     all_series = [
         make_phantom_series(tmp_path / f"ct{i}", shape_zyx=(6, 64, 64), seed=i) for i in range(10)
     ]
@@ -180,21 +150,16 @@ def test_ten_series_from_five_concurrent_senders_get_one_result_each(
 
 
 def test_first_sigterm_finishes_the_running_job_and_restart_resumes(
-    tmp_path: Path, node_setup
+    tmp_path: Path, env: NodeUnderTest
 ) -> None:
-    tps, node = node_setup
-    tps.start()
-    node.start()
-    queue = SqliteJobQueue(node.data_dir)
-    series = make_phantom_series(tmp_path / "ct", shape_zyx=(60, 256, 256))
-    storescu_push(node.port, series.paths)
-    wait_for(lambda: queue.recent(1) and queue.recent(1)[0].state.value == "running", 60, "running")
+    tps, node = env.tps, env.node
+    queue, series = push_until_running(tmp_path, node)
     assert node.proc is not None
     node.proc.send_signal(signal.SIGTERM)
     assert node.proc.wait(timeout=120) == 0
-    assert queue.recent(1)[0].state.value in ("written", "sending", "sent")
+    assert latest_state(queue) in ("written", "sending", "sent")
     with pytest.raises(AssertionError):
         storescu_push(node.port, series.paths[:1])  # no longer accepting associations
     node.start()
-    wait_for(lambda: queue.recent(1)[0].state.value == "sent", 60, "sent after restart")
+    wait_for(lambda: latest_state(queue) == "sent", 60, "sent after restart")
     assert len(tps.received()) == 1

@@ -16,21 +16,14 @@ import copy
 import json
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import (
-    RunningNode,
-    StoreScp,
-    approve_body_model,
-    node_config_file,
-    storescu_push,
-    wait_for,
-)
+from conftest import wait_for
 from matplotlib.path import Path as MplPath
+from node_harness import node_config_file, node_metrics, node_with_tps, storescu_push
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
@@ -225,24 +218,24 @@ def _feedback_json(config: Path) -> dict:
 
 
 def test_reviewed_structure_set_is_measured_roi_by_roi(tmp_path: Path) -> None:
-    tps = StoreScp(tmp_path / "tps")
-    config = _config(tmp_path, tps.port)
-    data = tmp_path / "data"
-    approve_body_model(data)
-    registry = ModelRegistry(data)
-    try:
-        for name, roi, threshold in (("stomach", "Stomach", 20), ("soft", "SoftTissue", -100)):
-            registry.import_package(_classical_model(tmp_path / "pkgs", name, roi, threshold), "t")
-            registry.approve(name, "1.0.0", by="ops-test", note="test data folder")
-    finally:
-        registry.close()
-    node = RunningNode(config, data)
-    try:
-        tps.start()
-        node.start()
+
+    def import_the_models(data: Path) -> None:
+        registry = ModelRegistry(data)
+        try:
+            for name, roi, threshold in (("stomach", "Stomach", 20), ("soft", "SoftTissue", -100)):
+                package = _classical_model(tmp_path / "pkgs", name, roi, threshold)
+                registry.import_package(package, "t")
+                registry.approve(name, "1.0.0", by="ops-test", note="test data folder")
+        finally:
+            registry.close()
+
+    with node_with_tps(
+        tmp_path, write_config=lambda port: _config(tmp_path, port), prepare=import_the_models
+    ) as env:
+        tps, node, config, data = env.tps, env.node, env.config, env.data_dir
         series = make_phantom_series(tmp_path / "ct", shape_zyx=(12, 64, 64))
         storescu_push(node.port, series.paths)
-        [sent] = wait_for(tps.received, 120, f"RTSTRUCT at the TPS; log: {node.log_text()[-3000:]}")
+        [sent] = wait_for(tps.received, 120, f"RTSTRUCT at the TPS; log: {node.log_tail()}")
         assert sorted(r.ROIName for r in sent.StructureSetROISequence) == [
             "BODY",
             "SoftTissue",
@@ -296,14 +289,14 @@ def test_reviewed_structure_set_is_measured_roi_by_roi(tmp_path: Path) -> None:
             return len(jobs) == expected_jobs and all(j.finished for j in jobs)
 
         expected_jobs = 5
-        wait_for(rtstruct_jobs_finished, 120, f"5 RTSTRUCT jobs done; {node.log_text()[-3000:]}")
+        wait_for(rtstruct_jobs_finished, 120, f"5 RTSTRUCT jobs done; {node.log_tail()}")
         storescu_push(node.port, [reviewed_path], calling_ae="TPS")  # the TPS sends it again
         expected_jobs = 6
-        wait_for(rtstruct_jobs_finished, 120, f"6 RTSTRUCT jobs done; {node.log_text()[-3000:]}")
+        wait_for(rtstruct_jobs_finished, 120, f"6 RTSTRUCT jobs done; {node.log_tail()}")
         again = next(j for j in queue.recent(1))
         assert "already measured" in (queue.events(again.id)[-1].message or "")
         doc = _feedback_json(config)
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/metrics").read()
+        metrics = node_metrics(node.http_port)
         labels = 'model="body",roi="BODY",shadow="false",version="1.0.0"'
         assert f"contourd_feedback_unchanged{{{labels}}} 1.0".encode() in metrics
         assert f'contourd_feedback_median{{figure="dice",{labels}}} 1.0'.encode() in metrics
@@ -314,9 +307,6 @@ def test_reviewed_structure_set_is_measured_roi_by_roi(tmp_path: Path) -> None:
         shadow_job = next(j for j in queue.recent(20) if j.modality == "CT" and j.shadow)
         assert (ct_job.state.value, shadow_job.state.value) == ("sent", "shadow")
         assert len(tps.received()) == 1  # nothing was sent for the reviewed sets
-    finally:
-        node.stop()
-        tps.stop()
 
     cases = {c["reviewed_sop_uid"]: c for c in doc["cases"]}
     assert [c["reviewed_sop_uid"] for c in doc["cases"]].count(reviewed.SOPInstanceUID) == 2

@@ -8,14 +8,14 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import FakeCompletion, approve_body_model, body_rule_config, wait_for
+from conftest import body_rule_config, submit_phantom, wait_for
+from node_harness import approve_body_model
 from ops_fault_helpers import fill_disk, mount_tmpfs, unmount
 
 from daemon.health_http import read_heartbeat, write_heartbeat
 from daemon.job_queue import JobState, SqliteJobQueue
 from daemon.log_fallback import FallbackFileHandler
 from daemon.worker import Worker
-from inference.phantom import make_phantom_series
 
 
 def test_log_file_on_a_full_disk_falls_back_to_stderr_once_and_returns(
@@ -79,17 +79,7 @@ def test_worker_on_a_full_disk_waits_and_runs_the_job_once_space_returns(
         config.node.min_free_disk_mb = 0  # no floor: the worker meets ENOSPC itself
         approve_body_model(data)
         queue = SqliteJobQueue(data)
-        series = make_phantom_series(tmp_path / "series", shape_zyx=(8, 64, 64))
-        ds = series.headers[0]
-        job_id = queue.submit_series(
-            FakeCompletion(
-                study_uid=ds.StudyInstanceUID,
-                series_uid=ds.SeriesInstanceUID,
-                spool_dir=series.directory,
-                instance_paths=list(series.paths),
-                num_instances=len(series.paths),
-            )
-        )
+        job_id, _headers = submit_phantom(tmp_path, queue)
         filler = fill_disk(data)
         worker = Worker(lambda: config, queue, worker_id="w-full")
         thread = threading.Thread(target=worker.run, name="worker")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pydicom
 import pytest
 import yaml
-from conftest import FakeCompletion, OpenQueue, make_result_file
+from conftest import FakeCompletion, OpenQueue, make_result_file, running_job
 
 from daemon.cli import main
 from daemon.health_http import HealthServer, collect_status, write_heartbeat
@@ -31,10 +31,7 @@ def _config(tmp_path: Path) -> Path:
 
 
 def _sent_job(queue: SqliteJobQueue, tmp_path: Path) -> int:
-    job_id = queue.submit_series(FakeCompletion())
-    queue.claim("w", 60)
-    queue.transition(job_id, JobState.ROUTED, worker_id="w", rule="ct-body", models=["body 1.0.0"])
-    queue.transition(job_id, JobState.RUNNING, worker_id="w")
+    job_id = running_job(queue, rule="ct-body", models=["body 1.0.0"])
     queue.add_deliveries(job_id, ["share"])
     result = make_result_file(tmp_path / "data" / "results" / str(job_id) / "rtstruct.dcm")
     queue.transition(

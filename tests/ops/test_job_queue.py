@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FakeCompletion, OpenQueue, wait_for
+from conftest import FakeCompletion, OpenQueue, running_job
 
 from contourd.errors import JobError
 from daemon.job_queue import (
@@ -56,15 +56,14 @@ def test_a_dead_workers_job_is_claimed_again_after_its_lease_expires(
     queue_a = open_queue(tmp_path)
     queue_b = open_queue(tmp_path)
     job_id = queue_a.submit_series(FakeCompletion())
-    job = queue_a.claim("worker-a", lease_s=0.3)
+    job = queue_a.claim("worker-a", lease_s=30)
     assert job is not None
     queue_a.transition(job_id, JobState.ROUTED, worker_id="worker-a", rule="ct")
     queue_a.transition(job_id, JobState.RUNNING, worker_id="worker-a")
     # worker-a "dies" here: it never renews its lease.
-    taken = wait_for(
-        lambda: queue_b.claim("worker-b", lease_s=60), 5, "worker-b claims the expired job"
-    )
-    assert taken.id == job_id and taken.attempts == 2
+    assert queue_b.claim("worker-b", lease_s=60) is None  # the lease still holds
+    taken = queue_b.claim("worker-b", lease_s=60, now=time.time() + 31)
+    assert taken is not None and taken.id == job_id and taken.attempts == 2
     with pytest.raises(LeaseLostError):
         queue_a.transition(job_id, JobState.WRITTEN, worker_id="worker-a")
     with pytest.raises(LeaseLostError):
@@ -99,10 +98,13 @@ def test_a_job_taken_over_after_routing_is_routed_again(
 def test_a_renewed_lease_keeps_the_job(tmp_path: Path, open_queue: OpenQueue) -> None:
     queue = open_queue(tmp_path)
     job_id = queue.submit_series(FakeCompletion())
-    assert queue.claim("worker-a", lease_s=0.5) is not None
+    assert queue.claim("worker-a", lease_s=30) is not None
     queue.renew_lease(job_id, "worker-a", 60)
-    time.sleep(0.6)  # past the first lease: the renewal must be what protects the job
-    assert queue.claim("worker-b", lease_s=60) is None
+    # Past the first lease: the renewal must be what protects the job ...
+    assert queue.claim("worker-b", lease_s=60, now=time.time() + 31) is None
+    # ... until the renewed lease runs out too.
+    taken = queue.claim("worker-b", lease_s=60, now=time.time() + 61)
+    assert taken is not None and taken.id == job_id
 
 
 def test_a_job_that_keeps_killing_workers_ends_failed(
@@ -110,12 +112,14 @@ def test_a_job_that_keeps_killing_workers_ends_failed(
 ) -> None:
     queue = open_queue(tmp_path, max_attempts=2)
     job_id = queue.submit_series(FakeCompletion())
+    start = time.time()
     for n in range(2):
-        job = wait_for(lambda n=n: queue.claim(f"w{n}", lease_s=0.1), 5, "claim")
+        # Each worker dies holding a 30 s lease; the next claim comes after it ran out.
+        job = queue.claim(f"w{n}", lease_s=30, now=start + 31 * n)
+        assert job is not None and job.id == job_id
         queue.transition(job.id, JobState.ROUTED, worker_id=f"w{n}")
         queue.transition(job.id, JobState.RUNNING, worker_id=f"w{n}")
-    time.sleep(0.15)
-    assert queue.claim("w3", lease_s=60) is None
+    assert queue.claim("w3", lease_s=60, now=start + 62) is None
     job = queue.get(job_id)
     assert job.state == JobState.FAILED
     assert "claimed 2 times" in (job.error or "")
@@ -151,11 +155,11 @@ def test_scheduled_job_waits_until_its_window(tmp_path: Path, open_queue: OpenQu
         JobState.SCHEDULED,
         worker_id="w",
         release_lease=True,
-        not_before=time.time() + 0.4,
+        not_before=time.time() + 60,
     )
     assert queue.claim("w", lease_s=60) is None
-    job = wait_for(lambda: queue.claim("w", lease_s=60), 5, "job claimable once the window opens")
-    assert job.id == job_id
+    job = queue.claim("w", lease_s=60, now=time.time() + 61)  # the window has opened
+    assert job is not None and job.id == job_id
 
 
 def test_higher_priority_job_is_claimed_first(tmp_path: Path, open_queue: OpenQueue) -> None:
@@ -170,10 +174,7 @@ def test_higher_priority_job_is_claimed_first(tmp_path: Path, open_queue: OpenQu
 
 
 def _written_job(queue: DatabaseJobQueue, destinations: list[str]) -> int:
-    job_id = queue.submit_series(FakeCompletion())
-    queue.claim("w", lease_s=60)
-    queue.transition(job_id, JobState.ROUTED, worker_id="w", destinations=destinations)
-    queue.transition(job_id, JobState.RUNNING, worker_id="w")
+    job_id = running_job(queue, destinations=destinations)
     queue.add_deliveries(job_id, destinations)
     queue.transition(
         job_id,
@@ -211,10 +212,10 @@ def test_failed_attempt_with_retry_time_is_pending_until_then(
     queue = open_queue(tmp_path)
     job_id = _written_job(queue, ["tps"])
     assert queue.claim_delivery("d", lease_s=60) is not None
-    queue.finish_delivery(job_id, "tps", "d", ok=False, error="refused", retry_at=time.time() + 0.3)
+    queue.finish_delivery(job_id, "tps", "d", ok=False, error="refused", retry_at=time.time() + 60)
     assert queue.claim_delivery("d", lease_s=60) is None
-    got = wait_for(lambda: queue.claim_delivery("d", lease_s=60), 5, "retry due")
-    assert got[1].attempts == 2
+    got = queue.claim_delivery("d", lease_s=60, now=time.time() + 61)  # the retry is due
+    assert got is not None and got[1].attempts == 2
     job = queue.finish_delivery(job_id, "tps", "d", ok=False, error="refused", retry_at=None)
     assert job.state == JobState.FAILED
     assert "after 2 attempts" in (job.error or "") and "resend" in (job.error or "")

@@ -15,21 +15,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
-import yaml
-from conftest import (
-    RunningNode,
-    StoreScp,
-    approve_body_model,
-    node_config_file,
-    require_tool,
-    storescu_push,
-    wait_for,
-)
+from conftest import wait_for
+from node_harness import RunningNode, StoreScp, node_metrics, node_with_tps, storescu_push
 from peer_tools import (
     make_add_images,
     make_secondary_capture,
@@ -44,31 +38,17 @@ from inference.phantom import make_phantom_series
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
 
-def _config(tmp_path: Path, tps_port: int, series: dict, **rule: object) -> Path:
-    path = node_config_file(tmp_path, tps_port)
-    config = yaml.safe_load(path.read_text())
-    config["series"] = series
-    config["rules"][0].update(rule)
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 @pytest.fixture
-def tps_and_node(tmp_path: Path):
-    require_tool("storescu", "dcmtk")
-    tps = StoreScp(tmp_path / "tps").start()
-    approve_body_model(tmp_path / "data")
-    started: list[RunningNode] = []
+def tps_and_node(tmp_path: Path) -> Iterator[tuple[StoreScp, Callable[..., RunningNode]]]:
+    """The TPS, and ``start(series, **rule)``: a node with that ``series:`` and rule."""
+    tps = StoreScp(tmp_path / "tps")
+    with ExitStack() as running:
 
-    def start(series: dict, **rule: object) -> RunningNode:
-        node = RunningNode(_config(tmp_path, tps.port, series, **rule), tmp_path / "data")
-        started.append(node.start())
-        return node
+        def start(series: dict[str, Any], **rule: object) -> RunningNode:
+            env = running.enter_context(node_with_tps(tmp_path, tps=tps, series=series, rule=rule))
+            return env.node
 
-    yield tps, start
-    for node in started:
-        node.stop()
-    tps.stop()
+        yield tps, start
 
 
 ON_RELEASE = {"complete_on": "association_release", "complete_after_s": 30}
@@ -90,11 +70,11 @@ def test_push_cut_short_fails_incomplete_without_rtstruct_and_the_retry_is_conto
     tmp_path: Path, tps_and_node
 ) -> None:
     tps, start = tps_and_node
-    node = start({"complete_after_s": 1.0, "incomplete_wait_s": 4.0})
+    node = start({"complete_on": "quiet_period", "complete_after_s": 1.0, "incomplete_wait_s": 4.0})
     series = make_phantom_series(tmp_path / "ct", shape_zyx=(48, 64, 64))
     push_and_kill_after(node.port, series.paths, 10)
     queue = SqliteJobQueue(node.data_dir)
-    job = wait_for(lambda: queue.recent(1), 60, f"a job; log: {node.log_text()[-3000:]}")[0]
+    job = wait_for(lambda: queue.recent(1), 60, f"a job; log: {node.log_tail()}")[0]
     assert job.state.value == "failed", job
     on_disk = sorted((node.data_dir / "spool").rglob("*.dcm"))
     assert job.error is not None
@@ -106,7 +86,7 @@ def test_push_cut_short_fails_incomplete_without_rtstruct_and_the_retry_is_conto
 
     # The sender retries with the whole series: a new version, whole, contoured once.
     storescu_push(node.port, series.paths)
-    [rs] = wait_for(tps.received, 90, f"RTSTRUCT after the retry; log: {node.log_text()[-3000:]}")
+    [rs] = wait_for(tps.received, 90, f"RTSTRUCT after the retry; log: {node.log_tail()}")
     assert _referenced(rs) == {h.SOPInstanceUID for h in series.headers}
     series_uid = series.headers[0].SeriesInstanceUID
 
@@ -123,7 +103,7 @@ def test_same_series_pushed_twice_gives_one_rtstruct_and_a_change_supersedes_it(
     node, series = _node_and_series(start, tmp_path, 14)
     first_twelve = series.paths[:12]
     storescu_push(node.port, first_twelve)
-    [first] = wait_for(tps.received, 90, f"first RTSTRUCT; log: {node.log_text()[-3000:]}")
+    [first] = wait_for(tps.received, 90, f"first RTSTRUCT; log: {node.log_tail()}")
     queue = SqliteJobQueue(node.data_dir)
     series_uid = series.headers[0].SeriesInstanceUID
 
@@ -131,7 +111,7 @@ def test_same_series_pushed_twice_gives_one_rtstruct_and_a_change_supersedes_it(
     wait_for(
         lambda: any(e.state == "resent_unchanged" for e in queue.events(queue.recent(1)[0].id)),
         60,
-        f"re-push recorded; log: {node.log_text()[-3000:]}",
+        f"re-push recorded; log: {node.log_tail()}",
     )
     [job] = queue.jobs_for_series(series_uid)
     note = next(e.message for e in queue.events(job.id) if e.state == "resent_unchanged")
@@ -166,7 +146,7 @@ def test_rule_on_resend_redeliver_sends_the_same_rtstruct_again(
     tps, start = tps_and_node
     node, series = _node_and_series(start, tmp_path, 10, on_resend="redeliver")
     storescu_push(node.port, series.paths)
-    [first] = wait_for(tps.received, 90, f"first RTSTRUCT; log: {node.log_text()[-3000:]}")
+    [first] = wait_for(tps.received, 90, f"first RTSTRUCT; log: {node.log_tail()}")
     queue = SqliteJobQueue(node.data_dir)
     job = queue.recent(1)[0]
     storescu_push(node.port, series.paths)
@@ -174,7 +154,7 @@ def test_rule_on_resend_redeliver_sends_the_same_rtstruct_again(
     def delivered() -> int:
         return sum(e.state == "delivered" for e in queue.events(job.id))
 
-    wait_for(lambda: delivered() == 2, 60, f"second delivery; log: {node.log_text()[-3000:]}")
+    wait_for(lambda: delivered() == 2, 60, f"second delivery; log: {node.log_tail()}")
     assert [j.id for j in queue.jobs_for_series(job.series_uid)] == [job.id]
     assert {ds.SOPInstanceUID for ds in tps.received()} == {first.SOPInstanceUID}
 
@@ -188,11 +168,11 @@ def test_study_push_with_sr_and_secondary_capture_succeeds_and_the_ct_is_contour
     sc = make_secondary_capture(tmp_path / "other" / "sc.dcm", series.paths[0])
     sr = make_sr_file(tmp_path / "other" / "sr.dcm", study_uid=study_uid)
     storescu_push(node.port, [sc, *series.paths, sr])  # raises unless storescu exits 0
-    [rs] = wait_for(tps.received, 90, f"RTSTRUCT; log: {node.log_text()[-3000:]}")
+    [rs] = wait_for(tps.received, 90, f"RTSTRUCT; log: {node.log_tail()}")
     assert _referenced(rs) == {h.SOPInstanceUID for h in series.headers}
     assert len(SqliteJobQueue(node.data_dir).recent(10)) == 1
 
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/metrics").read()
+    metrics = node_metrics(node.http_port)
     for name in ("Secondary Capture Image Storage", "Comprehensive SR Storage"):
         assert f'contourd_instances_ignored_total{{sop_class="{name}"}} 1.0'.encode() in metrics
     status = subprocess.run(
@@ -217,7 +197,7 @@ def test_series_with_an_add_stack_is_contoured_on_its_primary_stack_with_a_warni
     node, series = _node_and_series(start, tmp_path, 12)
     added = make_add_images(series.paths[3:5], tmp_path / "add", offset_mm=1.0)
     storescu_push(node.port, series.paths + added)
-    [rs] = wait_for(tps.received, 90, f"RTSTRUCT; log: {node.log_text()[-3000:]}")
+    [rs] = wait_for(tps.received, 90, f"RTSTRUCT; log: {node.log_tail()}")
     assert _referenced(rs) == {h.SOPInstanceUID for h in series.headers}
     job = _finished_job(node)
     [note] = [w for w in job.warnings if "stacks" in w]
@@ -229,9 +209,7 @@ def test_series_with_an_add_stack_is_contoured_on_its_primary_stack_with_a_warni
 
 def _finished_job(node: RunningNode):
     queue = SqliteJobQueue(node.data_dir)
-    wait_for(
-        lambda: queue.recent(1) and queue.recent(1)[0].finished, 120, f"{node.log_text()[-3000:]}"
-    )
+    wait_for(lambda: queue.recent(1) and queue.recent(1)[0].finished, 120, f"{node.log_tail()}")
     return queue.recent(1)[0]
 
 

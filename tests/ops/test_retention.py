@@ -75,9 +75,12 @@ def test_images_of_a_series_with_an_open_job_are_kept(tmp_path: Path) -> None:
 
 def test_emergency_purge_deletes_oldest_finished_first_and_spares_unsent(tmp_path: Path) -> None:
     queue = SqliteJobQueue(tmp_path / "data")
-    _series(tmp_path, queue, 1, JobState.SENT)
-    time.sleep(0.01)
-    _second, second_folder = _series(tmp_path, queue, 2, JobState.SENT)
+    newer_id, newer_folder = _series(tmp_path, queue, 1, JobState.SENT)
+    older_id, _older_folder = _series(tmp_path, queue, 2, JobState.SENT)
+    # Finish times set, not slept for: series 2 finished an hour before series 1,
+    # so "oldest first" and "lowest UID first" disagree.
+    queue.update_fields(newer_id, finished_at=time.time() - 3600)
+    queue.update_fields(older_id, finished_at=time.time() - 7200)
     unsent_id, unsent_folder = _series(tmp_path, queue, 3, JobState.WRITTEN)
     free = {"mb": 10.0}
 
@@ -99,8 +102,8 @@ def test_emergency_purge_deletes_oldest_finished_first_and_spares_unsent(tmp_pat
     retention._purge_series = purge_and_free  # type: ignore[method-assign]
     report = retention.run_once()
     assert report.emergency
-    assert report.series_purged == ["1.2.9.1"]  # the oldest; then the floor was cleared
-    assert second_folder.is_dir()
+    assert report.series_purged == ["1.2.9.2"]  # the oldest; then the floor was cleared
+    assert newer_folder.is_dir()
     assert unsent_folder.is_dir() and len(list(unsent_folder.iterdir())) == 3
     assert (tmp_path / "data" / "results" / str(unsent_id) / "rtstruct.dcm").is_file()
 

@@ -7,18 +7,12 @@ from pathlib import Path
 import pydicom
 import pytest
 import requests
-from conftest import (
-    RunningNode,
-    StoreScp,
-    approve_body_model,
-    node_config_file,
-    wait_for,
-)
+from conftest import wait_for
 from dicomweb_client.api import DICOMwebClient
 from dicomweb_client.session_utils import create_session_from_user_pass
+from node_harness import healthz, node_with_tps
 
-from daemon.job_queue import DB_FILENAME, SqliteJobQueue
-from daemon.web.users import UserStore
+from daemon.job_queue import SqliteJobQueue
 from inference.phantom import make_phantom_series
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -27,15 +21,9 @@ PASSWORD = "stow test password"
 
 
 def test_stow_rs_series_is_spooled_segmented_and_sent_to_the_tps(tmp_path: Path) -> None:
-    tps = StoreScp(tmp_path / "tps").start()
-    config = node_config_file(tmp_path, tps.port)
-    data = tmp_path / "data"
-    approve_body_model(data)
-    users = UserStore(data / DB_FILENAME)
-    users.set_user("pacs", "operator", PASSWORD)
-    users.set_user("look", "viewer", PASSWORD)
-    node = RunningNode(config, data).start()
-    try:
+    users = {"pacs": "operator", "look": "viewer"}
+    with node_with_tps(tmp_path, users=users, password=PASSWORD) as env:
+        tps, node, data = env.tps, env.node, env.data_dir
         base = f"http://127.0.0.1:{node.http_port}/dicomweb"
         series = make_phantom_series(tmp_path / "ct", shape_zyx=(10, 48, 48))
         datasets = [pydicom.dcmread(p) for p in series.paths]
@@ -56,7 +44,7 @@ def test_stow_rs_series_is_spooled_segmented_and_sent_to_the_tps(tmp_path: Path)
         on_disk = {p.stem for p in spool.rglob("*.dcm")}
         assert on_disk == stored
 
-        [rs] = wait_for(tps.received, 90, f"RTSTRUCT at the TPS; log: {node.log_text()[-3000:]}")
+        [rs] = wait_for(tps.received, 90, f"RTSTRUCT at the TPS; log: {node.log_tail()}")
         assert rs.Modality == "RTSTRUCT"
         assert rs.StudyInstanceUID == series.headers[0].StudyInstanceUID
         [job] = SqliteJobQueue(data).recent()
@@ -81,11 +69,7 @@ def test_stow_rs_series_is_spooled_segmented_and_sent_to_the_tps(tmp_path: Path)
         assert bad.status_code == 409
         failed = bad.json()["00081198"]["Value"][0]
         assert failed["00081197"]["Value"] == [0xC000]
-        health = requests.get(f"http://127.0.0.1:{node.http_port}/healthz", timeout=10)
-        assert health.status_code == 200
-    finally:
-        node.stop()
-        tps.stop()
+        assert healthz(node.http_port)[0] == 200
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, 7, 4096, 10**9])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from conftest import FakeCompletion, make_result_file
+from conftest import FakeCompletion, make_result_file, running_job
 from openapi_spec_validator import validate
 from peer_tools import require_tool
 
@@ -46,10 +46,7 @@ def _as(name: str) -> requests.Session:
 
 
 def _failed_job(queue: SqliteJobQueue, tmp_path: Path) -> int:
-    job_id = queue.submit_series(FakeCompletion())
-    queue.claim("w", 60)
-    queue.transition(job_id, JobState.ROUTED, worker_id="w", rule="ct-body", models=["body 1.0.0"])
-    queue.transition(job_id, JobState.RUNNING, worker_id="w")
+    job_id = running_job(queue, rule="ct-body", models=["body 1.0.0"])
     queue.transition(
         job_id,
         JobState.FAILED,

@@ -19,19 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import (
-    REPO_ROOT,
-    RunningNode,
-    StoreScp,
-    approve_body_model,
-    node_config_file,
-    require_tool,
-    storescu_push,
-    wait_for,
-)
+from conftest import REPO_ROOT, require_tool, wait_for
+from node_harness import RunningNode, StoreScp, node_with_tps, storescu_push
 
-from daemon.job_queue import DB_FILENAME
-from daemon.web.users import UserStore
 from inference.phantom import make_phantom_series
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -74,20 +64,9 @@ def browser() -> Iterator[object]:
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[tuple[RunningNode, StoreScp]]:
-    require_tool("storescu", "dcmtk")
-    tps = StoreScp(tmp_path / "tps").start()
-    config = node_config_file(tmp_path, tps.port)
-    data = tmp_path / "data"
-    approve_body_model(data)
-    users = UserStore(data / DB_FILENAME)
-    users.set_user("otto", "operator", PASSWORD)
-    users.set_user("vera", "viewer", PASSWORD)
-    running = RunningNode(config, data).start()
-    try:
-        yield running, tps
-    finally:
-        running.stop()
-        tps.stop()
+    users = {"otto": "operator", "vera": "viewer"}
+    with node_with_tps(tmp_path, users=users, password=PASSWORD) as env:
+        yield env.node, env.tps
 
 
 def _log_in(driver: object, base: str, name: str) -> None:
@@ -132,7 +111,7 @@ def test_operator_sees_the_job_its_contours_and_resends_viewer_is_refused(
         rows = driver.find_elements(By.CSS_SELECTOR, "tr.job")  # type: ignore[attr-defined]
         return rows[0] if rows else None
 
-    row = wait_for(sent_row, 90, f"a sent job in the queue; log: {running.log_text()[-3000:]}")
+    row = wait_for(sent_row, 90, f"a sent job in the queue; log: {running.log_tail()}")
     job_id = row.get_attribute("data-job-id")  # type: ignore[attr-defined]
     assert "body" in row.text  # type: ignore[attr-defined]
     row.find_element(By.LINK_TEXT, job_id).click()  # type: ignore[attr-defined]

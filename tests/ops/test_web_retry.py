@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import RunningNode, StoreScp, node_config_file, storescu_push, wait_for
+from conftest import wait_for
+from node_harness import node_with_tps, storescu_push
 
-from daemon.job_queue import DB_FILENAME, JobState, SqliteJobQueue
-from daemon.web.users import UserStore
+from daemon.job_queue import JobState, SqliteJobQueue
 from inference.phantom import make_phantom_series
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -19,15 +19,10 @@ PASSWORD = "retry test password"
 
 
 def test_failed_job_runs_again_after_its_model_is_approved(tmp_path: Path) -> None:
-    tps = StoreScp(tmp_path / "tps").start()
-    config = node_config_file(tmp_path, tps.port)
-    data = tmp_path / "data"
-    data.mkdir()
-    users = UserStore(data / DB_FILENAME)
-    users.set_user("phys", "physicist", PASSWORD)
-    users.set_user("op", "operator", PASSWORD)
-    node = RunningNode(config, data).start()
-    try:
+    # The body model is not approved: the job fails until a physicist approves it.
+    users = {"phys": "physicist", "op": "operator"}
+    with node_with_tps(tmp_path, approve=False, users=users, password=PASSWORD) as env:
+        tps, node, data = env.tps, env.node, env.data_dir
         api = f"http://127.0.0.1:{node.http_port}/api"
         series = make_phantom_series(tmp_path / "ct", shape_zyx=(8, 48, 48))
         storescu_push(node.port, series.paths)
@@ -37,7 +32,7 @@ def test_failed_job_runs_again_after_its_model_is_approved(tmp_path: Path) -> No
             jobs = queue.recent()
             return jobs and jobs[0].state == JobState.FAILED and jobs[0]
 
-        job = wait_for(failed, 60, f"the job failing; log: {node.log_text()[-3000:]}")
+        job = wait_for(failed, 60, f"the job failing; log: {node.log_tail()}")
         assert "contourd models approve body" in (job.error or "")  # type: ignore[attr-defined]
         job_id = job.id  # type: ignore[attr-defined]
 
@@ -51,11 +46,8 @@ def test_failed_job_runs_again_after_its_model_is_approved(tmp_path: Path) -> No
         retry = requests.post(f"{api}/jobs/{job_id}/retry", auth=("op", PASSWORD), timeout=30)
         assert retry.status_code == 200, retry.text
 
-        [rs] = wait_for(tps.received, 90, f"RTSTRUCT at the TPS; log: {node.log_text()[-3000:]}")
+        [rs] = wait_for(tps.received, 90, f"RTSTRUCT at the TPS; log: {node.log_tail()}")
         assert rs.StudyInstanceUID == series.headers[0].StudyInstanceUID
         detail = requests.get(f"{api}/jobs/{job_id}", auth=("op", PASSWORD), timeout=30).json()
         assert detail["state"] == "sent" and detail["error"] is None
         assert any("retry requested by op" in (e["message"] or "") for e in detail["events"])
-    finally:
-        node.stop()
-        tps.stop()

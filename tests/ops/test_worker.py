@@ -7,28 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
-from conftest import FakeCompletion, approve_body_model, body_rule_config
+from conftest import FakeCompletion, body_rule_config, referenced_uids, submit_phantom
+from node_harness import approve_body_model
 
 from daemon.job_queue import JobState, SqliteJobQueue, stage_durations_s
 from daemon.series_intake import submit_completion
 from daemon.worker import Worker
 from inference.outputs import PREVIEW_FILENAME, rtstruct_name
 from inference.phantom import make_phantom_series
-
-
-def _submit_phantom(tmp_path: Path, queue: SqliteJobQueue, shape=(8, 64, 64)) -> tuple[int, list]:
-    series = make_phantom_series(tmp_path / "series", shape_zyx=shape)
-    ds = series.headers[0]
-    job_id = queue.submit_series(
-        FakeCompletion(
-            study_uid=ds.StudyInstanceUID,
-            series_uid=ds.SeriesInstanceUID,
-            spool_dir=series.directory,
-            instance_paths=list(series.paths),
-            num_instances=len(series.paths),
-        )
-    )
-    return job_id, series.headers
 
 
 def test_worker_writes_an_rtstruct_that_references_the_series_and_sends_it(
@@ -38,7 +24,7 @@ def test_worker_writes_an_rtstruct_that_references_the_series_and_sends_it(
     config = body_rule_config(data, {"share": {"folder": str(tmp_path / "share")}})
     approve_body_model(data)
     queue = SqliteJobQueue(data)
-    job_id, headers = _submit_phantom(tmp_path, queue)
+    job_id, headers = submit_phantom(tmp_path, queue)
     assert Worker(lambda: config, queue, worker_id="w1").run(once=True) == 1
     job = queue.get(job_id)
     assert job.state == JobState.SENT, job.error
@@ -49,14 +35,7 @@ def test_worker_writes_an_rtstruct_that_references_the_series_and_sends_it(
     rs = pydicom.dcmread(sent)
     assert rs.Modality == "RTSTRUCT"
     assert [r.ROIName for r in rs.StructureSetROISequence] == ["BODY"]
-    referenced = {
-        c.ReferencedSOPInstanceUID
-        for c in rs.ReferencedFrameOfReferenceSequence[0]
-        .RTReferencedStudySequence[0]
-        .RTReferencedSeriesSequence[0]
-        .ContourImageSequence
-    }
-    assert referenced == {h.SOPInstanceUID for h in headers}
+    assert referenced_uids(rs) == {h.SOPInstanceUID for h in headers}
 
 
 def test_series_no_rule_matches_is_not_routed_with_the_reason(tmp_path: Path) -> None:
@@ -66,7 +45,7 @@ def test_series_no_rule_matches_is_not_routed_with_the_reason(tmp_path: Path) ->
         update={"match": type(config.rules[0].match).model_validate({"modality": "MR"})}
     )
     queue = SqliteJobQueue(data)
-    job_id, _ = _submit_phantom(tmp_path, queue)
+    job_id, _ = submit_phantom(tmp_path, queue)
     Worker(lambda: config, queue).run(once=True)
     job = queue.get(job_id)
     assert job.state == JobState.NOT_ROUTED
@@ -77,7 +56,7 @@ def test_unapproved_model_fails_the_job_naming_the_approve_command(tmp_path: Pat
     data = tmp_path / "data"
     config = body_rule_config(data, {"share": {"folder": str(tmp_path / "share")}})
     queue = SqliteJobQueue(data)
-    job_id, _ = _submit_phantom(tmp_path, queue)
+    job_id, _ = submit_phantom(tmp_path, queue)
     Worker(lambda: config, queue).run(once=True)
     job = queue.get(job_id)
     assert job.state == JobState.FAILED
@@ -90,7 +69,7 @@ def test_shadow_rule_records_the_result_and_sends_nothing(tmp_path: Path) -> Non
     config = body_rule_config(data, {"share": {"folder": str(tmp_path / "share")}}, shadow=True)
     approve_body_model(data)
     queue = SqliteJobQueue(data)
-    job_id, _ = _submit_phantom(tmp_path, queue)
+    job_id, _ = submit_phantom(tmp_path, queue)
     Worker(lambda: config, queue).run(once=True)
     job = queue.get(job_id)
     assert job.state == JobState.SHADOW and job.result_files
@@ -109,7 +88,7 @@ def test_rule_outside_its_schedule_window_queues_the_job(tmp_path: Path) -> None
     )
     approve_body_model(data)
     queue = SqliteJobQueue(data)
-    job_id, _ = _submit_phantom(tmp_path, queue)
+    job_id, _ = submit_phantom(tmp_path, queue)
     Worker(lambda: config, queue).run(once=True)
     job = queue.get(job_id)
     assert job.state == JobState.SCHEDULED
@@ -138,7 +117,7 @@ def test_shadow_rule_with_continue_does_not_stop_the_clinical_rule(tmp_path: Pat
     config = ContourdConfig.model_validate(raw)
     approve_body_model(data)
     queue = SqliteJobQueue(data)
-    job_id, headers = _submit_phantom(tmp_path, queue)
+    job_id, headers = submit_phantom(tmp_path, queue)
     worker = Worker(lambda: config, queue, worker_id="w1")
     # One pass drains the queue: the shadow job, then the sibling job it spawned;
     # 'never' comes after the first matching rule without continue, so it gets none.

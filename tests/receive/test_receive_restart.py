@@ -9,18 +9,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import yaml
+from peer_tools import acknowledged, push_and_act_after
 from pydicom import dcmread
 from receive_helpers import (
-    dcmtk_env,
     free_port,
     make_ct_series,
     pixel_bytes,
-    require_tool,
     storescu,
     wait_for,
 )
@@ -96,38 +94,13 @@ def _stored(data_dir: Path, source: Path) -> Path:
 
 @pytest.mark.slow
 def test_sigkill_mid_push_keeps_every_acknowledged_instance_and_completes_once(tmp_path):
-    binary = require_tool("storescu", "dcmtk")
     files = make_ct_series(tmp_path / "in", 150, rows=128, columns=128)
     port = free_port()
     config = _write_config(tmp_path, port, incomplete_wait_s=3.0)
     completions = tmp_path / "completions.jsonl"
     runner = RunnerProcess(config, completions, tmp_path / "node1.log")
-    push = subprocess.Popen(
-        [binary, "-v", "-aet", "SCANNER", "-aec", "CONTOURD", "127.0.0.1", str(port)]
-        + [str(p) for p in files],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env=dcmtk_env(),
-    )
-    lines: list[str] = []
-    killed = threading.Event()
-
-    def read_and_kill() -> None:
-        assert push.stderr is not None
-        for line in push.stderr:
-            lines.append(line)
-            acks = sum("Received Store Response (Success)" in x for x in lines)
-            if acks >= 20 and not killed.is_set():
-                runner.kill()
-                killed.set()
-
-    reader = threading.Thread(target=read_and_kill)
-    reader.start()
-    push.wait(timeout=120)
-    reader.join(timeout=30)
-    assert killed.is_set(), "the push ended before the node could be killed:\n" + "".join(lines)
-    acked = sum("Received Store Response (Success)" in x for x in lines)
+    push, lines = push_and_act_after(port, files, 20, lambda _push: runner.kill())
+    acked = acknowledged(lines)
     assert 20 <= acked < len(files), "".join(lines)
     assert push.returncode != 0  # the sender saw the node die
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from training_helpers import tiny_training_config
 
 from contourd.errors import TrainingError
 from training.device_bundle import read_cases, write_cases
@@ -19,18 +20,7 @@ ROIS = ["Brainstem", "Parotid_L", "Parotid_R"]
 
 
 def config(tmp_path: Path, **overrides: object) -> TrainingConfig:
-    values: dict[str, object] = dict(
-        roi_names=ROIS,
-        roi_sources=[[n] for n in ROIS],
-        train_dir=tmp_path,
-        validation_dir=tmp_path,
-        patch_size=(16, 16, 16),
-        base_channels=4,
-        levels=3,
-        threads=1,
-    )
-    values.update(overrides)
-    return TrainingConfig.model_validate(values)
+    return tiny_training_config(tmp_path, ROIS, **overrides)
 
 
 def test_mirror_class_order_swaps_only_left_right_pairs(tmp_path: Path) -> None:

@@ -7,31 +7,19 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from training_helpers import tiny_training_config
 
 from contourd.errors import TrainingError
-from training.trainer import Trainer, TrainingConfig
-
-
-def tiny_config(tmp_path: Path, roi_names: list[str]) -> TrainingConfig:
-    return TrainingConfig(
-        roi_names=roi_names,
-        roi_sources=[[n] for n in roi_names],
-        train_dir=tmp_path,
-        validation_dir=tmp_path,
-        patch_size=(16, 16, 16),
-        base_channels=4,
-        levels=3,
-        threads=1,
-    )
+from training.trainer import Trainer
 
 
 def test_warm_start_loads_fp16_weights_into_the_fresh_model(tmp_path: Path) -> None:
-    source = Trainer(tiny_config(tmp_path, ["A", "B"]), tmp_path / "run1", device="cpu")
+    source = Trainer(tiny_training_config(tmp_path, ["A", "B"]), tmp_path / "run1", device="cpu")
     torch.nn.init.constant_(source.model.head.weight, 0.25)
     weights = tmp_path / "weights.safetensors"
     save_file({k: v.half().contiguous() for k, v in source.model.state_dict().items()}, weights)
 
-    fresh = Trainer(tiny_config(tmp_path, ["A", "B"]), tmp_path / "run2", device="cpu")
+    fresh = Trainer(tiny_training_config(tmp_path, ["A", "B"]), tmp_path / "run2", device="cpu")
     assert not torch.equal(fresh.model.head.weight, source.model.head.weight)
     fresh.load_initial_weights(weights)
     for key, value in source.model.state_dict().items():
@@ -41,10 +29,11 @@ def test_warm_start_loads_fp16_weights_into_the_fresh_model(tmp_path: Path) -> N
 
 
 def test_warm_start_from_another_architecture_names_the_mismatch(tmp_path: Path) -> None:
-    source = Trainer(tiny_config(tmp_path, ["A", "B"]), tmp_path / "run1", device="cpu")
+    source = Trainer(tiny_training_config(tmp_path, ["A", "B"]), tmp_path / "run1", device="cpu")
     weights = tmp_path / "weights.safetensors"
     save_file({k: v.contiguous() for k, v in source.model.state_dict().items()}, weights)
-    three_rois = Trainer(tiny_config(tmp_path, ["A", "B", "C"]), tmp_path / "run2", device="cpu")
+    three_rois_config = tiny_training_config(tmp_path, ["A", "B", "C"])
+    three_rois = Trainer(three_rois_config, tmp_path / "run2", device="cpu")
     with pytest.raises(TrainingError, match="does not fit this run's U-Net.*head"):
         three_rois.load_initial_weights(weights)
     with pytest.raises(TrainingError, match="does not exist"):

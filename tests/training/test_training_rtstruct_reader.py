@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from training_helpers import shared_data
+from peer_tools import require_shared as shared_data
 
 from contourd.errors import TrainingError
 from inference.phantom import make_phantom_series

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pytest
 
 from inference.phantom import write_ct_series
 from inference.roi_mask import AlgorithmInfo, RoiMask
 from inference.rtstruct_writer import write_rtstruct
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+if TYPE_CHECKING:
+    from training.trainer import TrainingConfig
 
 #: Exported ROI name -> the TG-263 name it should map to (what a TPS might call them).
 CLINIC_NAMES = {"Parotid L": "Parotid_L", "RT_Parotid": "Parotid_R", "Cord": "SpinalCord"}
-
-
-def shared_data(*parts: str) -> Path:
-    """A path under ../shared/data, skipping the test when it is absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"needs ../shared/data/{'/'.join(parts)} (shared test data not present)")
-    return path
 
 
 def synthetic_case_volume(
@@ -82,3 +75,27 @@ def write_dicom_case(
     (case_dir / "RS").mkdir(parents=True, exist_ok=True)
     ds.save_as(case_dir / "RS" / "rtstruct.dcm", enforce_file_format=True)
     return {n: m for n, m in series.masks.items() if n not in drop and n not in empty}
+
+
+def tiny_training_config(
+    tmp_path: Path, roi_names: list[str], **overrides: object
+) -> TrainingConfig:
+    """A training config small enough for CPU tests: 16^3 patches, 4 channels, 3 levels.
+
+    Each ROI is found under its own name; train and validation cases both in
+    ``tmp_path``. ``overrides`` replace any field.
+    """
+    from training.trainer import TrainingConfig
+
+    values: dict[str, object] = dict(
+        roi_names=roi_names,
+        roi_sources=[[n] for n in roi_names],
+        train_dir=tmp_path,
+        validation_dir=tmp_path,
+        patch_size=(16, 16, 16),
+        base_channels=4,
+        levels=3,
+        threads=1,
+    )
+    values.update(overrides)
+    return TrainingConfig.model_validate(values)
