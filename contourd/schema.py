@@ -124,6 +124,7 @@ jobs = Table(
     Column("finished_at", Float),
     Column("images_deleted_at", Float),
     Column("supersedes", Text),  # JSON: the earlier job a changed series replaces
+    Column("series_attributes", Text),  # JSON: routing.series_attributes, at completion
     Index(
         "idx_jobs_series_uid_version_rule_slot", "series_uid", "version", "rule_slot", unique=True
     ),
@@ -304,6 +305,10 @@ def _v5_web_users(conn: DbConnection) -> None:
     _create(conn, web_users)
 
 
+def _v6_series_attributes(conn: DbConnection) -> None:
+    _add_missing_columns(conn, jobs)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[DbConnection], None]]] = [
     (1, "baseline: receive, job, registry and audit tables", _v1_baseline),
     (2, "workers table (host, pid, current job, heartbeat)", _v2_workers),
@@ -314,6 +319,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[DbConnection], None]]] = [
     ),
     (4, "job_deliveries: accepted_sop_instance_uids, failing_since", _v4_delivery_progress),
     (5, "web_users (web pages and API sign-in)", _v5_web_users),
+    (6, "jobs.series_attributes (recorded once when the series completes)", _v6_series_attributes),
 ]
 """(version, what it does, function), in order. Append; never edit an applied one.
 

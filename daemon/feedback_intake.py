@@ -36,6 +36,7 @@ from daemon.config import ContourdConfig
 from daemon.feedback_store import FeedbackStore, ReviewedSet, RoiFigures
 from daemon.job_queue import Job, SqliteJobQueue
 from inference.grid_file import GRID_FILENAME, read_grid
+from inference.outputs import rtstruct_uid
 from inference.volume import ImageVolume, load_series
 from model_store.registry import ModelRegistry
 from training.rtstruct_reader import StructureSet, read_rtstruct
@@ -48,7 +49,7 @@ RTSTRUCT_MODALITY = "RTSTRUCT"
 
 def _sent_rtstruct(job: Job) -> Path | None:
     for path in job.result_files:
-        if Path(path).name.startswith("RS.") and Path(path).is_file():
+        if rtstruct_uid(Path(path)) is not None and Path(path).is_file():
             return Path(path)
     return None
 

@@ -203,6 +203,10 @@ class Job:
     supersedes: dict[str, Any] | None = None
     """For a changed series: the earlier job whose structure set this one
     replaces (``job_id``, ``version``, ``sop_instance_uids``, ``change``)."""
+    series_attributes: dict[str, Any] | None = None
+    """What routing matches on, recorded once when the series completed
+    (``routing.series_attributes.SeriesAttributes.to_record``); ``None`` for a
+    job submitted without it (the worker then reads the spooled headers)."""
 
     @property
     def finished(self) -> bool:
@@ -244,7 +248,11 @@ class JobQueue(Protocol):
     """The queue the daemon's stages share. See :class:`DatabaseJobQueue`."""
 
     def submit_series(
-        self, completion: SeriesCompletion, *, supersedes: dict[str, Any] | None = None
+        self,
+        completion: SeriesCompletion,
+        *,
+        supersedes: dict[str, Any] | None = None,
+        series_attributes: dict[str, Any] | None = None,
     ) -> int:
         """Create the job for a completed series; idempotent per (series UID, version)."""
         ...
@@ -323,6 +331,7 @@ _JOB_COLUMNS = frozenset(c.name for c in schema_jobs.columns)
 _JSON_COLUMNS = frozenset(
     {
         "supersedes",
+        "series_attributes",
         "instance_paths",
         "models",
         "destinations",
@@ -469,6 +478,7 @@ class DatabaseJobQueue:
             rule_slot=int(row.get("rule_slot") or 0),
             pinned_rule=row.get("pinned_rule"),
             supersedes=js("supersedes", None),
+            series_attributes=js("series_attributes", None),
         )
 
     def _encode(self, fields: dict[str, Any]) -> dict[str, Any]:
@@ -532,7 +542,11 @@ class DatabaseJobQueue:
         return job_id
 
     def submit_series(
-        self, completion: SeriesCompletion, *, supersedes: dict[str, Any] | None = None
+        self,
+        completion: SeriesCompletion,
+        *,
+        supersedes: dict[str, Any] | None = None,
+        series_attributes: dict[str, Any] | None = None,
     ) -> int:
         """Create the job for a completed series, state ``complete``.
 
@@ -541,6 +555,8 @@ class DatabaseJobQueue:
         ``incomplete`` is set becomes a ``failed`` job with that message at
         once (never contoured). ``supersedes`` names the earlier job whose
         structure set the new one replaces (a changed series).
+        ``series_attributes`` is what routing matches on, recorded once at
+        completion (see :func:`daemon.series_intake.submit_completion`).
         """
         now = time.time()
         with self._write() as conn:
@@ -566,6 +582,7 @@ class DatabaseJobQueue:
                     "modality": completion.modality or "",
                     "series_description": "",
                     "supersedes": supersedes,
+                    "series_attributes": series_attributes,
                 },
                 now,
                 f"series complete ({completion.num_instances} instances"
@@ -622,6 +639,7 @@ class DatabaseJobQueue:
                     "called_ae": parent.called_ae,
                     "modality": parent.modality,
                     "series_description": parent.series_description,
+                    "series_attributes": parent.series_attributes,
                 },
                 now,
                 f"rule {rule_name!r} also matched the series of job {job_id} (continue: true)",
