@@ -28,10 +28,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from contourd.data_folder import DB_FILENAME, DataFolder
 from contourd.errors import DatabaseError
 
-DB_FILENAME = "contourd.db"
-"""The SQLite file in the data folder when no ``database`` is set."""
+__all__ = ["DB_FILENAME", "Database", "DbConnection", "JobListener", "connect_sqlite"]
 
 JOBS_CHANNEL = "contourd_jobs"
 """PostgreSQL ``NOTIFY`` channel: a job became claimable."""
@@ -65,6 +65,31 @@ def load_path(text: str, data_dir: Path) -> Path:
     if text.startswith("./"):
         return Path(data_dir) / text[2:]
     return Path(text)
+
+
+def connect_sqlite(path: Path, busy_timeout_s: float = 30.0) -> sqlite3.Connection:
+    """Open a SQLite file the one way contourd does: WAL, ``synchronous=NORMAL``, busy timeout.
+
+    Autocommit (``isolation_level=None``: transactions are explicit) and
+    usable from any thread (the owner serialises use with a lock). Every
+    SQLite connection to the data folder's database is opened here, by
+    :class:`Database` and by the SQLite-only feedback tables.
+
+    Parameters
+    ----------
+    path
+        The database file (its folder is created when missing).
+    busy_timeout_s
+        How long a write waits for another process's lock before failing, s.
+    """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(
+        str(path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+    )
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+    return conn
 
 
 def integrity_errors() -> tuple[type[Exception], ...]:
@@ -170,6 +195,7 @@ class Database:
         self, data_dir: Path, url: str | None = None, *, busy_timeout_s: float = 30.0
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.folder = DataFolder(self.data_dir)
         self.busy_timeout_s = busy_timeout_s
         self.url = url
         if url is None:
@@ -188,7 +214,7 @@ class Database:
     @property
     def sqlite_path(self) -> Path:
         """The SQLite file (only meaningful when :attr:`dialect` is ``sqlite``)."""
-        return self.data_dir / DB_FILENAME
+        return self.folder.db_file
 
     @property
     def label(self) -> str:
@@ -199,17 +225,7 @@ class Database:
 
     def _connect_raw(self, *, autocommit: bool = True) -> Any:
         if self.dialect == SQLITE:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                str(self.sqlite_path),
-                timeout=self.busy_timeout_s,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
-            return conn
+            return connect_sqlite(self.sqlite_path, self.busy_timeout_s)
         import psycopg
 
         try:

@@ -2,8 +2,8 @@
 
 Tables and owners: ``instances``, ``series``, ``ignored_instances`` (daemon/spool + assembler),
 ``jobs``, ``job_events``, ``job_deliveries``, ``workers`` (daemon/job_queue),
-``models``, ``roi_overrides``, ``audit`` (model_store). ``schema_version``
-holds one row per applied migration.
+``models``, ``roi_overrides``, ``audit`` (model_store), ``web_users``
+(daemon/web/users). ``schema_version`` holds one row per applied migration.
 
 Migrations run when a process first connects (:func:`migrate`), in one
 transaction each, serialised between processes (SQLite ``BEGIN IMMEDIATE``,
@@ -127,6 +127,7 @@ jobs = Table(
     Column("finished_at", Float),
     Column("images_deleted_at", Float),
     Column("supersedes", Text),  # JSON: the earlier job a changed series replaces
+    Column("series_attributes", Text),  # JSON: routing.series_attributes, at completion
     Index(
         "idx_jobs_series_uid_version_rule_slot", "series_uid", "version", "rule_slot", unique=True
     ),
@@ -231,6 +232,16 @@ workers = Table(
     Column("state", Text),  # idle | busy | draining
 )
 
+web_users = Table(
+    "web_users",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("role", Text, nullable=False),
+    Column("password_hash", Text),  # argon2id; NULL: proxy authentication only
+    Column("created_at", Float),
+    Column("updated_at", Float),
+)
+
 schema_version = Table(
     "schema_version",
     metadata,
@@ -291,6 +302,16 @@ def _v4_delivery_progress(conn: DbConnection) -> None:
     _add_missing_columns(conn, job_deliveries)
 
 
+def _v5_web_users(conn: DbConnection) -> None:
+    # Kept in the SQLite file by daemon/web/users.py before it used this
+    # module; an existing table has these columns already and is kept.
+    _create(conn, web_users)
+
+
+def _v6_series_attributes(conn: DbConnection) -> None:
+    _add_missing_columns(conn, jobs)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[DbConnection], None]]] = [
     (1, "baseline: receive, job, registry and audit tables", _v1_baseline),
     (2, "workers table (host, pid, current job, heartbeat)", _v2_workers),
@@ -300,6 +321,8 @@ MIGRATIONS: list[tuple[int, str, Callable[[DbConnection], None]]] = [
         _v3_series_checks,
     ),
     (4, "job_deliveries: accepted_sop_instance_uids, failing_since", _v4_delivery_progress),
+    (5, "web_users (web pages and API sign-in)", _v5_web_users),
+    (6, "jobs.series_attributes (recorded once when the series completes)", _v6_series_attributes),
 ]
 """(version, what it does, function), in order. Append; never edit an applied one.
 

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from contourd.data_folder import DataFolder
 from contourd.errors import ConfigError
 from daemon.config import ContourdConfig, load_config
 
@@ -88,6 +89,11 @@ class ConfigHolder:
         """The config in use now (take it once per series and keep it)."""
         with self._lock:
             return self._current
+
+    def __call__(self) -> ContourdConfig:
+        """The config in use now: a holder is a config provider
+        (:data:`daemon.config_provider.ConfigProvider`)."""
+        return self.current
 
     @property
     def valid_bytes(self) -> bytes | None:
@@ -195,10 +201,6 @@ class ConfigWatcher:
                 log.exception("config watcher failed; will retry")
 
 
-LAST_VALID_CONFIG = Path("run") / "config.last-valid.yaml"
-"""Where ``contourd serve`` keeps the last valid config for its workers (in the data folder)."""
-
-
 def write_last_valid(holder: ConfigHolder, data_dir: Path) -> Path | None:
     """Write the holder's last valid config bytes to the data folder, atomically.
 
@@ -206,7 +208,7 @@ def write_last_valid(holder: ConfigHolder, data_dir: Path) -> Path | None:
     then a stale copy is removed so that workers fall back to the operator's
     file, which was valid when ``serve`` loaded it.
     """
-    path = Path(data_dir) / LAST_VALID_CONFIG
+    path = DataFolder(data_dir).last_valid_config
     data = holder.valid_bytes
     if data is None:
         return None

@@ -48,6 +48,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from contourd.errors import DispatchError, LeaseLostError
 from daemon.config import DestinationConfig, DispatchConfig
+from daemon.config_provider import provided
 from daemon.job_queue import Delivery, DeliveryState, Job, SqliteJobQueue
 
 log = logging.getLogger(__name__)
@@ -315,7 +316,9 @@ class Dispatcher:
         Called before each send: the current named destinations (so a config
         reload takes effect without a restart).
     config
-        Retry and network settings.
+        Retry and network settings, or a provider of them called at each use
+        (:mod:`daemon.config_provider`: a reloaded config applies to the next
+        attempt; ``poll_interval_s`` is read once, at :meth:`start`).
     owner
         The lease owner name for deliveries this dispatcher takes.
     lease_s
@@ -327,20 +330,25 @@ class Dispatcher:
         self,
         queue: SqliteJobQueue,
         destinations: DestinationsProvider,
-        config: DispatchConfig,
+        config: DispatchConfig | Callable[[], DispatchConfig],
         *,
         owner: str | None = None,
         lease_s: float | None = None,
     ) -> None:
         self.queue = queue
         self.destinations = destinations
-        self.config = config
+        self._config = provided(config)
         self.owner = owner or f"dispatch-{socket.gethostname()}-{os.getpid()}"
-        self.lease_s = config.lease_s if lease_s is None else lease_s
+        self.lease_s = self.config.lease_s if lease_s is None else lease_s
         self._scheduler: BackgroundScheduler | None = None
         self._drain_lock = threading.Lock()
         self._last_db_error: str | None = None
         self.on_sent: Callable[[Job, str, float], None] | None = None
+
+    @property
+    def config(self) -> DispatchConfig:
+        """The dispatch settings in use now (asked of the provider)."""
+        return self._config()
 
     # -- one attempt ------------------------------------------------------------
     def _send(self, job: Job, delivery: Delivery) -> list[str]:

@@ -30,11 +30,13 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
+from contourd.data_folder import DataFolder
 from contourd.errors import ContourdError
 from daemon.config import ContourdConfig
 from daemon.feedback_store import FeedbackStore, ReviewedSet, RoiFigures
 from daemon.job_queue import Job, SqliteJobQueue
 from inference.grid_file import GRID_FILENAME, read_grid
+from inference.outputs import rtstruct_uid
 from inference.volume import ImageVolume, load_series
 from model_store.registry import ModelRegistry
 from training.rtstruct_reader import StructureSet, read_rtstruct
@@ -47,13 +49,13 @@ RTSTRUCT_MODALITY = "RTSTRUCT"
 
 def _sent_rtstruct(job: Job) -> Path | None:
     for path in job.result_files:
-        if Path(path).name.startswith("RS.") and Path(path).is_file():
+        if rtstruct_uid(Path(path)) is not None and Path(path).is_file():
             return Path(path)
     return None
 
 
-def _grid(job: Job, results_dir: Path) -> ImageVolume:
-    grid_path = results_dir / str(job.id) / GRID_FILENAME
+def _grid(job: Job, folder: DataFolder) -> ImageVolume:
+    grid_path = folder.result_dir(job.id) / GRID_FILENAME
     if grid_path.is_file():
         return read_grid(grid_path)
     present = [p for p in job.instance_paths if p.is_file()]
@@ -244,7 +246,7 @@ def _paired(
         for target, names in config.feedback.roi_names.items():
             aliases.setdefault(target, []).extend(names)
         mapper = roi_mapper([r.name for r in sent.rois], aliases)
-        grid = _grid(candidate, queue_results(config))
+        grid = _grid(candidate, DataFolder(config.data_dir))
         comparison = compare_structure_sets(
             sent, approved, grid, mapper, tolerance_mm=config.feedback.tolerance_mm
         )
@@ -275,14 +277,9 @@ def _paired(
     return reviewed, figures
 
 
-def queue_results(config: ContourdConfig) -> Path:
-    """The results folder of the data folder (``<data_dir>/results``)."""
-    return Path(config.data_dir) / "results"
-
-
 def _keep_reviewed_file(path: Path, config: ContourdConfig, job_id: int) -> Path:
     """Copy the reviewed RTSTRUCT beside the job's results (retention leaves it)."""
-    dest_dir = queue_results(config) / str(job_id) / "reviewed"
+    dest_dir = DataFolder(config.data_dir).reviewed_dir(job_id)
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / path.name
     shutil.copy2(path, dest)

@@ -28,7 +28,9 @@ from typing import Any
 
 import sqlite_utils
 
-from daemon.job_queue import DB_FILENAME, immediate_transaction, open_database, utc_iso
+from contourd.data_folder import DataFolder
+from contourd.database import connect_sqlite
+from daemon.job_queue import immediate_transaction, utc_iso
 from training.edit_metrics import RoiEdit
 
 SET_COLUMNS: dict[str, type] = {
@@ -138,7 +140,7 @@ class FeedbackStore:
     def __init__(self, data_dir: Path, *, busy_timeout_s: float = 30.0) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        conn = open_database(self.data_dir / DB_FILENAME, busy_timeout_s)
+        conn = connect_sqlite(DataFolder(self.data_dir).db_file, busy_timeout_s)
         self._conn = conn
         self.db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()

@@ -40,12 +40,12 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 from pydicom.uid import UID
 
+from contourd.data_folder import DataFolder
 from contourd.database import DbConnection
 from daemon.job_queue import FINISHED_STATES, DatabaseJobQueue, stage_durations_s
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_FILENAME = "node.heartbeat.json"
 HEARTBEAT_STALE_S = 20.0
 LATENCY_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 LATENCY_WINDOW_JOBS = 1000
@@ -66,7 +66,7 @@ def write_heartbeat(data_dir: Path, info: dict[str, Any]) -> None:
     payload = dict(info, pid=os.getpid(), updated_at=time.time())
     data = json.dumps(payload).encode("utf-8")
     data += b" " * (-len(data) % HEARTBEAT_BLOCK_BYTES)
-    path = Path(data_dir) / HEARTBEAT_FILENAME
+    path = DataFolder(data_dir).heartbeat
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_bytes(data)
@@ -81,7 +81,7 @@ def write_heartbeat(data_dir: Path, info: dict[str, Any]) -> None:
 
 def clear_heartbeat(data_dir: Path) -> None:
     """Remove the heartbeat at a clean stop."""
-    (Path(data_dir) / HEARTBEAT_FILENAME).unlink(missing_ok=True)
+    DataFolder(data_dir).heartbeat.unlink(missing_ok=True)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -96,7 +96,7 @@ def _pid_alive(pid: int) -> bool:
 
 def read_heartbeat(data_dir: Path) -> dict[str, Any] | None:
     """The heartbeat of a running node, or ``None`` when none is fresh and alive."""
-    path = Path(data_dir) / HEARTBEAT_FILENAME
+    path = DataFolder(data_dir).heartbeat
     info = None
     for _attempt in range(3):  # an in-place rewrite may be read half-done: read again
         try:

@@ -43,12 +43,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from contourd.database import DB_FILENAME as DB_FILENAME  # re-exported for older callers
 from contourd.database import Database, DbConnection, JobListener, load_path, store_path
 from contourd.errors import JobError, LeaseLostError
 from contourd.schema import jobs as schema_jobs
+
+if TYPE_CHECKING:
+    from daemon.series_assembler import SeriesCompletion
 
 
 class JobState(StrEnum):
@@ -150,37 +153,6 @@ def parse_since(text: str, now_s: float | None = None) -> float:
     return moment.timestamp()
 
 
-class SeriesCompletionLike(Protocol):
-    """What :meth:`DatabaseJobQueue.submit_series` reads from the assembler's completion."""
-
-    @property
-    def study_uid(self) -> str: ...
-
-    @property
-    def series_uid(self) -> str: ...
-
-    @property
-    def version(self) -> int: ...
-
-    @property
-    def spool_dir(self) -> Path: ...
-
-    @property
-    def instance_paths(self) -> Sequence[Path]: ...
-
-    @property
-    def num_instances(self) -> int: ...
-
-    @property
-    def calling_ae(self) -> str: ...
-
-    @property
-    def called_ae(self) -> str: ...
-
-    @property
-    def modality(self) -> str: ...
-
-
 @dataclass(frozen=True)
 class Job:
     """One job row, decoded. Times are Unix seconds (UTC)."""
@@ -222,6 +194,10 @@ class Job:
     supersedes: dict[str, Any] | None = None
     """For a changed series: the earlier job whose structure set this one
     replaces (``job_id``, ``version``, ``sop_instance_uids``, ``change``)."""
+    series_attributes: dict[str, Any] | None = None
+    """What routing matches on, recorded once when the series completed
+    (``routing.series_attributes.SeriesAttributes.to_record``); ``None`` for a
+    job submitted without it (the worker then reads the spooled headers)."""
 
     @property
     def finished(self) -> bool:
@@ -267,6 +243,7 @@ _JOB_COLUMNS = frozenset(c.name for c in schema_jobs.columns)
 _JSON_COLUMNS = frozenset(
     {
         "supersedes",
+        "series_attributes",
         "instance_paths",
         "models",
         "destinations",
@@ -276,17 +253,6 @@ _JSON_COLUMNS = frozenset(
         "result_files",
     }
 )
-
-
-def open_database(db_path: Path, busy_timeout_s: float) -> sqlite3.Connection:
-    """A SQLite connection in the data folder (daemon/feedback_store.py; the queue itself
-    opens its database through :class:`contourd.database.Database`)."""
-    conn = sqlite3.connect(
-        str(db_path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-    )
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
 
 
 @contextmanager
@@ -424,6 +390,7 @@ class DatabaseJobQueue:
             rule_slot=int(row.get("rule_slot") or 0),
             pinned_rule=row.get("pinned_rule"),
             supersedes=js("supersedes", None),
+            series_attributes=js("series_attributes", None),
         )
 
     def _encode(self, fields: dict[str, Any]) -> dict[str, Any]:
@@ -487,7 +454,11 @@ class DatabaseJobQueue:
         return job_id
 
     def submit_series(
-        self, completion: SeriesCompletionLike, *, supersedes: dict[str, Any] | None = None
+        self,
+        completion: SeriesCompletion,
+        *,
+        supersedes: dict[str, Any] | None = None,
+        series_attributes: dict[str, Any] | None = None,
     ) -> int:
         """Create the job for a completed series, state ``complete``.
 
@@ -496,6 +467,8 @@ class DatabaseJobQueue:
         ``incomplete`` is set becomes a ``failed`` job with that message at
         once (never contoured). ``supersedes`` names the earlier job whose
         structure set the new one replaces (a changed series).
+        ``series_attributes`` is what routing matches on, recorded once at
+        completion (see :func:`daemon.series_intake.submit_completion`).
         """
         now = time.time()
         with self._write() as conn:
@@ -521,6 +494,7 @@ class DatabaseJobQueue:
                     "modality": completion.modality or "",
                     "series_description": "",
                     "supersedes": supersedes,
+                    "series_attributes": series_attributes,
                 },
                 now,
                 f"series complete ({completion.num_instances} instances"
@@ -577,6 +551,7 @@ class DatabaseJobQueue:
                     "called_ae": parent.called_ae,
                     "modality": parent.modality,
                     "series_description": parent.series_description,
+                    "series_attributes": parent.series_attributes,
                 },
                 now,
                 f"rule {rule_name!r} also matched the series of job {job_id} (continue: true)",

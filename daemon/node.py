@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom.dsutils import split_dataset
 
+from contourd.data_folder import DataFolder
 from daemon.config import ContourdConfig
 from daemon.instance_db import InstanceDB
 from daemon.received_dataset import check_complete
@@ -59,7 +60,7 @@ class ReceiveNode:
         data_dir = Path(config.node.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         self.spool = Spool(
-            data_dir / "spool",
+            DataFolder(data_dir).spool,
             fsync=config.node.fsync,
             fsync_directory=config.node.fsync_directory,
         )

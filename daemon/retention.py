@@ -30,7 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from contourd.data_folder import DataFolder
 from daemon.config import RetentionConfig
+from daemon.config_provider import provided
 from daemon.job_queue import FINISHED_STATES, Job, JobState, SqliteJobQueue
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,8 @@ class Retention:
     queue
         The job queue of the data folder.
     config
-        Retention settings.
+        Retention settings, or a provider of them called at each pass
+        (:mod:`daemon.config_provider`).
     free_disk_mb
         Returns free space in MiB; defaults to the data folder's file system
         (tests pass their own to simulate a full disk).
@@ -70,15 +73,20 @@ class Retention:
     def __init__(
         self,
         queue: SqliteJobQueue,
-        config: RetentionConfig,
+        config: RetentionConfig | Callable[[], RetentionConfig],
         *,
         free_disk_mb: Callable[[], float] | None = None,
         keep_series: Callable[[], set[str]] | None = None,
     ) -> None:
         self.queue = queue
-        self.config = config
+        self._config = provided(config)
         self.free_disk_mb = free_disk_mb or (lambda: disk_free_mb(queue.data_dir))
         self.keep_series = keep_series or set
+
+    @property
+    def config(self) -> RetentionConfig:
+        """The retention settings in use now (asked of the provider)."""
+        return self._config()
 
     def _series_groups(self) -> list[tuple[float, str, list[Job]]]:
         """(finish time of last job, series UID, jobs) for purgeable series, oldest first."""
@@ -123,8 +131,9 @@ class Retention:
     def run_once(self, now: float | None = None) -> RetentionReport:
         """One pass: age-based deletion, then the emergency purge if needed."""
         now = time.time() if now is None else now
+        config = self.config  # one pass, one config
         report = RetentionReport(free_mb_before=self.free_disk_mb())
-        max_age_s = self.config.delete_images_after_h * 3600.0
+        max_age_s = config.delete_images_after_h * 3600.0
         groups = self._series_groups()
         remaining = []
         for finished_at, series_uid, jobs in groups:
@@ -133,7 +142,7 @@ class Retention:
                 report.series_purged.append(series_uid)
             else:
                 remaining.append((finished_at, series_uid, jobs))
-        floor_mb = self.config.emergency_free_disk_mb
+        floor_mb = config.emergency_free_disk_mb
         if self.free_disk_mb() < floor_mb:
             report.emergency = True
             log.warning(
@@ -160,12 +169,56 @@ class Retention:
             if j.state in (JobState.SENT, JobState.NOT_ROUTED, JobState.SHADOW)
         ]
         jobs.sort(key=lambda j: j.finished_at or 0.0)
-        results_root = self.queue.data_dir / "results"
+        folder = DataFolder(self.queue.data_dir)
         for job in jobs:
             if self.free_disk_mb() >= floor_mb:
                 return
-            folder = results_root / str(job.id)
-            if folder.is_dir():
-                shutil.rmtree(folder, ignore_errors=True)
+            results = folder.result_dir(job.id)
+            if results.is_dir():
+                shutil.rmtree(results, ignore_errors=True)
                 report.result_folders_deleted.append(job.id)
                 log.warning("retention: emergency purge deleted results of job %s", job.id)
+
+
+EMERGENCY_PURGE_INTERVAL_S = 5.0
+"""Seconds between retention passes while free space is under the emergency floor."""
+
+
+class RetentionSchedule:
+    """When ``contourd serve`` runs retention passes: at start, every
+    ``check_interval_s``, and often while the disk is under the emergency floor
+    (the purge must not wait five minutes).
+
+    Parameters
+    ----------
+    retention
+        The retention of the data folder (it asks its own config provider).
+    clock_s
+        Monotonic clock in seconds (tests pass their own).
+    """
+
+    def __init__(
+        self, retention: Retention, *, clock_s: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.retention = retention
+        self.clock_s = clock_s
+        self.next_at = 0.0
+        self.next_emergency_at = 0.0
+
+    def tick(self) -> None:
+        """Run a pass when one is due; never raises."""
+        config = self.retention.config
+        now = self.clock_s()
+        emergency = self.retention.free_disk_mb() < config.emergency_free_disk_mb
+        if now < self.next_at and not (emergency and now >= self.next_emergency_at):
+            return
+        try:
+            report = self.retention.run_once()
+            if report.series_purged:
+                log.info("retention purged %d series", len(report.series_purged))
+        except Exception as err:  # boundary: retention must not stop the node
+            log.error("retention pass failed (%s); it runs again later", err)
+        done = self.clock_s()
+        self.next_emergency_at = done + EMERGENCY_PURGE_INTERVAL_S
+        if now >= self.next_at:
+            self.next_at = done + config.check_interval_s

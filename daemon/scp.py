@@ -37,31 +37,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from pydicom import uid as dicom_uid
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    JPEG2000,
-    UID,
-    CTImageStorage,
-    DeflatedExplicitVRLittleEndian,
-    EnhancedCTImageStorage,
-    EnhancedMRColorImageStorage,
-    EnhancedMRImageStorage,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    LegacyConvertedEnhancedCTImageStorage,
-    LegacyConvertedEnhancedMRImageStorage,
-    MRImageStorage,
-    RLELossless,
-    RTStructureSetStorage,
-)
+from pydicom.uid import UID
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode_file_meta
@@ -82,33 +60,33 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_INVALID_UID = 0xC001
 
 STORAGE_SOP_CLASSES: tuple[UID, ...] = (
-    CTImageStorage,
-    EnhancedCTImageStorage,
-    LegacyConvertedEnhancedCTImageStorage,
-    MRImageStorage,
-    EnhancedMRImageStorage,
-    EnhancedMRColorImageStorage,
-    LegacyConvertedEnhancedMRImageStorage,
-    RTStructureSetStorage,
+    dicom_uid.CTImageStorage,
+    dicom_uid.EnhancedCTImageStorage,
+    dicom_uid.LegacyConvertedEnhancedCTImageStorage,
+    dicom_uid.MRImageStorage,
+    dicom_uid.EnhancedMRImageStorage,
+    dicom_uid.EnhancedMRColorImageStorage,
+    dicom_uid.LegacyConvertedEnhancedMRImageStorage,
+    dicom_uid.RTStructureSetStorage,
 )
 
 # Stored as received, never decoded here. Deflate is left out on purpose:
 # the stream would have to be inflated to check and index it.
 TRANSFER_SYNTAXES: tuple[UID, ...] = (
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    JPEG2000Lossless,
-    JPEG2000,
-    RLELossless,
+    dicom_uid.ExplicitVRLittleEndian,
+    dicom_uid.ImplicitVRLittleEndian,
+    dicom_uid.ExplicitVRBigEndian,
+    dicom_uid.JPEGBaseline8Bit,
+    dicom_uid.JPEGExtended12Bit,
+    dicom_uid.JPEGLossless,
+    dicom_uid.JPEGLosslessSV1,
+    dicom_uid.JPEGLSLossless,
+    dicom_uid.JPEGLSNearLossless,
+    dicom_uid.JPEG2000Lossless,
+    dicom_uid.JPEG2000,
+    dicom_uid.RLELossless,
 )
-assert DeflatedExplicitVRLittleEndian not in TRANSFER_SYNTAXES
+assert dicom_uid.DeflatedExplicitVRLittleEndian not in TRANSFER_SYNTAXES
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 VERIFICATION_SOP_CLASS = UID("1.2.840.10008.1.1")

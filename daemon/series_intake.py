@@ -12,16 +12,22 @@
   SOP Instance UIDs, so the planning system sees the same object again);
 - a *changed* series (new or replaced instances) makes a new job whose
   structure set names the one it supersedes (:mod:`daemon.supersession`).
+
+A new job records the series' attributes (what routing matches on: header
+values, image count, AE titles) read once here from the spooled headers;
+the worker routes on that record (:mod:`daemon.worker`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from daemon.job_queue import JobState, SqliteJobQueue
 from daemon.series_assembler import SeriesCompletion
 from routing.rules import Rule
+from routing.series_attributes import SeriesAttributes
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +60,24 @@ def submit_completion(
         if earlier_job is not None:
             return earlier_job
     supersedes = {"change": completion.change} if completion.change else None
-    return queue.submit_series(completion, supersedes=supersedes)
+    attributes = None if completion.incomplete else series_record(completion)
+    return queue.submit_series(completion, supersedes=supersedes, series_attributes=attributes)
+
+
+def series_record(completion: SeriesCompletion) -> dict[str, Any] | None:
+    """The completed version's :class:`SeriesAttributes` as a record, read once.
+
+    ``None`` when no spooled file is readable; the worker then reads the files
+    itself and fails the job with the reason.
+    """
+    try:
+        attributes = SeriesAttributes.from_files(
+            completion.instance_paths, completion.calling_ae, completion.called_ae
+        )
+    except ValueError as err:
+        log.warning("series %s: attributes not recorded (%s)", completion.series_uid, err)
+        return None
+    return attributes.to_record()
 
 
 def _record_repush(

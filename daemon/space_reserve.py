@@ -17,13 +17,12 @@ import os
 import shutil
 from pathlib import Path
 
+from contourd.data_folder import DataFolder
+
 log = logging.getLogger(__name__)
 
 RESERVE_BYTES = 1 << 20
 """1 MiB: room for the database's shared-memory index and a few transactions."""
-
-RESERVE_PATH = Path("run") / "space.reserve"
-"""Where the reserve lives, relative to the data folder."""
 
 
 class SpaceReserve:
@@ -39,7 +38,7 @@ class SpaceReserve:
 
     def __init__(self, data_dir: Path, size_bytes: int = RESERVE_BYTES) -> None:
         self.data_dir = Path(data_dir)
-        self.path = self.data_dir / RESERVE_PATH
+        self.path = DataFolder(self.data_dir).space_reserve
         self.size_bytes = size_bytes
 
     def release(self) -> bool:

@@ -15,8 +15,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import RTStructureSetStorage
 
 from daemon.job_queue import Job, SqliteJobQueue
-
-_RS_PREFIX = "RS."
+from inference.outputs import rtstruct_uid
 
 
 def _predecessor(queue: SqliteJobQueue, job: Job, rule: str) -> tuple[Job, str] | None:
@@ -28,8 +27,9 @@ def _predecessor(queue: SqliteJobQueue, job: Job, rule: str) -> tuple[Job, str] 
     ]
     for earlier in sorted(candidates, key=lambda j: (j.version, j.id), reverse=True):
         for path in earlier.result_files:
-            if path.name.startswith(_RS_PREFIX):
-                return earlier, path.stem[len(_RS_PREFIX) :]
+            sop_uid = rtstruct_uid(path)
+            if sop_uid is not None:
+                return earlier, sop_uid
     return None
 
 

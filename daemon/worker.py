@@ -6,22 +6,26 @@ storage SCP down; the job's lease then runs out and the next worker claims
 it again (see :mod:`daemon.job_queue`). Between jobs the worker keeps its
 networks warm (:class:`inference.predictor.PredictorCache`).
 
-One job, step by step (each step is a state in the job row):
+One job, in three steps (:meth:`Worker._route`, :meth:`Worker._run`,
+:meth:`Worker._deliver`), each moving the job row through its states:
 
-1. route the series (``routing.engine.route``) with the config in use (hot
-   reloaded): no rule -> ``not_routed``; the rule's ``schedule`` window is
-   closed -> ``scheduled`` until it opens; else ``routed`` with the rule,
+1. route the series (``routing.engine.route``) on the attributes recorded
+   when it completed (:func:`daemon.series_intake.submit_completion`) with
+   the config in use (hot reloaded): no rule -> ``not_routed``; the rule's
+   ``schedule`` window is closed -> ``scheduled`` until it opens; else ``routed`` with the rule,
    models, destinations and outputs. When several rules match
    (``continue: true``), the first one's actions are used and the others are
    listed in the job's warnings.
-2. resolve each model to an APPROVED version (``ModelRegistry.resolve_approved``);
-   a model that is not approved fails the job with the registry's message,
-   which names the ``contourd models approve`` command.
-3. ``running``: ``inference.pipeline.segment_series`` on the spooled files.
-4. write ``results/<job_id>/RS.<SOPInstanceUID>.dcm`` (and a SEG when the rule
-   asks for one), then ``written`` (or ``shadow`` for shadow rules, which
-   are never sent).
-5. make the first send attempt at once (:class:`daemon.dispatch.Dispatcher`);
+2. run: resolve each model to an APPROVED version
+   (:func:`model_store.resolution.resolve_models`, the resolver ``contourd
+   check`` and ``segment`` use too); a model that is not approved fails the
+   job with the registry's message, which names the ``contourd models
+   approve`` command. Then ``running``: ``inference.pipeline.segment_series``
+   on the spooled files.
+3. deliver: write ``results/<job_id>/RS.<SOPInstanceUID>.dcm`` (and a SEG when
+   the rule asks for one) atomically with :mod:`inference.outputs`, then
+   ``written`` (or ``shadow`` for shadow rules, which are never sent); make
+   the first send attempt at once (:class:`daemon.dispatch.Dispatcher`);
    retries belong to the node's dispatcher. Then draw ``preview.png`` (a
    montage of slices with the contours over them), after the send so that it
    adds nothing to the latency.
@@ -38,33 +42,28 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from pydicom.dataset import Dataset
 
-from contourd import __version__
+from contourd.data_folder import DataFolder
 from contourd.database import POSTGRESQL
-from contourd.errors import (
-    ContourdError,
-    ModelNotApprovedError,
-    ModelNotFoundError,
-    SeriesFilesError,
-)
+from contourd.errors import ContourdError, SeriesFilesError
 from daemon.config import ContourdConfig
 from daemon.dispatch import Dispatcher
 from daemon.feedback_intake import handle_reviewed_set
 from daemon.job_queue import DatabaseJobQueue, Job, JobState, LeaseLostError
-from daemon.preview import draw_slice
 from daemon.supersession import mark_predecessor
 from inference.grid_file import GRID_FILENAME, write_grid
+from inference.outputs import WrittenOutputs, identify_algorithm, write_preview, write_results
 from inference.pipeline import SegmentationResult, segment_series
 from inference.predictor import PredictorCache
-from inference.roi_mask import AlgorithmInfo, RoiMask
-from inference.rtstruct_writer import write_rtstruct
-from inference.seg_writer import write_seg
+from model_store.approved import ApprovedModel
 from model_store.registry import ModelRegistry
+from model_store.resolution import resolve_models
 from routing.engine import RouteMatch, route
 from routing.schedule import next_window_start
 from routing.series_attributes import SeriesAttributes
@@ -107,46 +106,6 @@ class _LeaseKeeper:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-
-
-def write_preview(
-    path: Path, volume_hu: np.ndarray, rois: Sequence[RoiMask], *, max_panels: int = 6
-) -> Path:
-    """Save a PNG montage: slices (``[slice, row, column]``) with ROI contours drawn.
-
-    Slices are spread evenly over the extent that holds any ROI; each ROI is
-    drawn as its mask's outline in its display colour (:func:`daemon.preview.draw_slice`).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    union = np.zeros(volume_hu.shape[0], dtype=bool)
-    for roi in rois:
-        union |= roi.mask.reshape(roi.mask.shape[0], -1).any(axis=1)
-    candidates = np.flatnonzero(union) if union.any() else np.arange(volume_hu.shape[0])
-    picks = np.unique(
-        candidates[
-            np.linspace(0, len(candidates) - 1, min(max_panels, len(candidates))).astype(int)
-        ]
-    )
-    cols = min(3, len(picks))
-    rows = int(np.ceil(len(picks) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, k in zip(axes.ravel(), picks, strict=False):
-        draw_slice(ax, volume_hu, rois, k)
-        ax.set_title(f"slice {k + 1}/{volume_hu.shape[0]}", fontsize=8)
-    names = ", ".join(r.name for r in rois) or "no ROI"
-    fig.suptitle(f"AUTOMATIC, UNAPPROVED: {names}", fontsize=9)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
 
 
 class Worker:
@@ -292,49 +251,36 @@ class Worker:
         except LeaseLostError as err:
             log.error("job %s: could not record the failure: %s", job.id, err)
 
-    # -- one job ------------------------------------------------------------------
+    # -- one job: route, run, deliver ------------------------------------------------
     def _process(self, job: Job, config: ContourdConfig) -> None:
-        wid = self.worker_id
         feedback = handle_reviewed_set(job, config, self.queue)
         if feedback is not None:  # a clinician's reviewed RTSTRUCT, measured
-            self.queue.transition(job.id, JobState.NOT_ROUTED, worker_id=wid, message=feedback)
+            self.queue.transition(
+                job.id, JobState.NOT_ROUTED, worker_id=self.worker_id, message=feedback
+            )
             return
+        routing = self._route(job, config)
+        if routing is None:
+            return
+        models, label, result = self._run(job, config, routing)
+        self._deliver(job, config, routing, models, label, result)
+
+    def _route(self, job: Job, config: ContourdConfig) -> _Routing | None:
+        """Route the series; ``None`` when the job ends here (not routed, or scheduled)."""
+        wid = self.worker_id
         attrs = self._attributes(job)
         decision = route(attrs, config.rules, body_part_synonyms=config.body_part_synonyms)
         description = attrs.series_description or ""
         if not decision.routed:
             details = "; ".join(e.describe() for e in decision.explanations) or "no rules"
-            self.queue.transition(
-                job.id,
-                JobState.NOT_ROUTED,
-                worker_id=wid,
-                message=f"{decision.reason} for {attrs.summary()}: {details}",
-                series_description=description,
-            )
+            message = f"{decision.reason} for {attrs.summary()}: {details}"
+            self._not_routed(job, message, description)
             log.info("job %s: not routed (%s)", job.id, decision.reason)
-            return
-        warnings: list[str] = []
-        if job.pinned_rule is None:
-            match = decision.matched[0]
-            # continue: true -> every further matching rule runs as its own job.
-            for slot, other in enumerate(decision.matched[1:], start=1):
-                sibling = self.queue.spawn_rule_job(job.id, slot, other.rule)
-                warnings.append(f"rule {other.rule!r} also matched: job {sibling}")
-        else:
-            pinned = [m for m in decision.matched if m.rule == job.pinned_rule]
-            if not pinned:
-                self.queue.transition(
-                    job.id,
-                    JobState.NOT_ROUTED,
-                    worker_id=wid,
-                    message=(
-                        f"rule {job.pinned_rule!r} no longer matches {attrs.summary()} "
-                        "(the config changed since the series was routed)"
-                    ),
-                    series_description=description,
-                )
-                return
-            match = pinned[0]
+            return None
+        picked = self._pick_match(job, decision.matched, attrs)
+        if picked is None:
+            return None
+        match, warnings = picked
         fields: dict[str, Any] = {
             "series_description": description,
             "rule": match.rule,
@@ -357,16 +303,57 @@ class Worker:
                 attempts=0,
                 **fields,
             )
-            return
+            return None
         self.queue.transition(job.id, JobState.ROUTED, worker_id=wid, **fields)
+        return _Routing(match, attrs, warnings, now)
+
+    def _pick_match(
+        self, job: Job, matched: Sequence[RouteMatch], attrs: SeriesAttributes
+    ) -> tuple[RouteMatch, list[str]] | None:
+        """The rule this job runs, and warnings; ``None`` (not routed) when its pinned
+        rule no longer matches. Further matches of an unpinned job become sibling jobs."""
+        if job.pinned_rule is None:
+            warnings = []
+            # continue: true -> every further matching rule runs as its own job.
+            for slot, other in enumerate(matched[1:], start=1):
+                sibling = self.queue.spawn_rule_job(job.id, slot, other.rule)
+                warnings.append(f"rule {other.rule!r} also matched: job {sibling}")
+            return matched[0], warnings
+        pinned = [m for m in matched if m.rule == job.pinned_rule]
+        if pinned:
+            return pinned[0], []
+        message = (
+            f"rule {job.pinned_rule!r} no longer matches {attrs.summary()} "
+            "(the config changed since the series was routed)"
+        )
+        self._not_routed(job, message, attrs.series_description or "")
+        return None
+
+    def _not_routed(self, job: Job, message: str, description: str) -> None:
+        self.queue.transition(
+            job.id,
+            JobState.NOT_ROUTED,
+            worker_id=self.worker_id,
+            message=message,
+            series_description=description,
+        )
+
+    def _run(
+        self, job: Job, config: ContourdConfig, routing: _Routing
+    ) -> tuple[list[ApprovedModel], str, SegmentationResult]:
+        """Resolve the rule's approved models and segment the series (state ``running``)."""
+        match = routing.match
         models = self._resolve(match, config)
         label = match.render_label(
-            model_name=models[0].name, model_version=str(models[0].version), when=now, attrs=attrs
+            model_name=models[0].name,
+            model_version=str(models[0].version),
+            when=routing.now,
+            attrs=routing.attrs,
         )
         self.queue.transition(
             job.id,
             JobState.RUNNING,
-            worker_id=wid,
+            worker_id=self.worker_id,
             label=label,
             models=[f"{m.name} {m.version}" for m in models],
         )
@@ -377,37 +364,56 @@ class Worker:
             predictor_cache=self.predictor_cache,
             nnunet_mode=match.nnunet_mode,  # type: ignore[arg-type]
         )
+        return models, label, result
+
+    def _deliver(
+        self,
+        job: Job,
+        config: ContourdConfig,
+        routing: _Routing,
+        models: Sequence[ApprovedModel],
+        label: str,
+        result: SegmentationResult,
+    ) -> None:
+        """Write the results, then ``shadow`` / ``written`` -> first send -> preview."""
+        wid, match = self.worker_id, routing.match
         t0 = time.perf_counter()
-        out_dir = self.queue.data_dir / "results" / str(job.id)
-        files = self._write_outputs(job, result, models, match, label, out_dir, config)
+        written = self._write_outputs(job, result, models, match, label, config)
         timings = dict(result.timings_s)
         timings["write"] = time.perf_counter() - t0
         done_fields: dict[str, Any] = {
-            "result_files": files,
-            "warnings": warnings + list(result.warnings),
+            "result_files": written.files,
+            "warnings": routing.warnings + list(result.warnings) + written.warnings,
             "timings_s": timings,
         }
         if match.shadow:
+            message = "shadow rule: result recorded, not sent"
             self.queue.transition(
-                job.id,
-                JobState.SHADOW,
-                worker_id=wid,
-                message="shadow rule: result recorded, not sent",
-                **done_fields,
+                job.id, JobState.SHADOW, worker_id=wid, message=message, **done_fields
             )
-            self._preview(job, result, config)
-            return
-        self.queue.add_deliveries(job.id, match.send_to)
-        if not match.send_to:
+        elif not match.send_to:
+            self.queue.add_deliveries(job.id, match.send_to)
             self.queue.transition(job.id, JobState.WRITTEN, worker_id=wid, **done_fields)
-            self.queue.transition(
-                job.id, JobState.SENT, worker_id=wid, message="rule has no destinations"
-            )
-            self._preview(job, result, config)
-            return
+            message = "rule has no destinations"
+            self.queue.transition(job.id, JobState.SENT, worker_id=wid, message=message)
+        else:
+            self._send(job, config, match, done_fields, result)
+        self._preview(job, result, config)
+
+    def _send(
+        self,
+        job: Job,
+        config: ContourdConfig,
+        match: RouteMatch,
+        done_fields: dict[str, Any],
+        result: SegmentationResult,
+    ) -> None:
+        """``written`` (lease released), then the first send attempt at once."""
+        self.queue.add_deliveries(job.id, match.send_to)
         self.queue.transition(
-            job.id, JobState.WRITTEN, worker_id=wid, release_lease=True, **done_fields
+            job.id, JobState.WRITTEN, worker_id=self.worker_id, release_lease=True, **done_fields
         )
+        timings = done_fields["timings_s"]
         log.info(
             "job %s: %d ROI(s) written in %.2f s; sending to %s",
             job.id,
@@ -419,18 +425,16 @@ class Worker:
             self.queue,
             lambda: self.config().destinations,
             config.dispatch,
-            owner=f"{wid}-send",
+            owner=f"{self.worker_id}-send",
         ).drain(job_id=job.id)
-        self._preview(job, result, config)
 
     def _preview(self, job: Job, result: SegmentationResult, config: ContourdConfig) -> None:
         """Draw the preview montage after the first send, so it adds no latency."""
         if not config.worker.preview:
             return
-        out_dir = self.queue.data_dir / "results" / str(job.id)
         t0 = time.perf_counter()
         try:
-            path = write_preview(out_dir / "preview.png", result.volume.array, result.rois)
+            path = write_preview(self._out_dir(job), result.volume.array, result.rois)
             self.queue.update_fields(job.id, preview_file=path)
         except (OSError, sqlite3.Error) as err:
             # The result is written (and maybe sent): a full disk, or the emergency
@@ -439,7 +443,13 @@ class Worker:
             return
         log.debug("job %s: preview in %.2f s", job.id, time.perf_counter() - t0)
 
+    def _out_dir(self, job: Job) -> Path:
+        return DataFolder(self.queue.data_dir).result_dir(job.id)
+
     def _attributes(self, job: Job) -> SeriesAttributes:
+        """The record made when the series completed; else (older jobs) the spooled headers."""
+        if job.series_attributes is not None:
+            return SeriesAttributes.from_record(job.series_attributes)
         try:
             return SeriesAttributes.from_files(job.instance_paths, job.calling_ae, job.called_ae)
         except SeriesFilesError as err:
@@ -448,76 +458,51 @@ class Worker:
                 f"was the spool cleaned up? Send the series again"
             ) from err
 
-    def _resolve(self, match: RouteMatch, config: ContourdConfig) -> list[Any]:
+    def _resolve(self, match: RouteMatch, config: ContourdConfig) -> list[ApprovedModel]:
         """Approved, hash-checked models of the rule (looked up for every job)."""
         if self._registry is None or self._registry.data_dir != Path(config.data_dir):
             self._registry = ModelRegistry(config.data_dir, database=self.queue.database)
-        models = []
-        for ref in match.models:
-            try:
-                models.append(self._registry.resolve_approved(ref.name, ref.version))
-            except (ModelNotApprovedError, ModelNotFoundError) as err:
-                raise type(err)(f"rule {match.rule!r}: {err}") from err
-        return models
+        return resolve_models(self._registry, match.models, rule=match.rule)
 
     def _write_outputs(
         self,
         job: Job,
         result: SegmentationResult,
-        models: Sequence[Any],
+        models: Sequence[ApprovedModel],
         match: RouteMatch,
         label: str,
-        out_dir: Path,
         config: ContourdConfig,
-    ) -> list[Path]:
+    ) -> WrittenOutputs:
+        out_dir = self._out_dir(job)
         if out_dir.exists():  # a re-claimed job: the earlier attempt's files were never sent
             shutil.rmtree(out_dir)
         out_dir.mkdir(parents=True)
-        first = models[0]
-        algorithm = AlgorithmInfo(
-            model_name="+".join(m.name for m in models),
-            model_version="+".join(str(m.version) for m in models),
-            weights_sha256=first.weights_sha256 if len(models) == 1 else None,
-            software_version=__version__,
-        )
-        files: list[Path] = []
         write_grid(result.volume, out_dir / GRID_FILENAME)  # for feedback; never sent
-        outputs = set(match.outputs) or {"rtstruct"}
-        if "rtstruct" in outputs:
-            ds = write_rtstruct(
-                result.volume.headers,
-                result.rois,
-                algorithm,
-                structure_set_label=label,
-                uid_root=config.worker.uid_root,
-            )
+
+        def supersede(ds: Dataset) -> None:
             superseded = mark_predecessor(ds, self.queue, job, match.rule)
             if superseded:
                 log.info("job %s: %s", job.id, superseded)
-            path = out_dir / f"RS.{ds.SOPInstanceUID}.dcm"
-            tmp = out_dir / f".{path.name}.tmp"
-            ds.save_as(tmp, enforce_file_format=True)
-            os.replace(tmp, path)
-            files.append(path)
-        if "seg" in outputs:
-            files.extend(self._write_seg(result, algorithm, out_dir, config))
-        return files
 
-    def _write_seg(
-        self,
-        result: SegmentationResult,
-        algorithm: AlgorithmInfo,
-        out_dir: Path,
-        config: ContourdConfig,
-    ) -> list[Path]:
-        seg = write_seg(
-            result.volume.headers, result.rois, algorithm, uid_root=config.worker.uid_root
+        return write_results(
+            result,
+            identify_algorithm(models),
+            out_dir,
+            label=label,
+            outputs=match.outputs,
+            uid_root=config.worker.uid_root,
+            amend_rtstruct=supersede,
         )
-        path = out_dir / f"SEG.{seg.SOPInstanceUID}.dcm"
-        tmp = out_dir / f".{path.name}.tmp"
-        seg.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-        return [path]
+
+
+@dataclass(frozen=True)
+class _Routing:
+    """The outcome of the route step for a job that runs now."""
+
+    match: RouteMatch
+    attrs: SeriesAttributes
+    warnings: list[str]
+    now: datetime
 
 
 def _disk_full(err: BaseException) -> bool:

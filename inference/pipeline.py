@@ -31,10 +31,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from contourd import __version__
 from contourd.errors import InferenceError
+from inference.outputs import identify_algorithm
 from inference.predictor import Precision, PredictorCache
-from inference.roi_mask import AlgorithmInfo, RoiMask
+from inference.roi_mask import RoiMask
 from inference.runtime import RunContext, run_model
 from inference.sanity_checks import RoiExpectation, check_masks
 from inference.volume import ImageVolume, load_series
@@ -163,16 +163,9 @@ def segment_series(
         timings["load"] = time.perf_counter() - t0
     warnings = list(volume.notes)
     cache = predictor_cache if predictor_cache is not None else PredictorCache()
-    context = RunContext(
-        cache=cache,
-        timings=timings,
-        device=device,
-        precision=precision,
-        num_threads=num_threads,
-        max_whole_volume_voxels=max_whole_volume_voxels,
-        nnunet_mode=nnunet_mode,
-        nnunet_mirror=nnunet_mirror,
-    )
+    # RunContext's fields after the cache and timings are this function's options, in order.
+    options = (device, precision, num_threads, max_whole_volume_voxels, nnunet_mode, nnunet_mirror)
+    context = RunContext(cache, timings, *options)
 
     rois: list[RoiMask] = []
     expectations: list[tuple[RoiExpectation, RoiMask]] = []
@@ -187,6 +180,7 @@ def segment_series(
                 f"{volume.modality}; route {volume.modality} series to a {volume.modality} model"
             )
         used.append(tag)
+        algorithm = identify_algorithm([model])
         effective = _effective_by_label(model)
         masks = run_model(model, volume, context)
         taken = {r.name.lower(): r for r in rois}
@@ -210,12 +204,7 @@ def segment_series(
                 interpreted_type=str(spec.interpreted_type),
                 label=label,
                 tg263_name=spec.tg263_name,
-                algorithm=AlgorithmInfo(
-                    model_name=card.name,
-                    model_version=str(card.version),
-                    weights_sha256=model.weights_sha256,
-                    software_version=__version__,
-                ),
+                algorithm=algorithm,
             )
             rois.append(roi)
             taken[spec.name.lower()] = roi
@@ -238,11 +227,4 @@ def segment_series(
     timings["total"] = time.perf_counter() - t_start
     for warning in warnings:
         log.warning("series %s: %s", volume.series_uid, warning)
-    return SegmentationResult(
-        volume=volume,
-        rois=rois,
-        warnings=warnings,
-        timings_s=timings,
-        models=used,
-        empty_rois=empty,
-    )
+    return SegmentationResult(volume, rois, warnings, timings, models=used, empty_rois=empty)

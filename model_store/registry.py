@@ -25,11 +25,12 @@ import uuid
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from contourd.data_folder import DataFolder
 from contourd.database import DB_FILENAME, Database, DbConnection, integrity_errors
 from contourd.errors import (
     ModelIntegrityError,
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 DB_FILE = DB_FILENAME
 """The SQLite file name in the data folder (kept for older callers)."""
 
-MODELS_DIR = "models"
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 BUILTIN_BY = "contourd (built-in)"
 
@@ -78,6 +78,11 @@ def _check_by(by: str) -> str:
             f"got {by!r}"
         )
     return who
+
+
+def _columns_of(cls: type, row: dict[str, Any]) -> dict[str, Any]:
+    """The values of ``row`` whose column names are fields of the dataclass ``cls``."""
+    return {f.name: row[f.name] for f in fields(cls) if f.name in row}
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,7 @@ class ModelRegistry:
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.models_dir = self.data_dir / MODELS_DIR
+        self.models_dir = DataFolder(self.data_dir).models
         self.database = database or Database(self.data_dir)
         self.db_path = self.database.sqlite_path
         self.conn = self.database.connect()
@@ -281,38 +286,24 @@ class ModelRegistry:
             "SELECT * FROM roi_overrides WHERE name = ? AND version = ?", (name, version)
         ):
             result[row["label"]] = RoiOverride(
-                label=row["label"],
-                name=row["roi_name"],
-                color=tuple(json.loads(row["color"])) if row["color"] else None,  # type: ignore[arg-type]
-                interpreted_type=row["interpreted_type"],
-                updated_by=row["updated_by"],
-                updated_at=row["updated_at"],
+                **{
+                    **_columns_of(RoiOverride, row),  # its ``name`` column is the model's
+                    "name": row["roi_name"],
+                    "color": tuple(json.loads(row["color"])) if row["color"] else None,
+                }
             )
         return result
 
     def _record(self, row: dict[str, Any]) -> ModelRecord:
         card = parse_card(row["card_yaml"], source=f"registry card of {row['name']}")
         return ModelRecord(
-            name=row["name"],
-            version=row["version"],
-            status=row["status"],
-            card=card,
-            package_dir=self.data_dir / row["package_dir"],
-            card_sha256=row["card_sha256"],
-            weights_sha256=row["weights_sha256"],
-            source=row["source"],
-            builtin=bool(row["builtin"]),
-            imported_by=row["imported_by"],
-            imported_at=row["imported_at"],
-            approved_by=row["approved_by"],
-            approved_at=row["approved_at"],
-            approval_note=row["approval_note"],
-            approved_card_sha256=row["approved_card_sha256"],
-            approved_weights_sha256=row["approved_weights_sha256"],
-            retired_by=row["retired_by"],
-            retired_at=row["retired_at"],
-            retire_note=row["retire_note"],
-            overrides=self._overrides(row["name"], row["version"]),
+            **{
+                **_columns_of(ModelRecord, row),
+                "card": card,
+                "package_dir": self.data_dir / row["package_dir"],
+                "builtin": bool(row["builtin"]),
+                "overrides": self._overrides(row["name"], row["version"]),
+            }
         )
 
     def list_models(self) -> list[ModelRecord]:
@@ -369,16 +360,11 @@ class ModelRegistry:
         )
         return [
             AuditEntry(
-                id=r["id"],
-                at=r["at"],
-                by=r["by"],
-                action=r["action"],
-                name=r["name"],
-                version=r["version"],
-                label=r["label"],
-                before=json.loads(r["before"]) if r["before"] else None,
-                after=json.loads(r["after"]) if r["after"] else None,
-                note=r["note"],
+                **{
+                    **_columns_of(AuditEntry, r),
+                    "before": json.loads(r["before"]) if r["before"] else None,
+                    "after": json.loads(r["after"]) if r["after"] else None,
+                }
             )
             for r in rows
         ]
@@ -446,7 +432,9 @@ class ModelRegistry:
                 "body_site": card.body_site,
                 "description": card.description,
                 "card_yaml": (package.root / CARD_FILE).read_text(encoding="utf-8"),
-                "package_dir": f"{MODELS_DIR}/{card.name}/{card.version}",
+                "package_dir": (self.models_dir / card.name / card.version)
+                .relative_to(self.data_dir)
+                .as_posix(),
                 "card_sha256": package.card_sha256,
                 "weights_sha256": package.weights_sha256,
                 "source": str(Path(source if source is not None else path).resolve()),
@@ -539,12 +527,7 @@ class ModelRegistry:
             When the stored files no longer match the hashes recorded at import.
         """
         who = _check_by(by)
-        record = self.get(name, version)
-        if record.status == APPROVED:
-            raise ModelRegistryError(
-                f"model {name} {version} is already approved (by {record.approved_by} at "
-                f"{record.approved_at})"
-            )
+        record = self._get_unless(name, version, APPROVED)
         card_sha = _hash_or_none(record.package_dir / CARD_FILE)
         weights_sha = (
             _hash_or_none(record.package_dir / WEIGHTS_FILE)
@@ -587,6 +570,20 @@ class ModelRegistry:
             )
         return self.get(name, version)
 
+    def _get_unless(self, name: str, version: str, status: str) -> ModelRecord:
+        """The version, unless it is already in ``status`` (approved or retired)."""
+        record = self.get(name, version)
+        if record.status == status:
+            by, at = (
+                (record.approved_by, record.approved_at)
+                if status == APPROVED
+                else (record.retired_by, record.retired_at)
+            )
+            raise ModelRegistryError(
+                f"model {name} {version} is already {status} (by {by} at {at})"
+            )
+        return record
+
     def retire(self, name: str, version: str, by: str, note: str | None = None) -> ModelRecord:
         """Take a version out of use; routing and ``segment`` refuse it afterwards.
 
@@ -596,12 +593,7 @@ class ModelRegistry:
             Unknown version, or already retired.
         """
         who = _check_by(by)
-        record = self.get(name, version)
-        if record.status == RETIRED:
-            raise ModelRegistryError(
-                f"model {name} {version} is already retired (by {record.retired_by} at "
-                f"{record.retired_at})"
-            )
+        record = self._get_unless(name, version, RETIRED)
         now = utc_now()
         with self._transaction() as conn:
             conn.execute(

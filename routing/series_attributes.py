@@ -3,14 +3,15 @@
 :class:`SeriesAttributes` is built from one representative header of the
 series (pixel data not needed) and what the association said (calling and
 called AE titles). It deliberately holds no patient name, ID or birth date, so
-it can be logged and stored with the routing decision.
+it can be logged and stored with the routing decision: the job record keeps
+it (:meth:`SeriesAttributes.to_record`) from the moment the series completes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +212,20 @@ class SeriesAttributes:
                 "DICM preamble or an explicit file meta header); give the series' own files"
             )
         return cls.from_dataset(first, calling_ae, called_ae, num_images=frames)
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-ready values (tuples as lists), for the job record."""
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> SeriesAttributes:
+        """The attributes :meth:`to_record` gave; keys this version lacks are ignored."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in record.items() if k in known}
+        values["image_type"] = tuple(values.get("image_type") or ())
+        iop = values.get("image_orientation_patient")
+        values["image_orientation_patient"] = tuple(iop) if iop is not None else None
+        return cls(**values)
 
     def summary(self) -> str:
         """One line for logs and the CLI: no patient identifiers."""

@@ -4,7 +4,8 @@ Checks the whole file (syntax, unknown keys, bad values, unknown destinations,
 duplicate rule names; see :func:`daemon.config.load_config`) and then that
 every model a rule names has an approved version in the data folder's
 registry (``name``: the newest approved; ``name@1.2.0``: that version), with
-its files matching the hashes recorded at approval.
+its files matching the hashes recorded at approval. Models are resolved by
+:func:`model_store.resolution.resolve_model`, as the worker resolves them.
 
 Exit status: 0 valid; 1 invalid (every problem is printed as
 ``file:line:column: key.path: message``).
@@ -17,15 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from contourd.errors import (
-    ConfigError,
-    ModelIntegrityError,
-    ModelNotApprovedError,
-    ModelNotFoundError,
-)
+from contourd.errors import ConfigError
 from daemon.config import ContourdConfig, load_config
 from daemon.config_diagnostics import ConfigIssue, parse_yaml
 from model_store.registry import ModelRegistry
+from model_store.resolution import RESOLUTION_ERRORS, resolve_model
 from routing.rules import as_list
 
 EXIT_VALID = 0
@@ -85,14 +82,10 @@ def model_issues(config: ContourdConfig, config_path: Path | None) -> list[Confi
             if isinstance(rule.model, list):
                 path = (*path, position)
             try:
-                registry.resolve_approved(ref.name, ref.version)
-            except (ModelNotFoundError, ModelNotApprovedError, ModelIntegrityError) as err:
+                resolve_model(registry, ref, rule=rule.name)
+            except RESOLUTION_ERRORS as err:
                 mark = marked.mark_for(path, key=False) if marked is not None else None
-                issues.append(
-                    ConfigIssue(
-                        source, mark, path, f"rule {rule.name!r} cannot run {str(ref)!r}: {err}"
-                    )
-                )
+                issues.append(ConfigIssue(source, mark, path, str(err)))
     return issues
 
 

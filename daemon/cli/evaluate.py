@@ -23,30 +23,30 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from contourd.errors import InferenceError
+from contourd.errors import InferenceError, ModelNotFoundError
+from daemon.cli.model_option import add_model_command
 from daemon.config import load_config
 from model_store.registry import ModelRegistry
-from training.evaluate import evaluate_model, format_table, load_package_model, write_report
+from model_store.resolution import resolve_model
+from routing.rules import ModelRef
+from training.evaluate import (
+    EvaluationResult,
+    evaluate_model,
+    format_table,
+    load_package_model,
+    write_report,
+)
 from training.roi_mapping import load_mapping_file
 
 log = logging.getLogger(__name__)
 
+SUMMARY = "score a model on a labelled dataset (Dice, HD95, MSD, surface Dice) with a report"
+MODEL_HELP = "a model in the registry (newest version without @VERSION) or a package path"
+
 
 def register(subparsers: Any) -> None:
     """Add the ``evaluate`` parser."""
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="score a model on a labelled dataset (Dice, HD95, MSD, surface Dice) with a report",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
-    )
-    parser.add_argument("-c", "--config", type=Path, default=None, help="config YAML file")
-    parser.add_argument(
-        "-m",
-        "--model",
-        required=True,
-        metavar="MODEL[@VERSION]",
-        help="a model in the registry (newest version without @VERSION) or a package path",
-    )
+    parser = add_model_command(subparsers, "evaluate", SUMMARY, __doc__, MODEL_HELP, repeat=False)
     parser.add_argument("dataset", type=Path, metavar="DATASET")
     parser.add_argument("--report", type=Path, default=None, metavar="DIR")
     parser.add_argument("--mapping", type=Path, default=None, help="ROI name mapping YAML")
@@ -83,13 +83,35 @@ def register(subparsers: Any) -> None:
 
 
 def _resolve_model(args: argparse.Namespace) -> Any:
+    """A package path, else a registry reference of any status (evaluation before approval)."""
     path = Path(args.model)
     if path.exists():
         return load_package_model(path)
-    name, _, version = args.model.partition("@")
+    try:
+        ref = ModelRef.parse(args.model)
+    except ValueError as err:
+        raise ModelNotFoundError(
+            f"-m {args.model!r} is no package folder or zip here, and {err}"
+        ) from err
     config = load_config(args.config)
     registry = ModelRegistry(config.data_dir, database=config.open_database())
-    return registry.resolve(name, version or None, require_approved=False)
+    return resolve_model(registry, ref, require_approved=False)
+
+
+def _evaluate(
+    model: Any, args: argparse.Namespace, mapping: Any, progress: Any = None
+) -> EvaluationResult:
+    """:func:`training.evaluate.evaluate_model` with the command's options."""
+    return evaluate_model(
+        model,
+        args.dataset,
+        tolerance_mm=args.tolerance_mm,
+        mapping=mapping,
+        limit=args.limit,
+        device=args.device,
+        num_threads=args.threads,
+        progress=progress,
+    )
 
 
 def with_inference_overrides(model: Any, args: argparse.Namespace) -> Any:
@@ -164,16 +186,7 @@ def run(args: argparse.Namespace) -> int:
         bar.update(1)
 
     try:
-        result = evaluate_model(
-            model,
-            args.dataset,
-            tolerance_mm=args.tolerance_mm,
-            mapping=mapping,
-            limit=args.limit,
-            device=args.device,
-            num_threads=args.threads,
-            progress=progress,
-        )
+        result = _evaluate(model, args, mapping, progress)
     finally:
         bar.close()
     status = getattr(model, "status", "package (not imported)")
@@ -199,15 +212,7 @@ def run_compare_mode(args: argparse.Namespace) -> int:
     for mode in ("exact", "fast"):
         nnunet = base.card.nnunet.model_copy(update={"mode": mode})
         model = dataclasses.replace(base, card=base.card.model_copy(update={"nnunet": nnunet}))
-        results[mode] = evaluate_model(
-            model,
-            args.dataset,
-            tolerance_mm=args.tolerance_mm,
-            mapping=mapping,
-            limit=args.limit,
-            device=args.device,
-            num_threads=args.threads,
-        )
+        results[mode] = _evaluate(model, args, mapping)
         print(f"{mode}: {describe_inference(model.card)}")
     print(format_mode_comparison(results))
     return 0

@@ -24,6 +24,7 @@ import pydicom.config
 from pydicom.errors import InvalidDicomError
 
 from contourd.errors import ConfigError
+from daemon.cli.parsers import command_parser
 from daemon.config import ContourdConfig, load_config
 from routing.engine import RouteDecision, route
 from routing.series_attributes import SeriesAttributes, frames_in
@@ -35,13 +36,12 @@ EXIT_USAGE = 2
 
 def register(subparsers: Any) -> None:
     """Add the ``routes`` subcommand (with its ``test`` action)."""
-    parser = subparsers.add_parser(
+    parser = command_parser(
+        subparsers,
         "routes",
-        help="try the routing rules on DICOM files",
+        summary="try the routing rules on DICOM files",
         description="Work with the routing rules of a config file.",
-    )
-    parser.add_argument(
-        "-c", "--config", dest="routes_config", type=Path, default=None, help="config YAML file"
+        config_dest="routes_config",
     )
     actions = parser.add_subparsers(dest="routes_action", metavar="ACTION")
     test = actions.add_parser(

@@ -4,9 +4,10 @@
 groups the files under each folder by SeriesInstanceUID, runs
 :func:`inference.pipeline.segment_series` on every image series with the
 approved model(s) from the registry in the configured data folder (never an
-unapproved one), and writes ``OUT/<SeriesInstanceUID>/RS_<uid>.dcm`` (and
-``SEG_<uid>.dcm`` with ``--seg``). A series that fails is reported and the
-others go on; the exit code is 1 when any failed.
+unapproved one), and writes ``OUT/<SeriesInstanceUID>/RS.<uid>.dcm`` (and
+``SEG.<uid>.dcm`` with ``--seg``), atomically and named as the worker names
+its results (:mod:`inference.outputs`). A series that fails is reported and
+the others go on; the exit code is 1 when any failed.
 """
 
 from __future__ import annotations
@@ -20,33 +21,24 @@ from typing import Any
 import pydicom
 from tqdm import tqdm
 
-from contourd import __version__
 from contourd.errors import ContourdError
+from daemon.cli.model_option import add_model_command
 from daemon.config import load_config
-from inference.pipeline import SegmentationResult, collect_files, segment_series
+from inference.outputs import OUTPUT_KINDS, identify_algorithm, write_results
+from inference.pipeline import collect_files, segment_series
 from inference.predictor import PredictorCache
-from inference.roi_mask import AlgorithmInfo
 from model_store.registry import ModelRegistry
+from model_store.resolution import resolve_models
 
 log = logging.getLogger(__name__)
+
+SUMMARY = "segment DICOM series with approved models and write RTSTRUCT (and SEG)"
+MODEL_HELP = "approved model (newest approved version without @VERSION); repeat for several"
 
 
 def register(subparsers: Any) -> None:
     """Add the ``segment`` parser."""
-    parser = subparsers.add_parser(
-        "segment",
-        help="segment DICOM series with approved models and write RTSTRUCT (and SEG)",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
-    )
-    parser.add_argument("-c", "--config", type=Path, default=None, help="config YAML file")
-    parser.add_argument(
-        "-m",
-        "--model",
-        action="append",
-        required=True,
-        metavar="MODEL[@VERSION]",
-        help="approved model (newest approved version without @VERSION); repeat for several",
-    )
+    parser = add_model_command(subparsers, "segment", SUMMARY, __doc__, MODEL_HELP, repeat=True)
     parser.add_argument("folders", nargs="+", type=Path, metavar="DICOM_DIR")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT")
     parser.add_argument("--seg", action="store_true", help="also write a DICOM SEG")
@@ -55,11 +47,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
-
-
-def _parse_ref(ref: str) -> tuple[str, str | None]:
-    name, _, version = ref.partition("@")
-    return name, version or None
 
 
 def find_series(folder: Path) -> dict[str, list[Path]]:
@@ -76,55 +63,13 @@ def find_series(folder: Path) -> dict[str, list[Path]]:
     return groups
 
 
-def write_outputs(
-    result: SegmentationResult,
-    algorithm: AlgorithmInfo,
-    out_dir: Path,
-    *,
-    seg: bool,
-    uid_root: str | None,
-) -> list[Path]:
-    """Write the RTSTRUCT (and SEG) of one result under ``out_dir``."""
-    from inference.rtstruct_writer import write_rtstruct
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    rtstruct = write_rtstruct(
-        result.volume.headers,
-        result.rois,
-        algorithm,
-        structure_set_label=f"AUTO {algorithm.model_name}"[:16],
-        uid_root=uid_root,
-    )
-    path = out_dir / f"RS_{rtstruct.SOPInstanceUID}.dcm"
-    rtstruct.save_as(path, enforce_file_format=True)
-    written.append(path)
-    if seg and result.rois:
-        from inference.seg_writer import write_seg
-
-        segmentation = write_seg(result.volume.headers, result.rois, algorithm, uid_root=uid_root)
-        seg_path = out_dir / f"SEG_{segmentation.SOPInstanceUID}.dcm"
-        segmentation.save_as(seg_path)
-        written.append(seg_path)
-    return written
-
-
 def run(args: argparse.Namespace) -> int:
     """Segment every series under the given folders; 1 when any series failed."""
     config = load_config(args.config)
     registry = ModelRegistry(config.data_dir, database=config.open_database())
-    models = []
-    for ref in args.model:
-        name, version = _parse_ref(ref)
-        model = registry.resolve_approved(name, version)
-        model.verify_weights()
-        models.append(model)
-    algorithm = AlgorithmInfo(
-        model_name="+".join(m.card.name for m in models),
-        model_version="+".join(m.card.version for m in models),
-        weights_sha256=models[0].weights_sha256 if len(models) == 1 else None,
-        software_version=__version__,
-    )
+    models = resolve_models(registry, args.model)
+    algorithm = identify_algorithm(models)
+    label = f"AUTO {algorithm.model_name}"[:16]
     cache = PredictorCache()
     failures = 0
     done = 0
@@ -144,11 +89,12 @@ def run(args: argparse.Namespace) -> int:
                     precision=args.precision,
                     num_threads=args.threads,
                 )
-                written = write_outputs(
+                written = write_results(
                     result,
                     algorithm,
                     args.output / uid,
-                    seg=args.seg,
+                    label=label,
+                    outputs=OUTPUT_KINDS if args.seg else ("rtstruct",),
                     uid_root=config.worker.uid_root,
                 )
             except ContourdError as err:
@@ -156,12 +102,13 @@ def run(args: argparse.Namespace) -> int:
                 print(f"series {uid}: error: {err}", file=sys.stderr)
                 continue
             done += 1
-            for warning in result.warnings:
+            for warning in result.warnings + written.warnings:
                 print(f"series {uid}: warning: {warning}", file=sys.stderr)
             rois = ", ".join(r.name for r in result.rois) or "none"
+            files = ", ".join(str(p) for p in written.files)
             print(
                 f"series {uid}: {len(result.rois)} ROI(s) ({rois}) in "
-                f"{result.timings_s['total']:.1f} s -> {', '.join(str(p) for p in written)}"
+                f"{result.timings_s['total']:.1f} s -> {files}"
             )
     print(f"{done} series segmented, {failures} failed")
     return 1 if failures else 0

@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from contourd.database import Database
 from contourd.errors import WebAuthError
 from daemon.audit import record_change
 from daemon.config import load_config
-from daemon.job_queue import DB_FILENAME
 from daemon.web.users import ROLES, UserStore
 
 
@@ -48,15 +48,17 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run_list)
 
 
-def _store(args: argparse.Namespace) -> tuple[UserStore, Path]:
-    data_dir = Path(load_config(args.config).data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return UserStore(data_dir / DB_FILENAME), data_dir
+def _store(args: argparse.Namespace) -> tuple[UserStore, Database]:
+    database = load_config(args.config).open_database()
+    return UserStore(database), database
 
 
-def _audit(data_dir: Path, args: argparse.Namespace, action: str, after: dict[str, Any]) -> None:
+def _audit(
+    database: Database, args: argparse.Namespace, action: str, after: dict[str, Any]
+) -> None:
     record_change(
-        data_dir,
+        database.data_dir,
+        database=database,
         by=args.by or getpass.getuser(),
         action=action,
         subject=f"user {args.name}",
@@ -67,7 +69,7 @@ def _audit(data_dir: Path, args: argparse.Namespace, action: str, after: dict[st
 
 def run_add(args: argparse.Namespace) -> int:
     """Add or update the user."""
-    store, data_dir = _store(args)
+    store, database = _store(args)
     password: str | None = None
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -77,7 +79,7 @@ def run_add(args: argparse.Namespace) -> int:
             raise WebAuthError("the two passwords differ; nothing changed")
     user = store.set_user(args.name, args.role, password)
     _audit(
-        data_dir, args, "user-set", {"role": user.role, "password_changed": password is not None}
+        database, args, "user-set", {"role": user.role, "password_changed": password is not None}
     )
     print(f"user {user.name}: {user.role}")
     return 0
@@ -85,11 +87,11 @@ def run_add(args: argparse.Namespace) -> int:
 
 def run_remove(args: argparse.Namespace) -> int:
     """Remove the user; 1 when there was none."""
-    store, data_dir = _store(args)
+    store, database = _store(args)
     if not store.remove(args.name):
         print(f"no user {args.name!r}", file=sys.stderr)
         return 1
-    _audit(data_dir, args, "user-remove", {})
+    _audit(database, args, "user-remove", {})
     print(f"user {args.name} removed")
     return 0
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from daemon.cli.parsers import command_parser
 from daemon.config import ContourdConfig, load_config
 from daemon.config_watcher import ConfigHolder
 from daemon.job_queue import SqliteJobQueue
@@ -28,12 +29,13 @@ log = logging.getLogger(__name__)
 
 def register(subparsers: Any) -> None:
     """Add the ``worker`` subcommand."""
-    parser = subparsers.add_parser(
+    parser = command_parser(
+        subparsers,
         "worker",
-        help="run one worker process (normally started by `contourd serve`)",
+        summary="run one worker process (normally started by `contourd serve`)",
         description="Claim jobs from the queue, run the approved models, write results.",
+        run=run,
     )
-    parser.add_argument("-c", "--config", type=Path, default=None, help="config YAML file")
     parser.add_argument(
         "--config-copy",
         type=Path,
@@ -45,7 +47,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--once", action="store_true", help="exit when no job is left instead of waiting"
     )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -27,16 +27,15 @@ from prometheus_client.registry import Collector
 from starlette.middleware.sessions import SessionMiddleware
 
 from contourd import __version__
+from contourd.data_folder import DataFolder
 from contourd.errors import ContourdError, NotLoggedInError, WebAuthError
 from daemon.config import ContourdConfig, default_config
 from daemon.health_http import QueueCollector, collect_status
-from daemon.job_queue import DB_FILENAME, SqliteJobQueue
+from daemon.job_queue import SqliteJobQueue
 from daemon.web.slices import JobImageCache
 from daemon.web.stow import StowReceiver
 from daemon.web.users import User, UserStore
 from model_store.registry import ModelRegistry
-
-SESSION_KEY_FILENAME = "web_session.key"
 
 HealthCheck = Callable[[], dict[str, Any]]
 
@@ -69,6 +68,7 @@ class WebContext:
     stow: StowReceiver | None = None
     collectors: list[Collector] = field(default_factory=list)
     images: JobImageCache = field(default_factory=JobImageCache)
+    _users: UserStore | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def for_queue(cls, queue: SqliteJobQueue) -> WebContext:
@@ -84,8 +84,10 @@ class WebContext:
 
     @property
     def users(self) -> UserStore:
-        """The web users of the data folder."""
-        return UserStore(self.data_dir / DB_FILENAME)
+        """The web users, in the queue's database (one store, opened at first use)."""
+        if self._users is None:
+            self._users = UserStore(self.queue.database)
+        return self._users
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body) for ``/healthz``."""
@@ -103,7 +105,7 @@ class WebContext:
 
 def session_secret(data_dir: Path) -> str:
     """The cookie signing key, made once per data folder (file mode 0600)."""
-    path = Path(data_dir) / SESSION_KEY_FILENAME
+    path = DataFolder(data_dir).session_key
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:

@@ -3,7 +3,7 @@
 The series is read from the spool (:func:`inference.volume.load_series`), the
 job's RTSTRUCT read back and rasterised on that grid
 (:mod:`training.rtstruct_reader`), and each slice drawn as a PNG with
-:func:`daemon.preview.slice_png`, the same drawing as the worker's preview.
+:func:`inference.preview.slice_png`, the same drawing as the worker's preview.
 The few most recently viewed jobs stay in memory.
 """
 
@@ -19,7 +19,7 @@ import pydicom
 
 from contourd.errors import JobError
 from daemon.job_queue import Job
-from daemon.preview import slice_png
+from inference.preview import slice_png
 from inference.roi_mask import RoiMask
 from inference.volume import ImageVolume, load_series
 from training.rtstruct_reader import RTSTRUCT_SOP_CLASS, rasterise_roi, read_rtstruct

@@ -7,13 +7,14 @@ Roles are ordered; each includes the rights of those before it:
   and stores images by STOW-RS;
 - ``physicist``: also approves and retires models.
 
+The table is part of the node's database (:mod:`contourd.schema`, migration
+5), opened like every other table through :class:`contourd.database.Database`.
 Passwords are kept only as argon2id hashes (argon2-cffi). Changes to users
 are written to the registry's audit trail (``contourd models audit`` shows them).
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Literal
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from contourd.database import Database
 from contourd.errors import WebAuthError
 
 Role = Literal["viewer", "operator", "physicist"]
@@ -53,22 +55,28 @@ def require_role(user: User, role: Role, action: str) -> None:
 
 
 class UserStore:
-    """The ``web_users`` table of ``db_path``.
+    """The ``web_users`` table of the node's database (SQLite or PostgreSQL).
 
-    A connection is opened per call, so one store can be shared by the
-    server's threads.
+    One connection behind its lock, so one store can be shared by the
+    server's threads. On PostgreSQL every receiver of a cluster sees the same
+    users.
+
+    Parameters
+    ----------
+    database
+        The node's database; a path to a ``contourd.db`` file is taken as
+        SQLite in that file's folder (older callers and tests).
     """
 
-    def __init__(self, db_path: Path) -> None:
-        self.db_path = Path(db_path)
-        with self._connect() as conn:
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {TABLE} (name TEXT PRIMARY KEY, role TEXT NOT NULL, "
-                "password_hash TEXT, created_at REAL, updated_at REAL)"
-            )
+    def __init__(self, database: Database | Path) -> None:
+        if not isinstance(database, Database):
+            database = Database(Path(database).parent)
+        self.database = database
+        self._conn = database.connect()  # the schema (and ``web_users``) is migrated here
 
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(str(self.db_path), timeout=30)
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
 
     def set_user(self, name: str, role: str, password: str | None) -> User:
         """Add or update a user; ``password`` None keeps the old one (or none: proxy only)."""
@@ -81,11 +89,11 @@ class UserStore:
             raise WebAuthError("password: expected at least 8 characters; choose a longer one")
         now = time.time()
         hashed = _hasher.hash(password) if password is not None else None
-        with self._connect() as conn:
+        with self._conn.transaction() as conn:
             conn.execute(
                 f"INSERT INTO {TABLE} (name, role, password_hash, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET role = excluded.role, "
-                "password_hash = COALESCE(excluded.password_hash, password_hash), "
+                f"password_hash = COALESCE(excluded.password_hash, {TABLE}.password_hash), "
                 "updated_at = excluded.updated_at",
                 (who, role, hashed, now, now),
             )
@@ -93,32 +101,29 @@ class UserStore:
 
     def remove(self, name: str) -> bool:
         """Delete a user; False when there was none."""
-        with self._connect() as conn:
-            return conn.execute(f"DELETE FROM {TABLE} WHERE name = ?", (name,)).rowcount == 1
+        with self._conn.transaction() as conn:
+            return bool(conn.execute(f"DELETE FROM {TABLE} WHERE name = ?", (name,)).rowcount == 1)
 
     def get(self, name: str) -> User | None:
         """The user ``name``, or ``None``."""
-        with self._connect() as conn:
-            row = conn.execute(f"SELECT name, role FROM {TABLE} WHERE name = ?", (name,)).fetchone()
-        return User(row[0], row[1]) if row else None
+        rows = self._conn.rows(f"SELECT name, role FROM {TABLE} WHERE name = ?", (name,))
+        return User(rows[0]["name"], rows[0]["role"]) if rows else None
 
     def list_users(self) -> list[User]:
         """Every user, by name."""
-        with self._connect() as conn:
-            rows = conn.execute(f"SELECT name, role FROM {TABLE} ORDER BY name").fetchall()
-        return [User(r[0], r[1]) for r in rows]
+        rows = self._conn.rows(f"SELECT name, role FROM {TABLE} ORDER BY name")
+        return [User(r["name"], r["role"]) for r in rows]
 
     def authenticate(self, name: str, password: str) -> User:
         """The user when ``password`` is right; raises :class:`WebAuthError` otherwise."""
-        with self._connect() as conn:
-            row = conn.execute(
-                f"SELECT name, role, password_hash FROM {TABLE} WHERE name = ?", (name,)
-            ).fetchone()
+        rows = self._conn.rows(
+            f"SELECT name, role, password_hash FROM {TABLE} WHERE name = ?", (name,)
+        )
         refused = WebAuthError("unknown user or wrong password")
-        if row is None or not row[2]:
+        if not rows or not rows[0]["password_hash"]:
             raise refused
         try:
-            _hasher.verify(row[2], password)
+            _hasher.verify(rows[0]["password_hash"], password)
         except (VerificationError, InvalidHashError) as err:
             raise refused from err
-        return User(row[0], row[1])
+        return User(rows[0]["name"], rows[0]["role"])

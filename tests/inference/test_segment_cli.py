@@ -39,7 +39,7 @@ def test_segment_writes_one_rtstruct_per_series_with_an_approved_model(tmp_path:
     assert proc.returncode == 0, proc.stderr
     assert "2 series segmented, 0 failed" in proc.stdout
     for written in (a, b):
-        (rs_path,) = (out / written.series_uid).glob("RS_*.dcm")
+        (rs_path,) = (out / written.series_uid).glob("RS.*.dcm")
         rs = pydicom.dcmread(rs_path)
         assert rs.Modality == "RTSTRUCT"
         assert [r.ROIName for r in rs.StructureSetROISequence] == ["BODY"]
@@ -69,4 +69,4 @@ def test_segment_reports_a_bad_series_and_goes_on(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "1 series segmented, 1 failed" in proc.stdout
     assert "has 2 slice(s) at distinct positions" in proc.stderr
-    assert list((tmp_path / "o" / good.series_uid).glob("RS_*.dcm"))
+    assert list((tmp_path / "o" / good.series_uid).glob("RS.*.dcm"))

@@ -259,7 +259,7 @@ def test_segment_cli_writes_an_rtstruct_with_the_nnunet_rois(
     proc = _contourd("segment", "--no-progress", "-c", str(config), "-m", "shapes", str(series),
                      "-o", str(out))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    (rs_path,) = out.rglob("RS_*.dcm")
+    (rs_path,) = out.rglob("RS.*.dcm")
     rs = pydicom.dcmread(rs_path)
     names = {r.ROIName for r in rs.StructureSetROISequence}
     # Sphere is always found; Box only if the short training learnt it (empty ROIs

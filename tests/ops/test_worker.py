@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
-from conftest import body_rule_config, referenced_uids, submit_phantom
+from conftest import FakeCompletion, body_rule_config, referenced_uids, submit_phantom
 from node_harness import approve_body_model
 
 from daemon.job_queue import JobState, SqliteJobQueue, stage_durations_s
+from daemon.series_intake import submit_completion
 from daemon.worker import Worker
+from inference.outputs import PREVIEW_FILENAME, rtstruct_name
+from inference.phantom import make_phantom_series
 
 
 def test_worker_writes_an_rtstruct_that_references_the_series_and_sends_it(
@@ -126,3 +130,53 @@ def test_shadow_rule_with_continue_does_not_stop_the_clinical_rule(tmp_path: Pat
     assert jobs["clinical"].series_uid == headers[0].SeriesInstanceUID
     [sent] = list((tmp_path / "share").glob("*.dcm"))
     assert pydicom.dcmread(sent).Modality == "RTSTRUCT"
+
+
+@dataclass
+class _Completion(FakeCompletion):
+    """What ``submit_completion`` reads of a ``SeriesCompletion`` besides the queue's fields."""
+
+    incomplete: str | None = None
+    same_content_as: list[int] = field(default_factory=list)
+    change: str | None = None
+
+
+def test_the_worker_routes_on_the_attributes_recorded_when_the_series_completed(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    config = body_rule_config(
+        data,
+        {"share": {"folder": str(tmp_path / "share")}},
+        match={"modality": "CT", "series_description": "phantom"},
+    )
+    approve_body_model(data)
+    queue = SqliteJobQueue(data)
+    series = make_phantom_series(tmp_path / "series", shape_zyx=(8, 64, 64))
+    ds = series.headers[0]
+    completion = _Completion(
+        study_uid=ds.StudyInstanceUID,
+        series_uid=ds.SeriesInstanceUID,
+        spool_dir=series.directory,
+        instance_paths=list(series.paths),
+        num_instances=len(series.paths),
+        calling_ae="SCANNER ",
+    )
+    job_id = submit_completion(queue, completion, config.rules)
+    record = queue.get(job_id).series_attributes
+    assert record is not None
+    assert (record["modality"], record["num_images"], record["calling_ae"]) == ("CT", 8, "SCANNER")
+    assert record["series_description"] == "contourd phantom CT"
+    assert not {"patient_name", "patient_id", "patient_birth_date"} & set(record)
+    # The spooled headers change afterwards: routing must not read them again.
+    for path in series.paths:
+        header = pydicom.dcmread(path)
+        header.SeriesDescription = "edited later"
+        header.save_as(path)
+    assert Worker(lambda: config, queue, worker_id="w1").run(once=True) == 1
+    job = queue.get(job_id)
+    assert job.state == JobState.SENT, job.error
+    assert job.series_description == "contourd phantom CT"
+    [rs_file] = job.result_files  # the name inference.outputs gives, as `contourd segment` does
+    assert rs_file.name == rtstruct_name(pydicom.dcmread(rs_file).SOPInstanceUID)
+    assert job.preview_file is not None and job.preview_file.name == PREVIEW_FILENAME

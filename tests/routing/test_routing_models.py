@@ -11,9 +11,10 @@ from contourd.errors import ModelNotApprovedError, ModelNotFoundError
 from daemon.cli import main
 from daemon.cli.check import model_issues
 from daemon.config import load_config
+from model_store.approved import ApprovedModel
 from model_store.registry import BUILTIN_DIR, ModelRegistry
+from model_store.resolution import resolve_models as resolve_refs
 from routing.engine import RouteMatch
-from routing.model_resolution import resolve_models
 from routing.rules import Rule
 
 CONFIG = """\
@@ -51,6 +52,11 @@ def match_for(model: str | list[str]) -> RouteMatch:
     return RouteMatch.from_rule(Rule(name="r", model=model))
 
 
+def resolve_models(match: RouteMatch, registry: ModelRegistry) -> list[ApprovedModel]:
+    """A rule's models as the worker resolves them."""
+    return resolve_refs(registry, match.models, rule=match.rule)
+
+
 def test_rule_with_no_approved_version_fails_check_with_line_and_approve_command(
     tmp_path: Path, registry: ModelRegistry, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -65,7 +71,7 @@ def test_rule_with_no_approved_version_fails_check_with_line_and_approve_command
     assert "is 'imported', not approved" in issues[1].message
     assert main(["check", "-c", str(path)]) == 1
     err = capsys.readouterr().err
-    assert f"{path}:5:12: rules[0].model: rule 'newest' cannot run 'body'" in err
+    assert f"{path}:5:12: rules[0].model: rule 'newest' routes to model 'body'" in err
 
 
 def test_unknown_model_fails_check(tmp_path: Path, registry: ModelRegistry) -> None:

@@ -1,4 +1,4 @@
-"""Drawing ROI contours on CT slices: the worker's preview montage and the job page's slices.
+"""Drawing ROI contours on CT slices: the results' preview montage and the job page's slices.
 
 Display window: W 400 / L 40 HU (soft tissue). Each ROI is drawn as its
 mask's outline in its display colour.
