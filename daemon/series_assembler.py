@@ -5,7 +5,8 @@ A series version is complete when the first of these happens:
 - ``quiet_period``: no instance of it arrived for ``series.complete_after_s``;
 - ``association_release``: the association that sent it was released normally
   and either ``series.complete_on`` is ``association_release`` or the
-  ``complete_on_release(first_header)`` hook says so (routing plugs in here);
+  ``complete_on_release(attributes)`` hook says so (routing plugs in here; it
+  gets the first header, the AE titles and the images so far);
   an aborted association never completes a series at once;
 - ``expected_count``: as many distinct instances arrived as the first header's
   ``series.expected_count_attribute`` says (e.g. a private "images in series").
@@ -51,6 +52,7 @@ from pydicom.dataset import Dataset
 from daemon.instance_db import InstanceDB
 from daemon.series_completeness import CompletenessVerdict, SliceFacts, assess
 from daemon.series_content import ContentDigest, content_digest, describe_change
+from routing.series_attributes import SeriesAttributes
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +154,7 @@ class InstanceArrival:
 
 
 CompletionCallback = Callable[[SeriesCompletion], None]
-ReleaseHook = Callable[[Dataset], bool]
+ReleaseHook = Callable[[SeriesAttributes], bool]
 
 
 @dataclass
@@ -432,13 +434,26 @@ class SeriesAssembler:
         if self.complete_on_release is None:
             return False
         try:
-            return bool(self.complete_on_release(st.header))
+            return bool(self.complete_on_release(self._attributes_so_far(st)))
         except Exception:  # boundary: a faulty hook must not stop receiving
             log.exception(
                 "complete_on_release hook failed for series %s; using the quiet period",
                 st.series_uid,
             )
             return False
+
+    @staticmethod
+    def _attributes_so_far(st: _OpenSeries) -> SeriesAttributes:
+        """The series as routing sees it at release: the first header, the
+        association's AE titles and the images received so far (the same
+        facts the completion record holds, so the hook and the worker pick
+        the same rule)."""
+        return SeriesAttributes.from_dataset(
+            st.header,
+            calling_ae=str(st.row.get("calling_ae") or ""),
+            called_ae=str(st.row.get("called_ae") or ""),
+            num_images=max(len(st.sop_uids), 1),
+        )
 
     # -- timers and completion -------------------------------------------
     def _arm_quiet_timer(self, st: _OpenSeries, delay_s: float) -> None:

@@ -46,8 +46,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydicom import Dataset
-
 from contourd.data_folder import DataFolder
 from daemon.config import ContourdConfig
 from daemon.config_provider import ConfigProvider, provided
@@ -99,13 +97,18 @@ def add_file_log(folder: DataFolder) -> None:
     logging.getLogger().addHandler(handler)
 
 
-def release_hook(config: ConfigProvider) -> Callable[[Dataset], bool]:
-    """Complete a series at association release when its first rule says so."""
+def release_hook(config: ConfigProvider) -> Callable[[SeriesAttributes], bool]:
+    """Complete a series at association release when its first rule says so.
 
-    def hook(header: Dataset) -> bool:
+    The assembler passes the series as routing sees it (first header, the
+    association's AE titles, the images so far), so rules on ``calling_ae``,
+    ``called_ae`` or image counts pick the same rule here as in the worker.
+    """
+
+    def hook(attributes: SeriesAttributes) -> bool:
         current = config()
         decision = route(
-            SeriesAttributes.from_dataset(header),
+            attributes,
             current.rules,
             body_part_synonyms=current.body_part_synonyms,
         )

@@ -210,3 +210,46 @@ def test_service_keeps_the_workers_config_copy_current_in_every_role(tmp_path: P
             assert copy() == path.read_bytes()
         finally:
             service.stop()
+
+
+def test_release_hook_sees_the_ae_titles_so_it_picks_the_rule_the_worker_picks(
+    tmp_path: Path,
+) -> None:
+    """A rule on ``calling_ae`` that completes at association release: the hook
+    gets the association's AE titles from the assembler, so a series from that
+    sender completes at release and one from another sender does not."""
+    from pydicom.dataset import Dataset
+
+    from daemon.series_assembler import SeriesAssembler, _OpenSeries
+    from daemon.service import release_hook
+
+    config_file = tmp_path / "contourd.yaml"
+    config_file.write_text(
+        f"node: {{data_dir: {tmp_path / 'data'}}}\n"
+        "rules:\n"
+        "  - name: sim-ct\n"
+        "    match: {modality: CT, calling_ae: CT_SIM}\n"
+        "    model: body\n"
+        "    complete_on: association_release\n"
+        "  - name: other-ct\n"
+        "    match: {modality: CT}\n"
+        "    model: body\n",
+        encoding="utf-8",
+    )
+    config = load_config(config_file)
+    hook = release_hook(lambda: config)
+    header = Dataset()
+    header.Modality = "CT"
+
+    def open_series(calling_ae: str) -> _OpenSeries:
+        row = {"calling_ae": calling_ae, "called_ae": "CONTOURD"}
+        return _OpenSeries("1.2.3", 1, header, row, 0.0, sop_uids={"1", "2"})
+
+    from_sim = SeriesAssembler._attributes_so_far(open_series("CT_SIM"))
+    assert (from_sim.calling_ae, from_sim.called_ae, from_sim.num_images) == (
+        "CT_SIM",
+        "CONTOURD",
+        2,
+    )
+    assert hook(from_sim) is True
+    assert hook(SeriesAssembler._attributes_so_far(open_series("PACS"))) is False

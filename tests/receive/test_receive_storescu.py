@@ -101,7 +101,7 @@ def test_series_completes_on_association_release_when_configured(start_node, tmp
 def test_release_hook_completes_only_the_series_it_selects(start_node, tmp_path):
     node, completions = start_node(
         series={"complete_after_s": 300.0},
-        complete_on_release=lambda header: header.get("Modality") == "MR",
+        complete_on_release=lambda attributes: attributes.modality == "MR",
     )
     ct = make_ct_series(tmp_path / "ct", 2, modality="CT")
     mr = make_ct_series(tmp_path / "mr", 2, modality="MR", seed=3)
