@@ -5,8 +5,7 @@
   seconds), queue length, jobs by state, free disk, last error.
 - ``GET /healthz`` (JSON; 200 when healthy, 503 otherwise) and ``GET /metrics``
   (Prometheus text format, prometheus-client) are served by the node's web
-  application (:mod:`daemon.web.app`); ``HealthServer`` is kept as another
-  name of :class:`daemon.web.server.WebServer`.
+  application (:mod:`daemon.web.app`, run by :class:`daemon.web.server.WebServer`).
 
 Metrics are read from the database at scrape time, so figures from the
 worker processes (a separate process) are included without any shared memory:
@@ -278,13 +277,3 @@ class QueueCollector(Collector):
             buckets.append(("+Inf", float(len(values))))
             hist.add_metric([stage], buckets, sum_value=float(sum(values)))
         return hist
-
-
-def __getattr__(name: str) -> Any:
-    """``HealthServer``: the former name of :class:`daemon.web.server.WebServer`, which
-    now serves ``/healthz`` and ``/metrics`` together with the pages and the API."""
-    if name == "HealthServer":
-        from daemon.web.server import WebServer
-
-        return WebServer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -62,7 +62,7 @@ from daemon.retention import Retention, RetentionSchedule
 from daemon.series_assembler import SeriesCompletion
 from daemon.series_intake import submit_completion
 from daemon.space_reserve import SpaceReserve
-from daemon.web.app import WebContext
+from daemon.web.context import WebContext
 from daemon.web.server import WebServer
 from daemon.web.stow import StowReceiver
 from daemon.worker_pool import WorkerPool

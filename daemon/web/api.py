@@ -29,7 +29,7 @@ from daemon.cli.resend import resend_targets
 from daemon.cli.routes import report_routes
 from daemon.health_http import collect_status
 from daemon.job_queue import Job, SqliteJobQueue, parse_since
-from daemon.web.app import WebContext, current_user
+from daemon.web.context import WebContext, current_user
 from daemon.web.stow import FAILURE_CANNOT_UNDERSTAND, MultipartSplitter
 from daemon.web.users import User, require_role
 from model_store.registry import ModelRecord, ModelRegistry

@@ -10,7 +10,8 @@ from typing import Any
 
 import uvicorn
 
-from daemon.web.app import WebContext, create_app
+from daemon.web.app import create_app
+from daemon.web.context import WebContext
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,8 @@ class WebServer:
     """The node's HTTP server: pages, API, DICOMweb, ``/healthz``, ``/metrics``.
 
     The socket is bound in the constructor, so :attr:`port` is known at once
-    (port 0 picks a free one). Same constructor as the former ``HealthServer``
-    (``daemon.health_http.HealthServer`` still names this class).
+    (port 0 picks a free one). Same constructor as the former
+    ``daemon.health_http.HealthServer``, which it replaces.
 
     Parameters
     ----------

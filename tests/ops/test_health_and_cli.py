@@ -13,8 +13,9 @@ import yaml
 from conftest import FakeCompletion, OpenQueue, make_result_file, running_job
 
 from daemon.cli import main
-from daemon.health_http import HealthServer, collect_status, write_heartbeat
+from daemon.health_http import collect_status, write_heartbeat
 from daemon.job_queue import JobState, SqliteJobQueue
+from daemon.web.server import WebServer
 
 
 def _config(tmp_path: Path) -> Path:
@@ -57,8 +58,8 @@ def _get(url: str) -> tuple[int, bytes]:
 
 
 def _scrape_metrics(queue: SqliteJobQueue) -> str:
-    """``GET /metrics`` from a HealthServer on ``queue``; the text (status 200 checked)."""
-    server = HealthServer(queue, port=0).start()
+    """``GET /metrics`` from a WebServer on ``queue``; the text (status 200 checked)."""
+    server = WebServer(queue, port=0).start()
     try:
         code, body = _get(f"http://127.0.0.1:{server.port}/metrics")
     finally:
@@ -100,7 +101,7 @@ def test_series_still_arriving_are_counted_in_status_and_metrics(
         {"series_uid": "1.2.3.1", "version": 2, "state": "receiving", "handed_off": 0},
     )
     db.close()
-    server = HealthServer(queue, port=0).start()
+    server = WebServer(queue, port=0).start()
     try:
         text = _get(f"http://127.0.0.1:{server.port}/metrics")[1].decode()
     finally:
@@ -116,7 +117,7 @@ def test_series_still_arriving_are_counted_in_status_and_metrics(
 def test_healthz_is_503_when_a_node_check_fails(tmp_path: Path) -> None:
     queue = SqliteJobQueue(tmp_path / "data")
     checks = {"healthy": True, "worker_alive": True}
-    server = HealthServer(queue, port=0, extra_checks=lambda: dict(checks)).start()
+    server = WebServer(queue, port=0, extra_checks=lambda: dict(checks)).start()
     try:
         code, body = _get(f"http://127.0.0.1:{server.port}/healthz")
         assert code == 200 and json.loads(body)["status"] == "ok"

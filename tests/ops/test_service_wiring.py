@@ -22,7 +22,7 @@ from daemon.job_queue import DeliveryState, JobState, SqliteJobQueue
 from daemon.retention import EMERGENCY_PURGE_INTERVAL_S, Retention, RetentionSchedule
 from daemon.service import Service
 from daemon.space_reserve import SpaceReserve
-from daemon.web.app import session_secret
+from daemon.web.context import session_secret
 from daemon.web.users import UserStore
 from model_store.registry import ModelRegistry
 

@@ -17,7 +17,7 @@ from peer_tools import require_tool
 
 from daemon.cli import main
 from daemon.job_queue import DB_FILENAME, JobState, SqliteJobQueue
-from daemon.web.app import WebContext
+from daemon.web.context import WebContext
 from daemon.web.server import WebServer
 from daemon.web.users import UserStore
 from model_store.registry import ModelRegistry
