@@ -78,8 +78,13 @@ def _log_in(driver: object, base: str, name: str) -> None:
     driver.find_element(By.ID, "login").click()  # type: ignore[attr-defined]
 
     def logged_in() -> bool:
-        headers = driver.find_elements(By.TAG_NAME, "header")  # type: ignore[attr-defined]
-        return bool(headers) and f"{name} (" in headers[0].text
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        try:
+            headers = driver.find_elements(By.TAG_NAME, "header")  # type: ignore[attr-defined]
+            return bool(headers) and f"{name} (" in headers[0].text
+        except StaleElementReferenceException:  # the page was replaced between find and read
+            return False
 
     wait_for(logged_in, 20, f"{name} logged in; page: {driver.page_source[:2000]}")  # type: ignore[attr-defined]
 
@@ -106,15 +111,29 @@ def test_operator_sees_the_job_its_contours_and_resends_viewer_is_refused(
     series = make_phantom_series(tmp_path / "ct", shape_zyx=(12, 64, 64))
     storescu_push(running.port, series.paths)
 
-    def sent_row() -> object:
-        driver.get(f"{base}/?state=sent")  # type: ignore[attr-defined]
-        rows = driver.find_elements(By.CSS_SELECTOR, "tr.job")  # type: ignore[attr-defined]
-        return rows[0] if rows else None
+    def sent_row() -> tuple[str, str, str] | None:
+        """(job id, row text, link target) of the first sent job, read at once:
+        the queue page reloads itself every few seconds, so elements found on it
+        go stale."""
+        from selenium.common.exceptions import StaleElementReferenceException
 
-    row = wait_for(sent_row, 90, f"a sent job in the queue; log: {running.log_tail()}")
-    job_id = row.get_attribute("data-job-id")  # type: ignore[attr-defined]
-    assert "body" in row.text  # type: ignore[attr-defined]
-    row.find_element(By.LINK_TEXT, job_id).click()  # type: ignore[attr-defined]
+        driver.get(f"{base}/?state=sent")  # type: ignore[attr-defined]
+        try:
+            rows = driver.find_elements(By.CSS_SELECTOR, "tr.job")  # type: ignore[attr-defined]
+            if not rows:
+                return None
+            job = str(rows[0].get_attribute("data-job-id"))
+            link = rows[0].find_element(By.LINK_TEXT, job).get_attribute("href")
+            return job, str(rows[0].text), str(link)
+        except StaleElementReferenceException:
+            return None
+
+    job_id, row_text, job_link = wait_for(
+        sent_row, 90, f"a sent job in the queue; log: {running.log_tail()}"
+    )
+    assert "body" in row_text
+    assert job_link.endswith(f"/jobs/{job_id}")
+    driver.get(job_link)  # type: ignore[attr-defined]
 
     wait_for(
         lambda: driver.execute_script(  # type: ignore[attr-defined]
@@ -176,7 +195,11 @@ def test_operator_sees_the_job_its_contours_and_resends_viewer_is_refused(
 def _text_of(driver: object, element_id: str) -> str | None:
     """The text of the element with ``element_id`` once the page shows it (a click
     that posts a form returns before the answer page has loaded)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    found = driver.find_elements(By.ID, element_id)  # type: ignore[attr-defined]
-    return str(found[0].text) if found and found[0].text else None
+    try:
+        found = driver.find_elements(By.ID, element_id)  # type: ignore[attr-defined]
+        return str(found[0].text) if found and found[0].text else None
+    except StaleElementReferenceException:  # the page was replaced between find and read
+        return None
