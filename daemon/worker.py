@@ -486,7 +486,7 @@ class Worker:
 
         return write_results(
             result,
-            identify_algorithm(models),
+            identify_algorithm(models, result.run_parameters),
             out_dir,
             label=label,
             outputs=match.outputs,

@@ -23,7 +23,7 @@ name(s), version(s), weights sha256, contourd version) is built here too
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,7 +47,9 @@ OUTPUT_KINDS = ("rtstruct", "seg")
 SEG_SKIPPED_WARNING = "no ROI was found, so no SEG was written (a SEG needs at least one segment)"
 
 
-def identify_algorithm(models: Sequence[Any]) -> AlgorithmInfo:
+def identify_algorithm(
+    models: Sequence[Any], run_parameters: Mapping[str, Sequence[str]] | None = None
+) -> AlgorithmInfo:
     """The identification written into an RTSTRUCT or SEG made by ``models``.
 
     Parameters
@@ -55,6 +57,10 @@ def identify_algorithm(models: Sequence[Any]) -> AlgorithmInfo:
     models
         Models with a ``card`` (name, version) and ``weights_sha256``
         (``ApprovedModel``), in run order.
+    run_parameters
+        ``"name version"`` -> how that model ran (``key=value`` items, from
+        :attr:`inference.pipeline.SegmentationResult.run_parameters`); with
+        several models each item is prefixed ``name:``.
 
     Returns
     -------
@@ -62,11 +68,16 @@ def identify_algorithm(models: Sequence[Any]) -> AlgorithmInfo:
         Names and versions joined with ``+`` in run order; the weights'
         sha256 only for a single model (several have no single hash).
     """
+    parameters: list[str] = []
+    for m in models:
+        items = (run_parameters or {}).get(f"{m.card.name} {m.card.version}", ())
+        parameters += [p if len(models) == 1 else f"{m.card.name}:{p}" for p in items]
     return AlgorithmInfo(
         model_name="+".join(m.card.name for m in models),
         model_version="+".join(str(m.card.version) for m in models),
         weights_sha256=models[0].weights_sha256 if len(models) == 1 else None,
         software_version=__version__,
+        parameters=tuple(parameters),
     )
 
 

@@ -74,6 +74,10 @@ class SegmentationResult:
         ``"name version"`` of each model that ran, in order.
     empty_rois
         Names of ROIs the models found nothing for.
+    run_parameters
+        ``"name version"`` -> how a runtime ran that model (``key=value``
+        items, e.g. the nnU-Net mode); empty for models run as their card says
+        with nothing to add.
     """
 
     volume: ImageVolume
@@ -82,6 +86,7 @@ class SegmentationResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     models: list[str] = field(default_factory=list)
     empty_rois: list[str] = field(default_factory=list)
+    run_parameters: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def collect_files(source: Path | Sequence[Path]) -> list[Path]:
@@ -180,9 +185,9 @@ def segment_series(
                 f"{volume.modality}; route {volume.modality} series to a {volume.modality} model"
             )
         used.append(tag)
-        algorithm = identify_algorithm([model])
         effective = _effective_by_label(model)
         masks = run_model(model, volume, context)
+        algorithm = identify_algorithm([model], context.run_parameters)
         taken = {r.name.lower(): r for r in rois}
         for label in sorted(masks):
             spec = effective.get(label) or card.roi(label)
@@ -227,4 +232,12 @@ def segment_series(
     timings["total"] = time.perf_counter() - t_start
     for warning in warnings:
         log.warning("series %s: %s", volume.series_uid, warning)
-    return SegmentationResult(volume, rois, warnings, timings, models=used, empty_rois=empty)
+    return SegmentationResult(
+        volume,
+        rois,
+        warnings,
+        timings,
+        models=used,
+        empty_rois=empty,
+        run_parameters=dict(context.run_parameters),
+    )

@@ -64,9 +64,13 @@ class AlgorithmInfo:
         Hex sha256 of the weights file that ran (None for classical models).
     software_version : str
         contourd version (``contourd.__version__``).
+    parameters : tuple of str
+        How the model ran, ``key=value`` each (e.g. ``"nnunet_mode=fast"``),
+        written after the version and hash into Algorithm Parameters.
     """
 
     model_name: str
     model_version: str
     weights_sha256: str | None
     software_version: str
+    parameters: tuple[str, ...] = ()

@@ -271,6 +271,7 @@ def _algorithm_item(algorithm: AlgorithmInfo) -> Dataset:
     params = [f"contourd={algorithm.software_version}"]
     if algorithm.weights_sha256:
         params.append(f"weights_sha256={algorithm.weights_sha256}")
+    params.extend(algorithm.parameters)
     item.AlgorithmParameters = ";".join(params)
     item.AlgorithmSource = MANUFACTURER
     return item

@@ -16,6 +16,7 @@ care which runtime drew them.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from inference.postprocess import Cleanup, clean_mask, probabilities_to_masks
 from inference.predictor import Precision, PredictorCache
 from inference.preprocess import preprocess, to_sitk_image
 from inference.volume import ImageVolume
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,6 +53,9 @@ class RunContext:
         nnU-Net mode override (``None``: the card's ``nnunet.mode``).
     nnunet_mirror
         nnU-Net mirroring override (``None``: the mode's default).
+    run_parameters
+        A runtime adds ``"name version"`` -> how it ran that model
+        (``key=value`` items; they go into the outputs' Algorithm Parameters).
     """
 
     cache: PredictorCache
@@ -60,6 +66,7 @@ class RunContext:
     max_whole_volume_voxels: int | None = None
     nnunet_mode: Literal["exact", "fast"] | None = None
     nnunet_mirror: bool | None = None
+    run_parameters: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def predictor_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :meth:`PredictorCache.get`."""
@@ -157,6 +164,16 @@ def run_nnunet(model: Any, volume: ImageVolume, ctx: RunContext) -> dict[int, np
     except RuntimeError as err:
         raise _network_error(card, volume, array.shape, predictor.device, err) from err
     ctx.timings[f"{name}.network"] = time.perf_counter() - t0
+    ctx.run_parameters[f"{name} {card.version}"] = (
+        f"nnunet_mode={mode}",
+        f"nnunet_folds={','.join(str(f) for f in settings.folds)}",
+        f"nnunet_step={run.tile_step_size:g}",
+        f"nnunet_mirror_axes={','.join(str(a) for a in run.mirror_axes) or 'none'}",
+    )
+    log.info(
+        "model %s %s ran as nnU-Net %s mode (step %g, mirror axes %s)",
+        name, card.version, mode, run.tile_step_size, list(run.mirror_axes) or "none",
+    )  # fmt: skip
     t0 = time.perf_counter()
     label_image = sitk.GetImageFromArray(labels)
     label_image.CopyInformation(image)

@@ -57,6 +57,9 @@ def algorithm_identification(algorithm: AlgorithmInfo) -> hd.AlgorithmIdentifica
     parameters = {"contourd": algorithm.software_version}
     if algorithm.weights_sha256:
         parameters["weights_sha256"] = algorithm.weights_sha256
+    for item in algorithm.parameters:
+        key, _, value = item.partition("=")
+        parameters[key] = value
     return hd.AlgorithmIdentificationSequence(
         name=_fit(algorithm.model_name, 64, "model name"),
         family=codes.cid7162.ArtificialIntelligence,

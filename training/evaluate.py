@@ -243,6 +243,7 @@ def evaluate_model(
     num_threads: int | None = None,
     progress: Callable[[int, str], None] | None = None,
     max_whole_volume_voxels: int | None = None,
+    on_prediction: Callable[[str, dict[int, np.ndarray]], None] | None = None,
 ) -> EvaluationResult:
     """Run ``model`` over every case of ``dataset_dir`` and score it.
 
@@ -267,6 +268,9 @@ def evaluate_model(
         Called with ``(case index, case id)`` after each case.
     max_whole_volume_voxels
         Passed to the pipeline: 1 forces sliding-window inference.
+    on_prediction
+        Called with ``(case id, {label: predicted mask})`` for each case, the masks
+        boolean ``[z, y, x]`` on the case's source grid (e.g. to compare two runs).
     """
     card: ModelCard = model.card
     roi_names = [r.name for r in sorted(card.rois, key=lambda r: r.label)]
@@ -296,6 +300,8 @@ def evaluate_model(
             max_whole_volume_voxels=max_whole_volume_voxels,
         )
         predicted = {r.label: r.mask for r in result.rois}
+        if on_prediction is not None:
+            on_prediction(source.case_id, predicted)
         spacing_zyx = source.volume.spacing_mm[::-1]
         metrics: dict[str, MaskMetrics] = {}
         for roi in sorted(card.rois, key=lambda r: r.label):

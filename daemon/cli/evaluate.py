@@ -36,6 +36,7 @@ from training.evaluate import (
     load_package_model,
     write_report,
 )
+from training.mask_agreement import MaskAgreement
 from training.roi_mapping import load_mapping_file
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,11 @@ def _resolve_model(args: argparse.Namespace) -> Any:
 
 
 def _evaluate(
-    model: Any, args: argparse.Namespace, mapping: Any, progress: Any = None
+    model: Any,
+    args: argparse.Namespace,
+    mapping: Any,
+    progress: Any = None,
+    on_prediction: Any = None,
 ) -> EvaluationResult:
     """:func:`training.evaluate.evaluate_model` with the command's options."""
     return evaluate_model(
@@ -111,6 +116,7 @@ def _evaluate(
         device=args.device,
         num_threads=args.threads,
         progress=progress,
+        on_prediction=on_prediction,
     )
 
 
@@ -174,6 +180,21 @@ def format_mode_comparison(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_agreement(card: Any, agreement: MaskAgreement) -> str:
+    """Per ROI mean and lowest Dice of ``fast``'s masks against ``exact``'s, over the cases."""
+    lines = ["fast vs exact agreement (Dice of the two modes' masks per case):",
+             f"{'ROI':<20}{'mean':>10}{'lowest':>10}{'cases':>7}"]  # fmt: skip
+    lowest_overall = 1.0
+    for roi in sorted(card.rois, key=lambda r: r.label):
+        values = agreement.dice.get(roi.label, [])
+        if not values:
+            continue
+        lowest_overall = min(lowest_overall, min(values))
+        lines.append(f"{roi.name:<20}{np.mean(values):>10.4f}{min(values):>10.4f}{len(values):>7}")
+    lines.append(f"lowest fast-vs-exact Dice over ROIs and cases: {lowest_overall:.4f}")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the table; exit code 0."""
     if args.compare_mode:
@@ -200,7 +221,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_compare_mode(args: argparse.Namespace) -> int:
-    """``--compare-mode``: the nnU-Net model in exact and fast mode on the same cases."""
+    """``--compare-mode``: the nnU-Net model in exact and fast mode on the same cases.
+
+    Prints each mode's scores against the reference, then the agreement of
+    ``fast`` with ``exact`` (Dice of the two modes' masks per ROI and case).
+    """
     base = _resolve_model(args)
     if base.card.model_type != "nnunet":
         raise InferenceError(
@@ -209,10 +234,14 @@ def run_compare_mode(args: argparse.Namespace) -> int:
         )
     mapping = load_mapping_file(args.mapping) if args.mapping else None
     results = {}
-    for mode in ("exact", "fast"):
-        nnunet = base.card.nnunet.model_copy(update={"mode": mode})
-        model = dataclasses.replace(base, card=base.card.model_copy(update={"nnunet": nnunet}))
-        results[mode] = _evaluate(model, args, mapping)
-        print(f"{mode}: {describe_inference(model.card)}")
+    labels = tuple(r.label for r in base.card.rois)
+    with MaskAgreement(labels=labels) as agreement:
+        for mode, hook in (("exact", agreement.keep), ("fast", agreement.score)):
+            nnunet = base.card.nnunet.model_copy(update={"mode": mode})
+            card = base.card.model_copy(update={"nnunet": nnunet})
+            model = dataclasses.replace(base, card=card)
+            results[mode] = _evaluate(model, args, mapping, on_prediction=hook)
+            print(f"{mode}: {describe_inference(model.card)}")
     print(format_mode_comparison(results))
+    print(format_agreement(base.card, agreement))
     return 0

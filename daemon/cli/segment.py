@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                 )
                 written = write_results(
                     result,
-                    algorithm,
+                    identify_algorithm(models, result.run_parameters),
                     args.output / uid,
                     label=label,
                     outputs=OUTPUT_KINDS if args.seg else ("rtstruct",),

@@ -143,3 +143,28 @@ def test_algorithm_identification_of_one_and_of_several_models(body_model: Local
     assert both.model_name == "body+outline"
     assert both.model_version == f"{body_model.card.version}+2.1.0"
     assert both.weights_sha256 is None  # several models have no single weights hash
+
+
+def test_run_parameters_go_into_the_algorithm_identification(
+    tmp_path: Path, result: SegmentationResult, body_model: LocalModel
+) -> None:
+    other_card = body_model.card.model_copy(update={"name": "outline", "version": "2.1.0"})
+    other = LocalModel(card=other_card, weights_sha256="ab" * 32)
+    tag = f"body {body_model.card.version}"
+    run = {tag: ("nnunet_mode=fast", "nnunet_step=0.75")}
+    assert identify_algorithm([body_model], run).parameters == run[tag]
+    assert identify_algorithm([body_model]).parameters == ()
+    both = identify_algorithm([body_model, other], run)
+    assert both.parameters == ("body:nnunet_mode=fast", "body:nnunet_step=0.75")
+    algorithm = identify_algorithm([body_model], run)
+    rois = [replace(r, algorithm=algorithm) for r in result.rois]
+    written = write_results(replace(result, rois=rois), algorithm, tmp_path / "o", label="x",
+                            outputs=("rtstruct", "seg"), uid_root=None)  # fmt: skip
+    rs, seg = (pydicom.dcmread(p) for p in written.files)
+    item = rs.StructureSetROISequence[0].ROIDerivationAlgorithmIdentificationSequence[0]
+    params = item.AlgorithmParameters.split(";")
+    assert params[0] == f"contourd={__version__}"
+    assert params[-2:] == ["nnunet_mode=fast", "nnunet_step=0.75"]
+    seg_item = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert "nnunet_mode=fast" in seg_item.AlgorithmParameters
+    assert "nnunet_step=0.75" in seg_item.AlgorithmParameters

@@ -1,6 +1,6 @@
 """Make a real nnU-Net v2 model with nnunetv2 itself (run as a script, test extra).
 
-``python make_nnunet_model.py WORK --folds 0 1 --iterations 30``
+``python make_nnunet_model.py WORK --folds 0 1 --iterations 30 [--modality MR]``
 
 Writes a synthetic CT dataset in nnU-Net's raw format under ``WORK/raw``
 (``nnunet_cases.make_case``), runs nnU-Net's fingerprinting, planning and
@@ -29,20 +29,26 @@ from nnunet_cases import (  # noqa: E402
     DATASET_ID,
     DATASET_NAME,
     LABELS,
+    MR_DATASET_ID,
+    MR_DATASET_NAME,
     TRAIN_SPACING_ZYX,
+    hu_to_mr,
     make_case,
 )
 
 
-def write_raw(raw: Path, cases: int) -> None:
-    """``imagesTr``/``labelsTr`` NIfTIs and ``dataset.json`` of the synthetic dataset."""
+def write_raw(raw: Path, cases: int, modality: str = "CT") -> None:
+    """``imagesTr``/``labelsTr`` NIfTIs and ``dataset.json`` of the synthetic dataset
+    (``modality`` "MR": :func:`nnunet_cases.hu_to_mr` images, channel "MR")."""
     import SimpleITK as sitk
 
-    base = raw / DATASET_NAME
+    base = raw / (MR_DATASET_NAME if modality == "MR" else DATASET_NAME)
     (base / "imagesTr").mkdir(parents=True, exist_ok=True)
     (base / "labelsTr").mkdir(parents=True, exist_ok=True)
     for i in range(cases):
         image, labels = make_case(seed=i, spacing_zyx=TRAIN_SPACING_ZYX)
+        if modality == "MR":
+            image = hu_to_mr(image)
         for array, path in (
             (image, base / "imagesTr" / f"case_{i:03d}_0000.nii.gz"),
             (labels, base / "labelsTr" / f"case_{i:03d}.nii.gz"),
@@ -51,7 +57,7 @@ def write_raw(raw: Path, cases: int) -> None:
             img.SetSpacing(tuple(reversed(TRAIN_SPACING_ZYX)))
             sitk.WriteImage(img, str(path))
     dataset = {
-        "channel_names": {"0": "CT"},
+        "channel_names": {"0": modality},
         "labels": {"background": 0, **LABELS},
         "numTraining": cases,
         "file_ending": ".nii.gz",
@@ -65,6 +71,7 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=5)
     parser.add_argument("--folds", type=int, nargs="+", default=[0])
     parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--modality", choices=["CT", "MR"], default="CT")
     parser.add_argument(
         "--seed", type=int, default=12345, help="seeds torch, numpy and random per fold"
     )
@@ -78,7 +85,10 @@ def main() -> None:
         (work / sub).mkdir(parents=True, exist_ok=True)
         os.environ[key] = str(work / sub)
     os.environ["nnUNet_n_proc_DA"] = "1"  # noqa: SIM112 - nnU-Net's name; the planner wants > 0
-    write_raw(work / "raw", args.cases)
+    write_raw(work / "raw", args.cases, args.modality)
+    dataset_id, dataset_name = (
+        (MR_DATASET_ID, MR_DATASET_NAME) if args.modality == "MR" else (DATASET_ID, DATASET_NAME)
+    )
 
     import torch
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
@@ -91,16 +101,16 @@ def main() -> None:
     )
 
     torch.set_num_threads(2)
-    extract_fingerprints([DATASET_ID], num_processes=1, check_dataset_integrity=True, verbose=False)
-    plan_experiments([DATASET_ID])
-    preprocess([DATASET_ID], configurations=["3d_fullres"], num_processes=[1], verbose=False)
+    extract_fingerprints([dataset_id], num_processes=1, check_dataset_integrity=True, verbose=False)
+    plan_experiments([dataset_id])
+    preprocess([dataset_id], configurations=["3d_fullres"], num_processes=[1], verbose=False)
     os.environ["nnUNet_n_proc_DA"] = "0"  # noqa: SIM112 - augment in this process
     folder = None
     for fold in args.folds:
         # The trainer class directly: nnU-Net's search by name imports every trainer
         # module, and its Primus trainers import timm -> torchvision, whose PyPI wheel
         # does not load against the CPU build of torch pinned here.
-        preprocessed = work / "preprocessed" / DATASET_NAME
+        preprocessed = work / "preprocessed" / dataset_name
         plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
         plans["continue_training"] = False  # as nnU-Net's get_trainer_from_args sets it
         # Seeded: unseeded, the 30-iteration model sometimes learnt no sphere at

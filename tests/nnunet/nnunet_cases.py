@@ -13,6 +13,10 @@ import numpy as np
 
 DATASET_ID = 901
 DATASET_NAME = f"Dataset{DATASET_ID}_Shapes"
+#: The MR variant (``make_nnunet_model.py --modality MR``): channel "MR", so
+#: nnU-Net plans ``ZScoreNormalization`` (on the nonzero region: air is 0).
+MR_DATASET_ID = 902
+MR_DATASET_NAME = f"Dataset{MR_DATASET_ID}_ShapesMR"
 LABELS = {"Sphere": 1, "Box": 2}
 TRAIN_SPACING_ZYX = (2.0, 1.0, 1.0)
 SHAPE_MM_ZYX = (72.0, 52.0, 52.0)
@@ -48,3 +52,9 @@ def make_case(
     labels[sphere & body] = 1
     labels[block & body] = 2
     return np.round(image).astype(np.int16), labels
+
+
+def hu_to_mr(image_hu: np.ndarray) -> np.ndarray:
+    """MR-like signal of a :func:`make_case` image (int16): air exactly 0, the body ~520,
+    the sphere ~625, the box ~350 (arbitrary units, as MR has no absolute scale)."""
+    return np.round(np.clip(image_hu.astype(np.float64) + 1000.0, 0, None) * 0.5).astype(np.int16)

@@ -27,7 +27,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nnunet_cases import LABELS, make_case  # noqa: E402
+from nnunet_cases import LABELS, hu_to_mr, make_case  # noqa: E402
 
 from contourd.errors import ModelIntegrityError, ModelPackageError  # noqa: E402
 from inference.phantom import write_ct_series  # noqa: E402
@@ -68,31 +68,21 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("nnunet")
 
 
-@pytest.fixture(scope="module")
-def trained(work: Path) -> Path:
-    """The trained-model folder ``nnUNetTrainer_1epoch__nnUNetPlans__3d_fullres``.
+def _make_model(work: Path, cache_variable: str, *args: str) -> Path:
+    """Train a model with ``make_nnunet_model.py WORK ARGS``; return its trained-model folder.
 
-    ``CONTOURD_NNUNET_TEST_MODEL`` may name such a folder made earlier by
-    ``make_nnunet_model.py`` (folds 0 and 1), to skip training when iterating
-    locally; CI trains it here.
+    The environment variable ``cache_variable`` may name such a folder made
+    earlier with the same arguments, to skip training when iterating locally;
+    CI trains it here.
     """
-    cached = os.environ.get("CONTOURD_NNUNET_TEST_MODEL")
+    cached = os.environ.get(cache_variable)
     if cached and not os.environ.get("CI"):
         copy = work / "cached" / Path(cached).name
         shutil.copytree(cached, copy)
         return copy
     env = {**os.environ, "nnUNet_n_proc_DA": "0", "OMP_NUM_THREADS": "2"}
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(HERE / "make_nnunet_model.py"),
-            str(work),
-            "--folds",
-            "0",
-            "1",
-            "--iterations",
-            "30",
-        ],
+        [sys.executable, str(HERE / "make_nnunet_model.py"), str(work), *args],
         capture_output=True,
         text=True,
         timeout=1500,
@@ -100,8 +90,31 @@ def trained(work: Path) -> Path:
         env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    folder = Path(proc.stdout.strip().splitlines()[-1])
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def trained(work: Path) -> Path:
+    """The trained-model folder ``nnUNetTrainer_1epoch__nnUNetPlans__3d_fullres`` (CT, folds
+    0 and 1; ``CONTOURD_NNUNET_TEST_MODEL`` may name one made earlier)."""
+    folder = _make_model(
+        work, "CONTOURD_NNUNET_TEST_MODEL", "--folds", "0", "1", "--iterations", "30"
+    )
     assert (folder / "fold_1" / "checkpoint_final.pth").is_file()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mr_trained(work: Path) -> Path:
+    """An MR model (channel "MR", so nnU-Net plans ``ZScoreNormalization``), fold 0
+    (``CONTOURD_NNUNET_TEST_MR_MODEL`` may name one made earlier)."""
+    folder = _make_model(
+        work / "mr", "CONTOURD_NNUNET_TEST_MR_MODEL",
+        "--folds", "0", "--iterations", "30", "--modality", "MR",
+    )  # fmt: skip
+    plans = json.loads((folder / "plans.json").read_text())
+    schemes = plans["configurations"]["3d_fullres"]["normalization_schemes"]
+    assert schemes == ["ZScoreNormalization"], schemes
     return folder
 
 
@@ -133,6 +146,23 @@ def cases(work: Path) -> dict[str, tuple[Path, np.ndarray, tuple[float, float, f
         write_ct_series(work / "dicom" / name, image.astype(np.float32), affine)
         out[name] = (work / "dicom" / name, image, spacing)
     return out
+
+
+def _write_mr_series(out_dir: Path, image_mr: np.ndarray, spacing: tuple[float, ...]) -> Path:
+    """An MR Image Storage series of ``image_mr`` ``[z, y, x]`` (the phantom CT writer's
+    geometry, then SOP class and modality made MR)."""
+    affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
+    affine[:3, 3] = (-30.0, -40.0, 100.0)
+    write_ct_series(out_dir, image_mr.astype(np.float32), affine,
+                    series_description="contourd phantom MR")  # fmt: skip
+    for path in sorted(out_dir.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.SOPClassUID = pydicom.uid.MRImageStorage
+        ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.MRImageStorage
+        ds.Modality = "MR"
+        del ds.RescaleType  # MR has no Hounsfield units
+        ds.save_as(path, enforce_file_format=True)
+    return out_dir
 
 
 def _nnunet_predictor(folder: Path, folds: tuple[int, ...], mirror: bool) -> Any:
@@ -194,10 +224,10 @@ def _nnunet_predict(predictor: Any, image: np.ndarray, spacing: Any) -> np.ndarr
     return np.asarray(seg)
 
 
-def _approved(config: Path) -> Any:
+def _approved(config: Path, name: str = "shapes") -> Any:
     data_dir = Path(config.read_text().split("data_dir:")[1].strip())
     with ModelRegistry(data_dir) as registry:
-        return registry.resolve_approved("shapes", "1.0.0")
+        return registry.resolve_approved(name, "1.0.0")
 
 
 def _compare(
@@ -344,3 +374,118 @@ def _quiet_threads() -> Iterator[None]:
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(threads)
+
+
+def _write_nifti_case(case_dir: Path, image: np.ndarray, labels: np.ndarray, spacing: Any) -> None:
+    """An evaluation case: ``ct.nii.gz`` and one ``<ROI>.nii.gz`` per label (``[z, y, x]``)."""
+    import SimpleITK as sitk
+
+    case_dir.mkdir(parents=True)
+    for array, name in [(image, "ct"), *((labels == v, roi) for roi, v in LABELS.items())]:
+        img = sitk.GetImageFromArray(np.asarray(array, dtype=np.int16))
+        img.SetSpacing(tuple(float(v) for v in reversed(spacing)))
+        sitk.WriteImage(img, str(case_dir / f"{name}.nii.gz"))
+
+
+def test_evaluate_compare_mode_prints_both_modes_and_their_agreement(
+    config: Path, work: Path
+) -> None:
+    import re
+
+    seed, spacing = CASES["c2"]
+    image, labels = make_case(seed, spacing)
+    dataset = work / "compare-dataset"
+    _write_nifti_case(dataset / "c2", image, labels, spacing)
+    proc = _contourd("evaluate", "--no-progress", "-c", str(config), "-m", "shapes",
+                     "--compare-mode", str(dataset))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    print(out)
+    assert "exact: nnU-Net exact: folds [0, 1], step 0.5" in out, out
+    assert "fast: nnU-Net fast: folds [0, 1], step 0.75" in out, out
+    # Each mode against the reference: the trained model finds the sphere in both.
+    row = re.search(r"^Sphere\s+([0-9.]+)\s+([0-9.]+)\s+([-+][0-9.]+)$", out, re.MULTILINE)
+    assert row is not None, out
+    exact_dice, fast_dice, difference = (float(v) for v in row.groups())
+    assert exact_dice > 0.3 and fast_dice > 0.3, out
+    assert abs(difference - (fast_dice - exact_dice)) < 2e-4
+    # fast against exact, mask by mask (the figure the issue asks --compare-mode to print)
+    agreement = re.search(r"^Sphere\s+([0-9.]+)\s+([0-9.]+)\s+1$", out, re.MULTILINE)
+    lowest = re.search(r"lowest fast-vs-exact Dice over ROIs and cases: ([0-9.]+)", out)
+    assert agreement is not None and lowest is not None, out
+    assert float(lowest.group(1)) <= float(agreement.group(2))
+    assert float(lowest.group(1)) >= 0.95, out  # the bound of the agreement test above
+
+
+def test_a_node_routes_ct_and_mr_series_to_their_nnunet_models(
+    trained: Path, mr_trained: Path, cases: dict[str, Any], tmp_path: Path
+) -> None:
+    """CT and MR series pushed with storescu: the rules' modality picks the model, the CT
+    rule's ``nnunet_mode: exact`` overrides the card's fast mode, and the MR model
+    (ZScore normalisation) draws what ``nnUNetPredictor`` draws."""
+    import yaml
+    from node_harness import node_config_file, node_with_tps, storescu_push
+    from peer_tools import wait_for
+
+    mr_spacing = (3.0, 1.0, 1.0)
+    mr_image = hu_to_mr(make_case(103, mr_spacing)[0])
+    mr_series = _write_mr_series(tmp_path / "mr-series", mr_image, mr_spacing)
+    config_path = tmp_path / "contourd.yaml"
+
+    def write_config(tps_port: int) -> Path:
+        ct_rule = {"name": "ct-shapes", "model": "shapes", "nnunet_mode": "exact"}
+        path = node_config_file(tmp_path, tps_port, rule=ct_rule)
+        data = yaml.safe_load(path.read_text())
+        mr_rule = {"name": "mr-shapes", "match": {"modality": "MR"}, "model": "shapes-mr"}
+        data["rules"].append({**mr_rule, "send_to": ["tps"], "outputs": ["rtstruct"]})
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    def prepare(_data_dir: Path) -> None:
+        for folder, name in ((trained, "shapes"), (mr_trained, "shapes-mr")):
+            proc = _contourd("models", "-c", str(config_path), "import", str(folder),
+                             "--by", "physicist", "--name", name, "--body-site", "abdomen",
+                             "--mode", "fast")  # fmt: skip
+            assert proc.returncode == 0, proc.stderr
+            proc = _contourd("models", "-c", str(config_path), "approve", name, "1.0.0",
+                             "--by", "physicist")  # fmt: skip
+            assert proc.returncode == 0, proc.stderr
+
+    with node_with_tps(tmp_path, approve=False, write_config=write_config, prepare=prepare) as run:
+        storescu_push(run.node.port, sorted(cases["c2"][0].glob("*.dcm")))
+        storescu_push(run.node.port, sorted(mr_series.glob("*.dcm")), calling_ae="MRSIM")
+
+        def two_rtstructs() -> list[pydicom.Dataset] | None:
+            found = [ds for ds in run.tps.received() if ds.Modality == "RTSTRUCT"]
+            return found if len(found) == 2 else None
+
+        rtstructs = wait_for(two_rtstructs, 600, "two RTSTRUCTs at the TPS")
+        data_dir = run.data_dir
+    assert isinstance(rtstructs, list)
+    ct_uid = str(pydicom.dcmread(next(cases["c2"][0].glob("*.dcm"))).SeriesInstanceUID)
+    mr_uid = str(pydicom.dcmread(next(mr_series.glob("*.dcm"))).SeriesInstanceUID)
+    by_series = {}
+    for rs in rtstructs:
+        ref = rs.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+        by_series[str(ref.RTReferencedSeriesSequence[0].SeriesInstanceUID)] = rs
+    assert set(by_series) == {ct_uid, mr_uid}
+    for uid, name, mode in ((ct_uid, "shapes", "exact"), (mr_uid, "shapes-mr", "fast")):
+        rs = by_series[uid]
+        assert "Sphere" in {r.ROIName for r in rs.StructureSetROISequence}, name
+        for roi in rs.StructureSetROISequence:
+            algorithm = roi.ROIDerivationAlgorithmIdentificationSequence[0]
+            assert algorithm.AlgorithmName == name
+            assert f"nnunet_mode={mode}" in algorithm.AlgorithmParameters.split(";")
+    # The MR model's exact mode against nnU-Net's own predictor on the same series.
+    with ModelRegistry(data_dir) as registry:
+        mr_model = registry.resolve_approved("shapes-mr", "1.0.0")
+    assert mr_model.card.modality == "MR"
+    assert mr_model.card.nnunet.normalization.scheme == "ZScoreNormalization"
+    reference = _nnunet_predict(_nnunet_predictor(mr_trained, (0,), False), mr_image, mr_spacing)
+    assert (reference == LABELS["Sphere"]).sum() > 100, "nnU-Net found no sphere in the MR case"
+    result = segment_series(mr_series, mr_model, device="cpu", nnunet_mode="exact",
+                            nnunet_mirror=False)  # fmt: skip
+    masks = {r.name: r.mask for r in result.rois}
+    for roi, label in LABELS.items():
+        ours = masks.get(roi, np.zeros(reference.shape, dtype=bool))
+        assert _dice(ours, reference == label) >= 0.995, roi
