@@ -1,9 +1,14 @@
 """nnU-Net model on a CT: ``nnUNetPredictor`` (CPU) vs contourd ``exact`` and ``fast``.
 
-Run (needs the test extra, which installs nnunetv2)::
+Run (needs the test extra, which installs nnunetv2); the figures in
+docs/benchmarks.md came from these two::
 
-    .venv/bin/python benchmarks/nnunet_benchmark.py            # 512x512x200 CT
-    .venv/bin/python benchmarks/nnunet_benchmark.py --shape 40 128 128 --patch 32 64 64
+    # 512x512x200 CT, plans at 2.5 x 1.95 x 1.95 mm, mirroring off (about 25 min here)
+    .venv/bin/python benchmarks/nnunet_benchmark.py --shape 200 512 512 \
+        --spacing 2.5 0.98 0.98 --target-spacing 2.5 1.95 1.95
+    # the same CT, a coarse model (plans 2.5 x 3.9 x 3.9 mm), nnU-Net's default mirroring
+    .venv/bin/python benchmarks/nnunet_benchmark.py --shape 200 512 512 \
+        --spacing 2.5 0.98 0.98 --target-spacing 2.5 3.9 3.9 --mirror
 
 It writes an nnU-Net v2 results folder for a network of nnU-Net's default
 3d_fullres size for a CT task (PlainConvUNet, 6 stages, 32..320 features,
@@ -15,12 +20,16 @@ same synthetic CT (a body in air, ``--shape`` [z, y, x] voxels at
 (``ru_maxrss``) is that run's own:
 
 - ``nnunet``: ``nnUNetPredictor.predict_single_npy_array`` (step 0.5, Gaussian,
-  mirroring on, CPU);
-- ``exact``: contourd's reproduction of it;
-- ``fast``: contourd's fast mode.
+  CPU; mirroring with ``--mirror``, nnU-Net's default);
+- ``exact``: contourd's reproduction of it (mirroring as ``nnunet``);
+- ``fast``: contourd's fast mode as it ships (no mirroring unless
+  ``--fast-mirror``).
 
-It prints seconds, peak resident memory and per-label Dice of each contourd
-label map against nnU-Net's.
+It prints seconds, peak resident memory, the number of network passes (each
+window, each mirror), seconds per pass and per-label Dice of each label map
+against nnU-Net's. Random weights leave many near-ties between classes, so
+the Dice here says little about ``fast``; the agreement that counts is on a
+trained model (``tests/nnunet``).
 """
 
 from __future__ import annotations
@@ -166,7 +175,7 @@ def count_forwards(net: Any) -> list[int]:
     return calls
 
 
-def run_one(kind: str, work: Path, threads: int, mirror: bool) -> None:
+def run_one(kind: str, work: Path, threads: int, mirror: bool, fast_mirror: bool = False) -> None:
     """One measured run in this process; writes ``<kind>.npy`` and ``<kind>.json``."""
     import torch
 
@@ -209,9 +218,9 @@ def run_one(kind: str, work: Path, threads: int, mirror: bool) -> None:
         states = split_folds(load_file(str(work / "package" / "weights.safetensors")), [0])
         predictor = NnunetPredictor(card.nnunet, len(card.rois) + 1, states, device="cpu")
         calls = count_forwards(predictor.net)
-        # exact mirrors as nnUNetPredictor does here; fast keeps its own default
-        # (off) unless --mirror asks for it.
-        use_mirror = mirror if kind == "exact" or mirror else None
+        # exact mirrors as nnUNetPredictor does here (--mirror); fast keeps its own
+        # default (off) unless --fast-mirror asks for it.
+        use_mirror = mirror if kind == "exact" else (True if fast_mirror else None)
         settings = predictor.run_settings(kind, mirror=use_mirror)
         t0 = time.perf_counter()
         labels = predictor.segment(image, tuple(spacing), settings)
@@ -236,50 +245,83 @@ def main() -> None:
     parser.add_argument("--patch", type=int, nargs=3, default=[128, 128, 128])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mirror", action="store_true",
-                        help="mirrored test-time augmentation in nnunet and exact (and fast); "
-                        "nnU-Net's default, 8x the network passes")  # fmt: skip
+                        help="mirrored test-time augmentation in nnunet and exact (nnU-Net's "
+                        "default: 8x the network passes); fast keeps its default")  # fmt: skip
+    parser.add_argument("--fast-mirror", action="store_true",
+                        help="mirrored test-time augmentation in fast too")  # fmt: skip
     parser.add_argument("--only", choices=["nnunet", "exact", "fast"], default=None)
-    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="keep the CT, model and results here (default: a temporary "
+        "folder); kinds already run there are reported, not rerun",
+    )
+    parser.add_argument(
+        "--rerun",
+        nargs="*",
+        default=[],
+        choices=["nnunet", "exact", "fast"],
+        help="with --work-dir: run these kinds again",
+    )
     args = parser.parse_args()
     if args.only:
-        run_one(args.only, args.work, args.threads, args.mirror)
+        run_one(args.only, args.work, args.threads, args.mirror, args.fast_mirror)
         return
+    if args.work_dir is not None:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+        compare(args, args.work_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="nnunet-bench-") as tmp:
+        compare(args, Path(tmp))
+
+
+def compare(args: argparse.Namespace, work: Path) -> None:
+    """Write the CT and the model into ``work`` (unless there), run each kind, print the table.
+
+    A kind whose ``<kind>.json`` is already in ``work`` and is not in ``--rerun`` is
+    reported from that earlier run (said in the output).
+    """
     from model_store.nnunet_import import NnunetImportOptions, convert
 
-    with tempfile.TemporaryDirectory(prefix="nnunet-bench-") as tmp:
-        work = Path(tmp)
+    if not (work / "package" / "model.yaml").is_file():
         np.save(work / "ct.npy", make_ct(tuple(args.shape)))
         (work / "spacing.json").write_text(json.dumps(args.spacing))
         folder = write_results_folder(work / "results", args.patch,
                                       args.target_spacing or args.spacing)  # fmt: skip
         (work / "folder.txt").write_text(str(folder))
         convert(folder, work / "package", NnunetImportOptions(body_site="ABDOMEN"), work / "x")
-        print(
-            f"CT {args.shape[::-1]} voxels (x y z) at {args.spacing[::-1]} mm; patch "
-            f"{args.patch}; plans spacing {(args.target_spacing or args.spacing)[::-1]} mm; "
-            f"{args.threads} torch threads; mirroring {'on' if args.mirror else 'off'}"
-        )
-        results: dict[str, Any] = {}
-        for kind in ("nnunet", "exact", "fast"):
+    print(f"CT {args.shape[::-1]} voxels (x y z) at {args.spacing[::-1]} mm; patch "
+          f"{args.patch}; plans spacing {(args.target_spacing or args.spacing)[::-1]} mm; "
+          f"{args.threads} torch threads; mirroring in nnunet and exact "
+          f"{'on' if args.mirror else 'off'}, in fast "
+          f"{'on' if args.fast_mirror else 'off'}")  # fmt: skip
+    results: dict[str, Any] = {}
+    for kind in ("nnunet", "exact", "fast"):
+        if (work / f"{kind}.json").is_file() and kind not in args.rerun:
+            print(f"{kind}: figures of the earlier run in {work}")
+        else:
             cmd = [sys.executable, __file__, "--only", kind, "--work", str(work),
                    "--threads", str(args.threads)]  # fmt: skip
             cmd += ["--mirror"] if args.mirror else []
+            cmd += ["--fast-mirror"] if args.fast_mirror else []
             subprocess.run(cmd, check=True)
-            results[kind] = json.loads((work / f"{kind}.json").read_text())
-        reference = np.load(work / "nnunet.npy")
-        base = results["nnunet"]["seconds"]
-        print(f"{'run':<8} {'seconds':>9} {'speed-up':>9} {'peak MiB':>9} {'passes':>7} "
-              f"{'s/pass':>7}  Dice vs nnUNetPredictor")  # fmt: skip
-        for kind, r in results.items():
-            labels = np.load(work / f"{kind}.npy")
-            agreement = ", ".join(
-                f"{name} {dice(labels == v, reference == v):.4f}" for name, v in LABELS.items() if v
-            )
-            per_pass = r["seconds"] / max(r["forwards"], 1)
-            print(
-                f"{kind:<8} {r['seconds']:>9.1f} {base / r['seconds']:>8.2f}x "
-                f"{r['peak_mib']:>9.0f} {r['forwards']:>7} {per_pass:>7.2f}  {agreement}"
-            )
+        results[kind] = json.loads((work / f"{kind}.json").read_text())
+    reference = np.load(work / "nnunet.npy")
+    base = results["nnunet"]["seconds"]
+    print(f"{'run':<8} {'seconds':>9} {'speed-up':>9} {'peak MiB':>9} {'passes':>7} "
+          f"{'s/pass':>7}  Dice vs nnUNetPredictor")  # fmt: skip
+    for kind, r in results.items():
+        labels = np.load(work / f"{kind}.npy")
+        agreement = ", ".join(
+            f"{name} {dice(labels == v, reference == v):.4f}" for name, v in LABELS.items() if v
+        )
+        per_pass = r["seconds"] / max(r["forwards"], 1)
+        print(
+            f"{kind:<8} {r['seconds']:>9.1f} {base / r['seconds']:>8.2f}x "
+            f"{r['peak_mib']:>9.0f} {r['forwards']:>7} {per_pass:>7.2f}  {agreement}"
+        )
 
 
 if __name__ == "__main__":

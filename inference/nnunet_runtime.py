@@ -20,8 +20,9 @@ SimpleITK gives it (after ``DICOMOrient`` to the card's ``orientation``):
 
 ``fast`` is ours: the same network and steps, but the image is also cropped
 to the patient (the box of voxels above the normalised image's lowest value,
-plus a margin), the logits are resampled back trilinearly with torch on all
-threads (the input too with ``fast.resampling_order: 1``), windows step
+plus a margin), the logits are resampled back linearly with torch on all
+threads (the input too with ``fast.resampling_order: 1``; a thick-slice axis
+nearest-neighbour, as nnU-Net's ``order_z`` 0 does it), windows step
 further (0.75 of the patch by default) and mirroring is off unless the
 card's ``fast.mirror`` says otherwise. Precision ``auto``: fp32 on CPUs without
 native bf16 (bf16 is emulated and far slower there), bf16 where the CPU has it.
@@ -41,7 +42,13 @@ from scipy.ndimage import binary_fill_holes, gaussian_filter
 
 from contourd.errors import InferenceError
 from inference.nnunet_network import split_folds
-from inference.nnunet_resampling import new_shape_for, resample_linear_torch, resample_to_shape
+from inference.nnunet_resampling import (
+    argmax_of_resampled,
+    linear_nearest_axis,
+    new_shape_for,
+    resample_linear_torch,
+    resample_to_shape,
+)
 from inference.postprocess import foreground_box, mask_bounding_box
 from inference.precision import Precision, resolve_device, resolve_precision
 from model_store.network_layout import build_network
@@ -105,8 +112,8 @@ class RunSettings:
     tile_step_size: float
     mirror_axes: tuple[int, ...]
     crop_margin_voxels: int | None  # None: no crop to the patient
-    linear_input_resampling: bool  # torch trilinear instead of nnU-Net's spline for the input
-    linear_logit_resampling: bool  # torch trilinear instead of nnU-Net's for the logits
+    linear_input_resampling: bool  # torch linear instead of nnU-Net's spline for the input
+    linear_logit_resampling: bool  # torch linear instead of nnU-Net's for the logits
 
 
 class NnunetPredictor:
@@ -237,19 +244,23 @@ class NnunetPredictor:
         target = tuple(float(v) for v in s.spacing_mm)
         net_shape = new_shape_for(cropped_shape, spacing, target)
         if run.linear_input_resampling:
-            prepared = resample_linear_torch(data[None], net_shape)
+            nearest = linear_nearest_axis(s.resampling_data, spacing, target)
+            prepared = resample_linear_torch(data[None], net_shape, nearest)
         else:
             prepared = resample_to_shape(data[None], net_shape, spacing, target, s.resampling_data)
+        del data, nonzero  # the network's input is ``prepared`` from here on
         with self._lock, torch.inference_mode():
             logits = self._logits(torch.from_numpy(np.ascontiguousarray(prepared)), run)
-        if run.linear_logit_resampling:
-            back = resample_linear_torch(logits, cropped_shape)
-        else:
-            back = resample_to_shape(
-                logits, cropped_shape, target, spacing, s.resampling_probabilities
-            )
+        del prepared
+        # Class by class: the back-resampled logits of every class at the CT's size
+        # (4 bytes x classes x voxels) are never held at once.
+        cropped_labels = argmax_of_resampled(
+            logits, cropped_shape, target, spacing, s.resampling_probabilities,
+            linear=run.linear_logit_resampling,
+        )  # fmt: skip
+        del logits
         labels = np.zeros(full_shape, dtype=np.uint8)
-        labels[box] = np.argmax(back, axis=0).astype(np.uint8)
+        labels[box] = cropped_labels
         return np.ascontiguousarray(labels.transpose(tb))
 
     def _logits(self, data: torch.Tensor, run: RunSettings) -> np.ndarray:

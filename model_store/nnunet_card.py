@@ -81,10 +81,11 @@ class NnunetFastSettings(_Strict):
         Margin of that box, in network-grid voxels.
     resampling_order
         3 (default): the input is resampled with nnU-Net's spline, as in
-        training; 1: trilinear with torch on all threads, faster on large CTs
+        training; 1: linear with torch on all threads, faster on large CTs
         but the network then sees slightly smoother images (on the test model
         the Dice agreement with ``exact`` fell from 0.997 to 0.97). The
-        logits are always resampled back trilinearly with torch in ``fast``.
+        logits are always resampled back linearly with torch in ``fast``
+        (a thick-slice axis nearest-neighbour, as nnU-Net's ``order_z`` 0).
     """
 
     tile_step_size: float = Field(default=0.75, gt=0, le=1)
@@ -230,5 +231,5 @@ class NnunetSettings(_Strict):
             f"nnU-Net fast: folds {folds}, step {fast.tile_step_size}, "
             f"{'mirroring' if fast.mirror and self.mirror_axes else 'no mirroring'}, "
             f"{'cropped to the patient' if fast.crop_to_patient else 'whole grid'}, "
-            f"input {'spline' if fast.resampling_order == 3 else 'trilinear'}, logits trilinear"
+            f"input {'spline' if fast.resampling_order == 3 else 'linear'}, logits linear"
         )

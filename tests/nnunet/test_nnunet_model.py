@@ -267,12 +267,10 @@ def test_exact_and_fast_agree_with_nnunet_predictor(
     fast = _compare(model, cases, reference, nnunet_mode="fast", nnunet_mirror=mirror)
     print(f"folds {folds} mirror {mirror}: exact Dice {exact}, fast Dice {fast}")
     assert all(d >= 0.995 for d in exact.values()), exact
-    # Issue 16 asks for >= 0.98 in fast mode. The model here is trained afresh
-    # in every run (30 iterations) and its boundaries are soft, so the fast
-    # mode's agreement varies by run: 0.997 and 0.9765 were both seen for fold
-    # 0 (2026-12-03). The goal is not reliably met (the issue stays open); this
-    # bound catches a fast mode that has gone wrong, not the last 2 %.
-    assert all(d >= 0.95 for d in fast.values()), fast
+    # Issue 16's figure for fast mode. (Before fast resampled the thick-slice axis of
+    # the logits nearest-neighbour as nnU-Net does, the 3.5 mm case gave 0.983 and,
+    # on an unseeded model, 0.9765; since then 1.0 on this model, 2026-12-03.)
+    assert all(d >= 0.98 for d in fast.values()), fast
 
 
 def _with_card(model: Any, card: Any) -> Any:
@@ -401,8 +399,8 @@ def test_evaluate_compare_mode_prints_both_modes_and_their_agreement(
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     print(out)
-    assert "exact: nnU-Net exact: folds [0, 1], step 0.5" in out, out
-    assert "fast: nnU-Net fast: folds [0, 1], step 0.75" in out, out
+    assert "exact: nnU-Net exact: folds 0, 1, step 0.5, mirroring axes [0, 1, 2]" in out, out
+    assert "fast: nnU-Net fast: folds 0, 1, step 0.75, no mirroring" in out, out
     # Each mode against the reference: the trained model finds the sphere in both.
     row = re.search(r"^Sphere\s+([0-9.]+)\s+([0-9.]+)\s+([-+][0-9.]+)$", out, re.MULTILINE)
     assert row is not None, out
@@ -414,7 +412,10 @@ def test_evaluate_compare_mode_prints_both_modes_and_their_agreement(
     lowest = re.search(r"lowest fast-vs-exact Dice over ROIs and cases: ([0-9.]+)", out)
     assert agreement is not None and lowest is not None, out
     assert float(lowest.group(1)) <= float(agreement.group(2))
-    assert float(lowest.group(1)) >= 0.95, out  # the bound of the agreement test above
+    # exact mirrors (nnU-Net's default) and fast does not (ours): on this soft
+    # 30-iteration model that alone moves the sphere's edge (0.96 seen, 2026-12-03;
+    # with mirroring on in both, the agreement test above sees 1.0).
+    assert float(lowest.group(1)) >= 0.93, out
 
 
 def test_a_node_routes_ct_and_mr_series_to_their_nnunet_models(
