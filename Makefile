@@ -39,7 +39,7 @@ lint: venv
 	$(BIN)/mypy contourd daemon routing inference model_store training
 
 test: venv debian-tools
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

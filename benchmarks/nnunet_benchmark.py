@@ -265,6 +265,13 @@ def main() -> None:
         choices=["nnunet", "exact", "fast"],
         help="with --work-dir: run these kinds again",
     )
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["exact", "fast"],
+        help="leave these kinds out (nnunet is the reference, always run)",
+    )
     args = parser.parse_args()
     if args.only:
         run_one(args.only, args.work, args.threads, args.mirror, args.fast_mirror)
@@ -299,6 +306,9 @@ def compare(args: argparse.Namespace, work: Path) -> None:
           f"{'on' if args.fast_mirror else 'off'}")  # fmt: skip
     results: dict[str, Any] = {}
     for kind in ("nnunet", "exact", "fast"):
+        if kind in args.skip:
+            print(f"{kind}: not run (--skip)")
+            continue
         if (work / f"{kind}.json").is_file() and kind not in args.rerun:
             print(f"{kind}: figures of the earlier run in {work}")
         else:
