@@ -16,12 +16,7 @@ from types import TracebackType
 import numpy as np
 
 from contourd.errors import TrainingError
-
-
-def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks; 1.0 when both are empty."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+from training.metrics import dice
 
 
 @dataclass
@@ -88,4 +83,4 @@ class MaskAgreement:
         for label in sorted(set(self.labels) | set(kept) | set(masks)):
             a = kept.get(label, np.zeros(shape, dtype=bool))
             b = masks.get(label, np.zeros(shape, dtype=bool))
-            self.dice.setdefault(label, []).append(mask_dice(a, b))
+            self.dice.setdefault(label, []).append(dice(a, b))

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from contourd.errors import TrainingError
-from training.mask_agreement import MaskAgreement, mask_dice
+from training.mask_agreement import MaskAgreement
+from training.metrics import dice
 
 
 def _box(shape: tuple[int, int, int], z: slice, y: slice, x: slice) -> np.ndarray:
@@ -17,14 +18,14 @@ def _box(shape: tuple[int, int, int], z: slice, y: slice, x: slice) -> np.ndarra
     return mask
 
 
-def test_mask_dice_by_hand() -> None:
+def test_dice_by_hand() -> None:
     shape = (4, 10, 10)
     a = _box(shape, slice(0, 2), slice(0, 10), slice(0, 10))  # 200 voxels
     b = _box(shape, slice(1, 3), slice(0, 10), slice(0, 10))  # 200 voxels, 100 shared
-    assert mask_dice(a, b) == pytest.approx(2 * 100 / 400)
+    assert dice(a, b) == pytest.approx(2 * 100 / 400)
     empty = np.zeros(shape, dtype=bool)
-    assert mask_dice(empty, empty) == 1.0
-    assert mask_dice(a, empty) == 0.0
+    assert dice(empty, empty) == 1.0
+    assert dice(a, empty) == 0.0
 
 
 def test_second_run_scored_against_the_first_per_label_and_case() -> None:
