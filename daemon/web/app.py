@@ -11,8 +11,13 @@ a known one without the role for an action gets 403 with the role it needs.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import fastapi_offline
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.middleware.sessions import SessionMiddleware
 
@@ -24,6 +29,9 @@ from daemon.web.context import WebContext, session_secret
 from daemon.web.pages import router as page_router
 from daemon.web.pages import templates
 from model_store.registry import ModelRegistry
+
+#: Where the Swagger UI page's script, style sheet and icon are served.
+DOCS_ASSETS = "/api/docs-assets"
 
 
 def _wants_json(request: Request) -> bool:
@@ -42,7 +50,7 @@ def create_app(context: WebContext) -> FastAPI:
             "No patient name, ID or birth date is returned unless "
             "`http.show_patient_identifiers` is set."
         ),
-        docs_url="/api/docs",
+        docs_url=None,  # served below from the fastapi-offline package, not a CDN
         redoc_url=None,
         openapi_url="/api/openapi.json",
     )
@@ -95,6 +103,25 @@ def create_app(context: WebContext) -> FastAPI:
             return JSONResponse({"detail": str(err)}, status_code=409)
         return templates.TemplateResponse(
             request, "error.html", {"message": str(err), "user": None}, status_code=409
+        )
+
+    # Swagger UI 5 (OpenAPI 3.1, which FastAPI writes) from the fastapi-offline wheel:
+    # a hospital network often has no internet, and FastAPI's default page loads the
+    # script from a CDN, so it stayed blank there.
+    app.mount(
+        DOCS_ASSETS,
+        StaticFiles(directory=Path(fastapi_offline.__file__).parent / "static"),
+        name="api-docs-assets",
+    )
+
+    @app.get("/api/docs", include_in_schema=False)
+    def api_docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/api/openapi.json",
+            title="contourd API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
         )
 
     app.include_router(api_router)

@@ -77,6 +77,27 @@ def test_openapi_document_is_served_and_valid(web: tuple[str, SqliteJobQueue]) -
         assert path in paths, path
 
 
+def test_api_docs_page_loads_swagger_ui_from_the_node_not_a_cdn(
+    web: tuple[str, SqliteJobQueue],
+) -> None:
+    base, _ = web
+    page = requests.get(f"{base}/api/docs", timeout=10)
+    assert page.status_code == 200
+    assert "/api/openapi.json" in page.text
+    assert "cdn" not in page.text.lower() and "https://" not in page.text
+    for asset, kind in (
+        ("swagger-ui-bundle.js", "javascript"),
+        ("swagger-ui.css", "text/css"),
+        ("favicon.png", "image/png"),
+    ):
+        assert f"/api/docs-assets/{asset}" in page.text
+        response = requests.get(f"{base}/api/docs-assets/{asset}", timeout=10)
+        assert response.status_code == 200, asset
+        assert kind in response.headers["content-type"], response.headers["content-type"]
+        assert len(response.content) > 500
+    assert requests.get(f"{base}/api/docs-assets/../app.py", timeout=10).status_code == 404
+
+
 def test_login_is_needed_except_for_health_and_metrics(web: tuple[str, SqliteJobQueue]) -> None:
     base, _ = web
     assert requests.get(f"{base}/healthz", timeout=10).status_code == 200

@@ -203,3 +203,30 @@ def _text_of(driver: object, element_id: str) -> str | None:
         return str(found[0].text) if found and found[0].text else None
     except StaleElementReferenceException:  # the page was replaced between find and read
         return None
+
+
+def test_api_docs_render_without_internet(tmp_path: Path, browser: object) -> None:
+    """Swagger UI comes from the node itself (no CDN), so /api/docs renders the
+    operations in a browser that reaches nothing but the node."""
+    from selenium.webdriver.common.by import By
+
+    from daemon.job_queue import SqliteJobQueue
+    from daemon.web.context import WebContext
+    from daemon.web.server import WebServer
+
+    queue = SqliteJobQueue(tmp_path / "data")
+    server = WebServer(queue, port=0, context=WebContext.for_queue(queue)).start()
+    driver = browser
+    try:
+        driver.get(f"http://127.0.0.1:{server.port}/api/docs")  # type: ignore[attr-defined]
+
+        def operations() -> list[str]:
+            found = driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")  # type: ignore[attr-defined]
+            return [element.text for element in found]
+
+        wait_for(lambda: len(operations()) > 5, 30, "Swagger UI to list the API's operations")
+        assert "/api/jobs" in operations()
+        title = driver.find_element(By.CSS_SELECTOR, ".info .title").text  # type: ignore[attr-defined]
+        assert title.startswith("contourd")
+    finally:
+        server.stop()
