@@ -1,5 +1,8 @@
 """Root of the test tree: its folder goes on ``sys.path``, so ``peer_tools`` imports.
 
+It also runs ``tests/nnunet`` last and starts training its nnU-Net models in the
+background as soon as the tests are collected (``nnunet_model_builds``).
+
 Also the database fixtures: ``backend`` runs a test on SQLite (the data
 folder's ``contourd.db``) and on PostgreSQL (a fresh database on a throwaway
 server started once per session, see ``postgres_server``).
@@ -7,10 +10,12 @@ server started once per session, see ``postgres_server``).
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from nnunet_model_builds import BUILDS, SESSION_BUILDS
 from postgres_server import PostgresServer, require_postgres_bindir
 
 from contourd.database import Database
@@ -44,3 +49,30 @@ def backend(request: pytest.FixtureRequest) -> str | None:
 def make_database(backend: str | None) -> Callable[[Path], Database]:
     """``make_database(data_dir)``: the test's database for that data folder."""
     return lambda data_dir: Database(Path(data_dir), backend)
+
+
+def _in_nnunet_folder(item: pytest.Item) -> bool:
+    return "nnunet" in Path(str(item.path)).parent.parts[-1:]
+
+
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """Run ``tests/nnunet`` last and start training its models now, in the background
+    (``nnunet_model_builds``), so they train while the other tests run."""
+    nnunet = [item for item in items if _in_nnunet_folder(item)]
+    if not nnunet or importlib.util.find_spec("nnunetv2") is None:
+        return
+    items[:] = [item for item in items if not _in_nnunet_folder(item)] + nnunet
+    if config.option.collectonly:
+        return
+    wanted = {
+        name
+        for name, build in BUILDS.items()
+        if any(build.fixture in getattr(item, "fixturenames", ()) for item in nnunet)
+    }
+    SESSION_BUILDS.start(wanted)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    SESSION_BUILDS.stop()

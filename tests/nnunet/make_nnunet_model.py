@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument(
         "--seed", type=int, default=12345, help="seeds torch, numpy and random per fold"
     )
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
     work = args.work.resolve()
     for key, sub in (
@@ -100,7 +101,7 @@ def main() -> None:
         nnUNetTrainer_1epoch,
     )
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     extract_fingerprints([dataset_id], num_processes=1, check_dataset_integrity=True, verbose=False)
     plan_experiments([dataset_id])
     preprocess([dataset_id], configurations=["3d_fullres"], num_processes=[1], verbose=False)

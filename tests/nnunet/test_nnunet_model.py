@@ -4,7 +4,8 @@ The model is made by nnunetv2 itself (test extra): a synthetic CT dataset in
 nnU-Net's raw format, nnU-Net's fingerprinting, planning and preprocessing,
 and two folds trained by ``nnUNetTrainer_1epoch`` on the CPU (fewer
 iterations than its default so the module stays within minutes;
-``make_nnunet_model.py``). The same cases then go through contourd's DICOM
+``make_nnunet_model.py``), in the background from the start of the session
+(``tests/nnunet_model_builds.py``). The same cases then go through contourd's DICOM
 pipeline and through ``nnUNetPredictor`` and the label maps are compared.
 """
 
@@ -28,6 +29,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nnunet_cases import LABELS, hu_to_mr, make_case  # noqa: E402
+from nnunet_model_builds import SESSION_BUILDS  # noqa: E402
 
 from contourd.errors import ModelIntegrityError, ModelPackageError  # noqa: E402
 from inference.phantom import write_ct_series  # noqa: E402
@@ -35,10 +37,10 @@ from inference.pipeline import segment_series  # noqa: E402
 from model_store.nnunet_import import NnunetImportOptions, convert  # noqa: E402
 from model_store.registry import ModelRegistry  # noqa: E402
 
-pytestmark = pytest.mark.slow
+# The first test to ask for a model waits for its training (nnunet_model_builds.TIMEOUT_S).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 nnunetv2 = pytest.importorskip("nnunetv2", reason="pip install -c constraints.txt -e '.[test]'")
 
-HERE = Path(__file__).resolve().parent
 #: Test cases: spacing (z, y, x) mm different from training (2, 1, 1) so both
 #: resampling paths run (3.5 mm slices: anisotropic, z resampled on its own).
 CASES = {"c1": (101, (2.5, 0.9, 0.9)), "c2": (102, (3.5, 1.0, 1.0))}
@@ -68,38 +70,11 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("nnunet")
 
 
-def _make_model(work: Path, cache_variable: str, *args: str) -> Path:
-    """Train a model with ``make_nnunet_model.py WORK ARGS``; return its trained-model folder.
-
-    The environment variable ``cache_variable`` may name such a folder made
-    earlier with the same arguments, to skip training when iterating locally;
-    CI trains it here.
-    """
-    cached = os.environ.get(cache_variable)
-    if cached and not os.environ.get("CI"):
-        copy = work / "cached" / Path(cached).name
-        shutil.copytree(cached, copy)
-        return copy
-    env = {**os.environ, "nnUNet_n_proc_DA": "0", "OMP_NUM_THREADS": "2"}
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "make_nnunet_model.py"), str(work), *args],
-        capture_output=True,
-        text=True,
-        timeout=1500,
-        check=False,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return Path(proc.stdout.strip().splitlines()[-1])
-
-
 @pytest.fixture(scope="module")
 def trained(work: Path) -> Path:
     """The trained-model folder ``nnUNetTrainer_1epoch__nnUNetPlans__3d_fullres`` (CT, folds
     0 and 1; ``CONTOURD_NNUNET_TEST_MODEL`` may name one made earlier)."""
-    folder = _make_model(
-        work, "CONTOURD_NNUNET_TEST_MODEL", "--folds", "0", "1", "--iterations", "30"
-    )
+    folder = SESSION_BUILDS.result("ct", work)
     assert (folder / "fold_1" / "checkpoint_final.pth").is_file()
     return folder
 
@@ -108,10 +83,7 @@ def trained(work: Path) -> Path:
 def mr_trained(work: Path) -> Path:
     """An MR model (channel "MR", so nnU-Net plans ``ZScoreNormalization``), fold 0
     (``CONTOURD_NNUNET_TEST_MR_MODEL`` may name one made earlier)."""
-    folder = _make_model(
-        work / "mr", "CONTOURD_NNUNET_TEST_MR_MODEL",
-        "--folds", "0", "--iterations", "30", "--modality", "MR",
-    )  # fmt: skip
+    folder = SESSION_BUILDS.result("mr", work / "mr")
     plans = json.loads((folder / "plans.json").read_text())
     schemes = plans["configurations"]["3d_fullres"]["normalization_schemes"]
     assert schemes == ["ZScoreNormalization"], schemes
