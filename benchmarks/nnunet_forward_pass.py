@@ -17,11 +17,36 @@ from __future__ import annotations
 import argparse
 import resource
 import time
+from typing import Any
 
 
 def peak_mib() -> float:
     """This process's peak resident memory so far, MiB (``ru_maxrss`` is KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def default_ct_network(num_classes: int) -> Any:
+    """nnU-Net's default CT 3d_fullres network (``PlainConvUNet``: 6 stages, 32-320
+    features, 3^3 kernels, instance norm, leaky ReLU, no deep supervision), untrained."""
+    import torch
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    return PlainConvUNet(
+        input_channels=1,
+        n_stages=6,
+        features_per_stage=[32, 64, 128, 256, 320, 320],
+        conv_op=torch.nn.Conv3d,
+        kernel_sizes=[[3, 3, 3]] * 6,
+        strides=[[1, 1, 1]] + [[2, 2, 2]] * 5,
+        n_conv_per_stage=[2] * 6,
+        num_classes=num_classes,
+        n_conv_per_stage_decoder=[2] * 5,
+        conv_bias=True,
+        norm_op=torch.nn.InstanceNorm3d,
+        norm_op_kwargs={"eps": 1e-5, "affine": True},
+        nonlin=torch.nn.LeakyReLU,
+        nonlin_kwargs={"inplace": True},
+    )
 
 
 def main() -> None:
@@ -33,25 +58,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
     torch.set_num_threads(args.threads)
-    net = PlainConvUNet(
-        input_channels=1,
-        n_stages=6,
-        features_per_stage=[32, 64, 128, 256, 320, 320],
-        conv_op=torch.nn.Conv3d,
-        kernel_sizes=[[3, 3, 3]] * 6,
-        strides=[[1, 1, 1]] + [[2, 2, 2]] * 5,
-        n_conv_per_stage=[2] * 6,
-        num_classes=args.classes,
-        n_conv_per_stage_decoder=[2] * 5,
-        conv_bias=True,
-        norm_op=torch.nn.InstanceNorm3d,
-        norm_op_kwargs={"eps": 1e-5, "affine": True},
-        nonlin=torch.nn.LeakyReLU,
-        nonlin_kwargs={"inplace": True},
-    ).eval()
+    net = default_ct_network(args.classes).eval()
     x = torch.randn(1, 1, 128, 128, 128)
     if args.mode == "channels_last":
         net = net.to(memory_format=torch.channels_last_3d)
