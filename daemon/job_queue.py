@@ -270,6 +270,18 @@ def immediate_transaction(
         conn.execute("COMMIT")
 
 
+#: Priority of a new job for a structure set (an RTSTRUCT coming back reviewed,
+#: for the feedback loop): below image series (0), so comparing a reviewed set,
+#: which takes seconds, never delays a series waiting to be contoured.
+STRUCTURE_SET_PRIORITY = -1
+
+
+def arrival_priority(modality: str | None) -> int:
+    """Priority of a job when its series completes, before routing sets the rule's:
+    :data:`STRUCTURE_SET_PRIORITY` for ``RTSTRUCT``, 0 for everything else."""
+    return STRUCTURE_SET_PRIORITY if (modality or "").upper() == "RTSTRUCT" else 0
+
+
 class DatabaseJobQueue:
     """The job queue on the node's database (SQLite in the data folder or PostgreSQL).
 
@@ -434,9 +446,9 @@ class DatabaseJobQueue:
         """Insert a job row in state ``complete`` with its first event; return its id."""
         row = self._encode(
             {
+                "priority": 0,
                 **fields,
                 "state": JobState.COMPLETE.value,
-                "priority": 0,
                 "shadow": False,
                 "attempts": 0,
                 "created_at": now,
@@ -492,6 +504,7 @@ class DatabaseJobQueue:
                     "calling_ae": completion.calling_ae,
                     "called_ae": completion.called_ae,
                     "modality": completion.modality or "",
+                    "priority": arrival_priority(completion.modality),
                     "series_description": "",
                     "supersedes": supersedes,
                     "series_attributes": series_attributes,

@@ -10,6 +10,7 @@ from conftest import FakeCompletion, OpenQueue, running_job
 
 from contourd.errors import JobError, LeaseLostError
 from daemon.job_queue import (
+    STRUCTURE_SET_PRIORITY,
     DatabaseJobQueue,
     DeliveryState,
     JobState,
@@ -170,6 +171,19 @@ def test_higher_priority_job_is_claimed_first(tmp_path: Path, open_queue: OpenQu
     assert first is not None and first.id == high
     second = queue.claim("w", lease_s=60)
     assert second is not None and second.id == low
+
+
+def test_a_returned_structure_set_waits_behind_image_series(
+    tmp_path: Path, open_queue: OpenQueue
+) -> None:
+    queue = open_queue(tmp_path)
+    reviewed = queue.submit_series(FakeCompletion(series_uid="1.2.3.1", modality="RTSTRUCT"))
+    ct = queue.submit_series(FakeCompletion(series_uid="1.2.3.2", modality="CT"))
+    assert queue.get(reviewed).priority == STRUCTURE_SET_PRIORITY < queue.get(ct).priority == 0
+    first = queue.claim("w", lease_s=60)
+    assert first is not None and first.id == ct
+    second = queue.claim("w", lease_s=60)
+    assert second is not None and second.id == reviewed
 
 
 def _written_job(queue: DatabaseJobQueue, destinations: list[str]) -> int:
