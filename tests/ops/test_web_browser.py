@@ -113,8 +113,8 @@ def test_operator_sees_the_job_its_contours_and_resends_viewer_is_refused(
 
     def sent_row() -> tuple[str, str, str] | None:
         """(job id, row text, link target) of the first sent job, read at once:
-        the queue page reloads itself every few seconds, so elements found on it
-        go stale."""
+        the queue page replaces its table every few seconds, so elements found
+        on it go stale."""
         from selenium.common.exceptions import StaleElementReferenceException
 
         driver.get(f"{base}/?state=sent")  # type: ignore[attr-defined]
@@ -230,3 +230,33 @@ def test_api_docs_render_without_internet(tmp_path: Path, browser: object) -> No
         assert title.startswith("contourd")
     finally:
         server.stop()
+
+
+def test_queue_table_refreshes_in_place_and_keeps_what_is_typed_in_the_filter(
+    tmp_path: Path, browser: object, node: tuple[RunningNode, StoreScp]
+) -> None:
+    """The queue's table refreshes itself without reloading the page, so a filter
+    being typed (not yet submitted) survives, and a new job appears."""
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    running, _ = node
+    base = f"http://127.0.0.1:{running.http_port}"
+    _log_in(driver, base, "otto")
+    driver.get(f"{base}/")  # type: ignore[attr-defined]
+    assert not driver.find_elements(By.CSS_SELECTOR, "tr.job")  # type: ignore[attr-defined]
+    text = driver.find_element(By.NAME, "q")  # type: ignore[attr-defined]
+    text.send_keys("not submitted")
+    driver.find_element(By.TAG_NAME, "h2").click()  # type: ignore[attr-defined]  # focus out
+    driver.execute_script("window.loadedOnce = 'yes';")  # type: ignore[attr-defined]
+
+    series = make_phantom_series(tmp_path / "ct", shape_zyx=(12, 64, 64))
+    storescu_push(running.port, series.paths)
+
+    def job_rows() -> int:
+        return len(driver.find_elements(By.CSS_SELECTOR, "tr.job"))  # type: ignore[attr-defined]
+
+    wait_for(job_rows, 60, f"the pushed series in the table; log: {running.log_tail()}")
+    assert driver.execute_script("return window.loadedOnce;") == "yes"  # type: ignore[attr-defined]
+    assert driver.find_element(By.NAME, "q").get_attribute("value") == "not submitted"  # type: ignore[attr-defined]
+    assert driver.find_element(By.ID, "refreshed").text != "on load"  # type: ignore[attr-defined]
