@@ -1,6 +1,6 @@
 """Make a real nnU-Net v2 model with nnunetv2 itself (run as a script, test extra).
 
-``python make_nnunet_model.py WORK --folds 0 1 --iterations 30 [--modality MR]``
+``python make_nnunet_model.py WORK --folds 0 1 --iterations 30 15 [--modality MR]``
 
 Writes a synthetic CT dataset in nnU-Net's raw format under ``WORK/raw``
 (``nnunet_cases.make_case``), runs nnU-Net's fingerprinting, planning and
@@ -70,7 +70,13 @@ def main() -> None:
     parser.add_argument("work", type=Path)
     parser.add_argument("--cases", type=int, default=5)
     parser.add_argument("--folds", type=int, nargs="+", default=[0])
-    parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        nargs="+",
+        default=[30],
+        help="training iterations of each fold in --folds order (the last value repeats)",
+    )
     parser.add_argument("--modality", choices=["CT", "MR"], default="CT")
     parser.add_argument(
         "--seed", type=int, default=12345, help="seeds torch, numpy and random per fold"
@@ -107,7 +113,7 @@ def main() -> None:
     preprocess([dataset_id], configurations=["3d_fullres"], num_processes=[1], verbose=False)
     os.environ["nnUNet_n_proc_DA"] = "0"  # noqa: SIM112 - augment in this process
     folder = None
-    for fold in args.folds:
+    for index, fold in enumerate(args.folds):
         # The trainer class directly: nnU-Net's search by name imports every trainer
         # module, and its Primus trainers import timm -> torchvision, whose PyPI wheel
         # does not load against the CPU build of torch pinned here.
@@ -126,7 +132,7 @@ def main() -> None:
             dataset_json=json.loads((preprocessed / "dataset.json").read_text()),
             device=torch.device("cpu"),
         )
-        trainer.num_iterations_per_epoch = args.iterations
+        trainer.num_iterations_per_epoch = args.iterations[min(index, len(args.iterations) - 1)]
         trainer.num_val_iterations_per_epoch = 2
         trainer.run_training()
         folder = Path(trainer.output_folder).parent
