@@ -5,10 +5,11 @@ Run::
     .venv/bin/python benchmarks/grid_ceiling.py ../shared/data/openkbp/train-pats \
         --cases 8 --spacing 4 4 2.5 --spacing 3 3 2.5 --spacing 2 2 2.5
 
-For each case (the first ``--cases`` in name order) and each organ mask, the
-mask is resampled onto an LPS grid of the given spacing (``[x, y, z]`` mm,
-linear interpolation of the 0/1 mask, threshold 0.5: how ``training`` makes
-its labels), then back onto the case's own grid (linear, threshold 0.5: how
+For each case (the first ``--cases`` in the dataset's order,
+``training.openkbp_dataset.list_cases``) and each organ mask, the mask is
+resampled onto an LPS grid of the given spacing (``[x, y, z]`` mm) exactly as
+training makes its labels (``resample_to_spacing``, linear, threshold 0.5),
+then back onto the case's own grid (linear, threshold 0.5: how
 the pipeline maps a model's soft output back), and compared with the original
 mask by Dice. A model that was perfect on the coarse grid would score exactly
 this; whatever a model scores below it is the model's, not the grid's. Prints
@@ -32,24 +33,11 @@ def round_trip_dice(mask_path: Path, spacing_xyz_mm: tuple[float, float, float])
     import SimpleITK as sitk
 
     from training.metrics import dice
+    from training.openkbp_dataset import resample_to_spacing
 
-    image = sitk.Cast(sitk.ReadImage(str(mask_path)), sitk.sitkFloat32)
+    image = sitk.ReadImage(str(mask_path), sitk.sitkFloat32)
     reference = sitk.GetArrayFromImage(image) > 0.5
-    size = [
-        max(1, int(round(image.GetSize()[i] * image.GetSpacing()[i] / spacing_xyz_mm[i])))
-        for i in range(3)
-    ]
-    coarse = sitk.Resample(
-        image,
-        size,
-        sitk.Transform(),
-        sitk.sitkLinear,
-        image.GetOrigin(),
-        spacing_xyz_mm,
-        image.GetDirection(),
-        0.0,
-        sitk.sitkFloat32,
-    )
+    coarse = resample_to_spacing(image, spacing_xyz_mm, sitk.sitkLinear, 0.0)
     coarse = sitk.Cast(sitk.BinaryThreshold(coarse, 0.5, 1e9, 1, 0), sitk.sitkFloat32)
     back = sitk.Resample(coarse, image, sitk.Transform(), sitk.sitkLinear, 0.0)
     return dice(sitk.GetArrayFromImage(back) >= 0.5, reference)
@@ -63,8 +51,9 @@ def main() -> None:
         "--spacing", type=float, nargs=3, action="append", metavar=("X", "Y", "Z"), required=True
     )
     args = parser.parse_args()
-    cases = sorted(p for p in args.dataset.iterdir() if (p / "ct.nii.gz").is_file())
-    cases = cases[: args.cases]
+    from training.openkbp_dataset import list_cases
+
+    cases = [args.dataset / case for case in list_cases(args.dataset)[: args.cases]]
     print(f"{len(cases)} cases of {args.dataset}: {', '.join(c.name for c in cases)}")
     for spacing in args.spacing:
         by_organ: dict[str, list[float]] = {}

@@ -54,10 +54,11 @@ def contourd_step(config_path: Path, autocast: bool) -> tuple[str, Callable[[], 
     from training.config import load_training_config
 
     config = load_training_config(config_path)
-    net = UNet3D(config.architecture())
+    arch = config.architecture()
+    net = UNet3D(arch)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
     x = torch.randn(config.batch_size, 1, *config.patch_size)
-    y = torch.randint(0, config.architecture().num_classes, (config.batch_size, *config.patch_size))
+    y = torch.randint(0, arch.num_classes, (config.batch_size, *config.patch_size))
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -67,7 +68,6 @@ def contourd_step(config_path: Path, autocast: bool) -> tuple[str, Callable[[], 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    arch = config.architecture()
     label = (
         f"contourd {config_path.name}: {arch.base_channels} base channels, {arch.levels} levels, "
         f"patch {'x'.join(map(str, config.patch_size))}, batch {config.batch_size}"

@@ -52,7 +52,7 @@ def make_database(backend: str | None) -> Callable[[Path], Database]:
 
 
 def _in_nnunet_folder(item: pytest.Item) -> bool:
-    return "nnunet" in Path(str(item.path)).parent.parts[-1:]
+    return Path(str(item.path)).parent.name == "nnunet"
 
 
 def pytest_collection_modifyitems(
