@@ -87,9 +87,9 @@ class ModelBuilds:
         """Start the trainings of ``names`` (those not cached and not yet started), each
         with its :attr:`Build.threads`, at ``niceness`` (so the foreground tests come first)."""
         for name in sorted(names):
-            threads = BUILDS[name].threads
             if name in self._running or self.cached(name) is not None:
                 continue
+            threads = BUILDS[name].threads
             if self._root is None:
                 self._root = Path(tempfile.mkdtemp(prefix="contourd-nnunet-models-"))
             work = self._root / name
@@ -112,8 +112,8 @@ class ModelBuilds:
 
     def result(self, name: str, copy_to: Path) -> Path:
         """The trained-model folder of ``name``: waits for its training (starting it
-        now, with two threads, if nothing started it); a cached folder is copied to
-        ``copy_to``.
+        now, with its threads and not niced, if nothing started it); a cached folder
+        is copied to ``copy_to``.
 
         Raises
         ------
